@@ -1,0 +1,122 @@
+"""limner: one typed interface over image-generation providers and a local diffusers engine.
+
+    import limner
+    result = limner.generate("a lighthouse at dawn", model="openai:gpt-image-2", size="1024x1024")
+    result.images[0].save("lighthouse.png")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from limner.client import Limner
+from limner.errors import (
+    ContentPolicyError,
+    InputImageError,
+    InvalidRequestError,
+    LimnerError,
+    MissingKeyError,
+    PolicyError,
+    ProviderError,
+    RateLimitError,
+    UnknownModelError,
+    UserError,
+)
+from limner.types import GeneratedImage, ImageInput, ImageRequest, Operation, Result, Usage
+
+__all__ = [
+    "ContentPolicyError",
+    "GeneratedImage",
+    "ImageInput",
+    "ImageRequest",
+    "InputImageError",
+    "InvalidRequestError",
+    "Limner",
+    "LimnerError",
+    "MissingKeyError",
+    "Operation",
+    "PolicyError",
+    "ProviderError",
+    "RateLimitError",
+    "Result",
+    "UnknownModelError",
+    "Usage",
+    "UserError",
+    "aedit",
+    "agenerate",
+    "avariations",
+    "edit",
+    "generate",
+    "variations",
+]
+
+__version__ = "0.1.0"
+
+_CLIENT_ARGS = {"home", "keys", "base_urls", "http_client", "async_http_client", "deadline_s", "guards"}
+
+
+def _split(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    client_args = {k: params.pop(k) for k in list(params) if k in _CLIENT_ARGS}
+    use_cache = params.pop("use_cache", True)
+    return client_args, params, use_cache
+
+
+def build_request(op: Operation, prompt: str, model: str | None, images: list[Any], mask: Any, params: dict[str, Any]) -> ImageRequest:
+    from limner.images import load_image
+
+    loaded = [load_image(img) for img in images]
+    mask_input = load_image(mask, name="mask.png") if mask is not None else None
+    return ImageRequest(prompt=prompt, model=model, images=loaded, mask=mask_input, **params)
+
+
+def _op_for_edit(mask: Any) -> Operation:
+    return Operation.INPAINT if mask is not None else Operation.EDIT
+
+
+def generate(prompt: str, *, model: str | None = None, **params: Any) -> Result:
+    """Make images from a prompt. ``params`` are :class:`ImageRequest` fields."""
+    client_args, params, use_cache = _split(params)
+    with Limner(**client_args) as client:
+        return client.run(Operation.GENERATE, build_request(Operation.GENERATE, prompt, model, [], None, params), use_cache=use_cache)
+
+
+async def agenerate(prompt: str, *, model: str | None = None, **params: Any) -> Result:
+    client_args, params, use_cache = _split(params)
+    with Limner(**client_args) as client:
+        request = build_request(Operation.GENERATE, prompt, model, [], None, params)
+        return await client.arun(Operation.GENERATE, request, use_cache=use_cache)
+
+
+def edit(image: Any, prompt: str, *, mask: Any = None, model: str | None = None, **params: Any) -> Result:
+    """Edit ``image`` (a path, bytes or PIL image; or a list of them) as the prompt says.
+
+    With ``mask``, only the marked area changes: white marks it, or transparent pixels do.
+    """
+    client_args, params, use_cache = _split(params)
+    images = image if isinstance(image, list) else [image]
+    op = _op_for_edit(mask)
+    with Limner(**client_args) as client:
+        return client.run(op, build_request(op, prompt, model, images, mask, params), use_cache=use_cache)
+
+
+async def aedit(image: Any, prompt: str, *, mask: Any = None, model: str | None = None, **params: Any) -> Result:
+    client_args, params, use_cache = _split(params)
+    images = image if isinstance(image, list) else [image]
+    op = _op_for_edit(mask)
+    with Limner(**client_args) as client:
+        return await client.arun(op, build_request(op, prompt, model, images, mask, params), use_cache=use_cache)
+
+
+def variations(image: Any, *, model: str | None = None, **params: Any) -> Result:
+    """Make variations of ``image``."""
+    client_args, params, use_cache = _split(params)
+    with Limner(**client_args) as client:
+        request = build_request(Operation.VARIATION, "", model, [image], None, params)
+        return client.run(Operation.VARIATION, request, use_cache=use_cache)
+
+
+async def avariations(image: Any, *, model: str | None = None, **params: Any) -> Result:
+    client_args, params, use_cache = _split(params)
+    with Limner(**client_args) as client:
+        request = build_request(Operation.VARIATION, "", model, [image], None, params)
+        return await client.arun(Operation.VARIATION, request, use_cache=use_cache)

@@ -1,0 +1,64 @@
+"""The ``limner`` command. Commands live in their own modules and load only when run, so
+``limner --help`` imports neither httpx nor any heavy library.
+
+Exit codes: 0 ok, 1 provider or runtime failure, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+__all__ = ["COMMANDS", "main"]
+
+# name -> (module:attribute, one-line help). Add a command here and in its own module.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("limner.cli.generate:generate", "Make images from a prompt."),
+    "edit": ("limner.cli.generate:edit", "Edit an image (with a mask: inpaint)."),
+    "variations": ("limner.cli.generate:variations", "Make variations of an image."),
+    "models": ("limner.cli.models:models", "List, inspect and compare models."),
+    "keys": ("limner.cli.keys:keys", "Manage provider API keys."),
+    "logs": ("limner.cli.logs:logs", "List and search the generation log."),
+    "export": ("limner.cli.export:export", "Export manifests and projects."),
+    "emulate": ("limner.cli.emulate:emulate", "Serve a provider's API emulator on loopback."),
+    "demo": ("limner.cli.emulate:demo", "Generate an image end to end against the bundled emulator."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module_name, _, attr = COMMANDS[name][0].partition(":")
+        command: click.Command = getattr(importlib.import_module(module_name), attr)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from limner.cli._errors import run_with_errors
+
+        return run_with_errors(lambda: super(LazyGroup, self).invoke(ctx))
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="limner")
+def cli() -> None:
+    """limner: image generation across providers and a local diffusers engine."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="limner", standalone_mode=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

@@ -1,0 +1,48 @@
+"""Options and output helpers shared by the commands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(fn)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def result_payload(result: Any, saved: list[Path]) -> dict[str, Any]:
+    return {
+        "generation_id": result.generation_id,
+        "model": result.model,
+        "provider": result.provider,
+        "operation": result.operation.value,
+        "cost_usd": result.cost_usd,
+        "cache_hit": result.cache_hit,
+        "warnings": result.warnings,
+        "request_id": result.request_id,
+        "timings": result.timings,
+        "usage": result.usage.model_dump(exclude_none=True, exclude={"raw"}),
+        "images": [
+            {
+                "path": str(path),
+                "stored": str(img.path) if img.path else None,
+                "sha256": img.sha256,
+                "width": img.width,
+                "height": img.height,
+                "media_type": img.media_type,
+                "seed": img.seed,
+                "revised_prompt": img.revised_prompt,
+            }
+            for img, path in zip(result.images, saved, strict=True)
+        ],
+    }

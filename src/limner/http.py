@@ -1,0 +1,315 @@
+"""Drivers that run provider flows over httpx: retries, deadlines, safe downloads, error mapping.
+
+The retry rules follow the official OpenAI SDK: retry 408, 409, 429, 5xx and connection errors;
+honour ``retry-after-ms``, then ``retry-after`` (seconds or HTTP date) up to two minutes, and the
+``x-should-retry`` header; otherwise back off exponentially with jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import tenacity
+
+from limner import errors
+from limner.fetch import SafeFetcher
+from limner.flows import (
+    DeadlineExceeded,
+    Download,
+    Flow,
+    Progress,
+    ProviderOutput,
+    Run,
+    Send,
+    Sleep,
+)
+
+__all__ = [
+    "AsyncFlowRunner",
+    "FlowRunner",
+    "RetryPolicy",
+    "map_http_error",
+    "parse_retry_after",
+]
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=30.0)
+
+ProgressCallback = Callable[[float | None, str], None]
+
+
+def parse_retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after``, or None when absent."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        return max(parsed.timestamp() - (now if now is not None else time.time()), 0.0)
+
+
+class _RetryableResponse(Exception):
+    def __init__(self, response: httpx.Response, retry_after: float | None):
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff and jitter; ``max_attempts`` counts the first try."""
+
+    max_attempts: int = 3
+    initial_delay: float = 0.5
+    max_delay: float = 8.0
+    max_retry_after: float = 120.0
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before retry number ``attempt`` (1-based): jitter of -25% to 0, as OpenAI's SDK."""
+        base = min(self.initial_delay * 2 ** (attempt - 1), self.max_delay)
+        return base * (1 - 0.25 * random.random())
+
+    def classify(self, response: httpx.Response) -> _RetryableResponse | None:
+        """Return a retry signal for a transient response, or None to hand it to the flow."""
+        should = response.headers.get("x-should-retry")
+        if should == "false":
+            return None
+        if should != "true" and response.status_code not in RETRYABLE_STATUSES:
+            return None
+        after = parse_retry_after(response.headers)
+        if after is not None and after > self.max_retry_after:
+            return None
+        return _RetryableResponse(response, after)
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _RetryableResponse) and exc.retry_after is not None:
+            return exc.retry_after
+        return self.backoff(state.attempt_number)
+
+    def tenacity_kwargs(self) -> dict[str, Any]:
+        return {
+            "stop": tenacity.stop_after_attempt(self.max_attempts),
+            "wait": self._wait,
+            "retry": tenacity.retry_if_exception_type((_RetryableResponse, httpx.TransportError)),
+            "reraise": True,
+        }
+
+
+def map_http_error(
+    provider: str,
+    response: httpx.Response,
+    message: str | None = None,
+    *,
+    request_id: str | None = None,
+) -> errors.LimnerError:
+    """Map a failed response to the error tree. Providers detect content-policy refusals first."""
+    status = response.status_code
+    text = message or response.reason_phrase or f"HTTP {status}"
+    kw: dict[str, Any] = {"provider": provider, "status": status, "request_id": request_id}
+    prefix = f"{provider}: "
+    if status in (401, 403):
+        return errors.AuthenticationError(
+            prefix + text, hint="Check the API key (`limner keys list`).", **kw
+        )
+    if status == 402:
+        return errors.InsufficientCreditsError(prefix + text, hint="Add credit to the account.", **kw)
+    if status == 429:
+        return errors.RateLimitError(
+            prefix + text, retry_after=parse_retry_after(response.headers), **kw
+        )
+    if status in (408, 504):
+        return errors.ProviderTimeoutError(prefix + text, **kw)
+    if status >= 500:
+        return errors.ProviderUnavailableError(prefix + text, **kw)
+    return errors.ProviderRejectedError(prefix + text, status=status, provider=provider)
+
+
+def _transport_error(provider: str, exc: httpx.TransportError) -> errors.ProviderError:
+    if isinstance(exc, httpx.TimeoutException):
+        return errors.ProviderTimeoutError(f"{provider}: timed out ({type(exc).__name__})", provider=provider)
+    return errors.ProviderUnavailableError(
+        f"{provider}: could not connect ({type(exc).__name__}: {exc})", provider=provider
+    )
+
+
+class _RunnerBase:
+    def __init__(
+        self,
+        provider: str,
+        *,
+        retry: RetryPolicy | None = None,
+        fetcher: SafeFetcher | None = None,
+        deadline_s: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self.provider = provider
+        self.retry = retry or RetryPolicy()
+        self.fetcher = fetcher or SafeFetcher()
+        self.deadline = time.monotonic() + deadline_s if deadline_s else None
+        self.on_progress = on_progress
+        self.requests = 0
+
+    def _expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _sleep_for(self, seconds: float) -> float:
+        if self.deadline is None:
+            return seconds
+        return max(min(seconds, self.deadline - time.monotonic()), 0.0)
+
+    def _report(self, step: Progress) -> None:
+        if self.on_progress:
+            self.on_progress(step.fraction, step.message)
+
+    def _timeout_error(self) -> errors.ProviderTimeoutError:
+        return errors.ProviderTimeoutError(
+            f"{self.provider}: no result before the deadline; the remote job was cancelled where "
+            "the provider allows it.",
+            provider=self.provider,
+        )
+
+    def _finish(self, output: ProviderOutput) -> ProviderOutput:
+        output.requests = self.requests
+        return output
+
+
+class FlowRunner(_RunnerBase):
+    """Drive a flow with a blocking ``httpx.Client``."""
+
+    def __init__(self, client: httpx.Client, provider: str, **kw: Any) -> None:
+        super().__init__(provider, **kw)
+        self.client = client
+
+    def run(self, flow: Flow) -> ProviderOutput:
+        outcome: Any = None
+        throw: BaseException | None = None
+        cancelling = False
+        while True:
+            try:
+                step = flow.throw(throw) if throw else flow.send(outcome)
+            except StopIteration as stop:
+                return self._finish(stop.value)
+            except DeadlineExceeded as exc:
+                raise self._timeout_error() from exc
+            throw, outcome = None, None
+            if self._expired() and not cancelling:
+                cancelling, throw = True, DeadlineExceeded()
+                continue
+            try:
+                outcome = self._do(step)
+            except errors.LimnerError as exc:
+                throw = exc
+
+    def _do(self, step: Any) -> Any:
+        if isinstance(step, Send):
+            return self._send(step)
+        if isinstance(step, Sleep):
+            time.sleep(self._sleep_for(step.seconds))
+            return None
+        if isinstance(step, Download):
+            self.requests += 1
+            return self.fetcher.fetch(self.client, step.url, step.headers)
+        if isinstance(step, Progress):
+            self._report(step)
+            return None
+        if isinstance(step, Run):
+            return step.fn()
+        raise TypeError(f"unknown flow step {step!r}")
+
+    def _send(self, step: Send) -> httpx.Response:
+        def attempt() -> httpx.Response:
+            self.requests += 1
+            response = self.client.send(step.request)
+            response.read()
+            signal = self.retry.classify(response) if step.retry else None
+            if signal:
+                raise signal
+            return response
+
+        policy = self.retry if step.retry else RetryPolicy(max_attempts=1)
+        try:
+            return tenacity.Retrying(**policy.tenacity_kwargs())(attempt)
+        except _RetryableResponse as last:
+            return last.response
+        except httpx.TransportError as exc:
+            raise _transport_error(self.provider, exc) from exc
+
+
+class AsyncFlowRunner(_RunnerBase):
+    """Drive a flow with an ``httpx.AsyncClient``."""
+
+    def __init__(self, client: httpx.AsyncClient, provider: str, **kw: Any) -> None:
+        super().__init__(provider, **kw)
+        self.client = client
+
+    async def run(self, flow: Flow) -> ProviderOutput:
+        outcome: Any = None
+        throw: BaseException | None = None
+        cancelling = False
+        while True:
+            try:
+                step = flow.throw(throw) if throw else flow.send(outcome)
+            except StopIteration as stop:
+                return self._finish(stop.value)
+            except DeadlineExceeded as exc:
+                raise self._timeout_error() from exc
+            throw, outcome = None, None
+            if self._expired() and not cancelling:
+                cancelling, throw = True, DeadlineExceeded()
+                continue
+            try:
+                outcome = await self._do(step)
+            except errors.LimnerError as exc:
+                throw = exc
+
+    async def _do(self, step: Any) -> Any:
+        if isinstance(step, Send):
+            return await self._send(step)
+        if isinstance(step, Sleep):
+            await asyncio.sleep(self._sleep_for(step.seconds))
+            return None
+        if isinstance(step, Download):
+            self.requests += 1
+            return await self.fetcher.afetch(self.client, step.url, step.headers)
+        if isinstance(step, Progress):
+            self._report(step)
+            return None
+        if isinstance(step, Run):
+            return await asyncio.to_thread(step.fn)
+        raise TypeError(f"unknown flow step {step!r}")
+
+    async def _send(self, step: Send) -> httpx.Response:
+        async def attempt() -> httpx.Response:
+            self.requests += 1
+            response = await self.client.send(step.request)
+            await response.aread()
+            signal = self.retry.classify(response) if step.retry else None
+            if signal:
+                raise signal
+            return response
+
+        policy = self.retry if step.retry else RetryPolicy(max_attempts=1)
+        try:
+            return await tenacity.AsyncRetrying(**policy.tenacity_kwargs())(attempt)
+        except _RetryableResponse as last:
+            return last.response
+        except httpx.TransportError as exc:
+            raise _transport_error(self.provider, exc) from exc

@@ -1,0 +1,126 @@
+"""The store's schema and migrations (SQLAlchemy 2 Core; SQLite by default, PostgreSQL by URL).
+
+Migrations are numbered functions applied in order and recorded in ``limner_migrations``, so a
+store created by an older limner is brought forward when it is opened. Add a migration; never
+edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+__all__ = ["MIGRATIONS", "assets", "create_engine", "generation_images", "generations", "metadata", "migrate"]
+
+metadata = sa.MetaData()
+
+generations = sa.Table(
+    "generations",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
+    sa.Column("operation", sa.String(32), nullable=False),
+    sa.Column("provider", sa.String(64), nullable=False, index=True),
+    sa.Column("model", sa.String(200), nullable=False, index=True),
+    sa.Column("prompt", sa.Text, nullable=False, default=""),
+    sa.Column("negative_prompt", sa.Text),
+    sa.Column("params", sa.JSON, nullable=False, default=dict),
+    sa.Column("request_hash", sa.String(64), index=True),
+    sa.Column("status", sa.String(16), nullable=False),  # ok | error | refused | cached
+    sa.Column("error_type", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("cost_usd", sa.Float),
+    sa.Column("cache_hit", sa.Boolean, nullable=False, default=False),
+    sa.Column("provider_request_id", sa.String(200)),
+    sa.Column("usage", sa.JSON),
+    sa.Column("timings", sa.JSON),
+    sa.Column("warnings", sa.JSON),
+    sa.Column("tags", sa.JSON),
+    sa.Column("project", sa.String(200), index=True),
+    sa.Column("parent_id", sa.String(32), index=True),
+)
+
+assets = sa.Table(
+    "assets",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("media_type", sa.String(64), nullable=False),
+    sa.Column("width", sa.Integer),
+    sa.Column("height", sa.Integer),
+    sa.Column("bytes", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+generation_images = sa.Table(
+    "generation_images",
+    metadata,
+    sa.Column("generation_id", sa.String(32), sa.ForeignKey("generations.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("idx", sa.Integer, primary_key=True),
+    sa.Column("sha256", sa.String(64), sa.ForeignKey("assets.sha256"), nullable=False, index=True),
+    sa.Column("seed", sa.BigInteger),
+    sa.Column("revised_prompt", sa.Text),
+)
+
+migrations_table = sa.Table(
+    "limner_migrations",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+
+Migration = Callable[[Connection], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_initial(conn: Connection) -> None:
+    for table in (generations, assets, generation_images):
+        table.create(conn, checkfirst=True)
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Apply pending migrations; return the names applied."""
+    import time
+
+    applied_now: list[str] = []
+    with engine.begin() as conn:
+        migrations_table.create(conn, checkfirst=True)
+        done = set(conn.scalars(sa.select(migrations_table.c.name)))
+        for name, fn in MIGRATIONS:
+            if name in done:
+                continue
+            fn(conn)
+            conn.execute(migrations_table.insert().values(name=name, applied_at=time.time()))
+            applied_now.append(name)
+    return applied_now
+
+
+def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+    cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    # WAL lets readers run beside the writer; FULL makes each commit durable across power loss.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def create_engine(home: Path, url: str | None = None) -> Engine:
+    """The store's engine: ``url`` or LIMNER_DATABASE_URL if set, else ``<home>/limner.db``."""
+    url = url or os.environ.get("LIMNER_DATABASE_URL")
+    if url:
+        return sa.create_engine(url, pool_pre_ping=True)
+    home.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(f"sqlite:///{home / 'limner.db'}")
+    sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
