@@ -24,6 +24,7 @@ from limner import errors
 from limner.catalog import Catalog, ModelSpec, get_catalog
 from limner.config import KeyStore, UserConfig, limner_home
 from limner.fetch import SafeFetcher
+from limner.guards import default_guards
 from limner.flows import ProviderOutput
 from limner.http import DEFAULT_TIMEOUT, AsyncFlowRunner, FlowRunner, RetryPolicy
 from limner.metadata import embed
@@ -134,7 +135,7 @@ class Limner:
         self.base_urls = dict(base_urls or {})
         self.retry = retry or RetryPolicy()
         self.deadline_s = deadline_s
-        self.guards = list(guards or [])
+        self.guards: list[Guard] = list(guards) if guards is not None else default_guards(self)
         self.embed_metadata = embed_metadata
         self.on_progress = on_progress
         self.key_store = KeyStore(self.home)

@@ -25,6 +25,17 @@ MAX_BYTES = 50 * 1024 * 1024
 MAX_REDIRECTS = 5
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 SIXTOFOUR = ipaddress.ip_network("2002::/16")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+# Ranges refused whatever the CPython version's ``ipaddress`` flags say (they changed in 3.11.10,
+# 3.12.4 and 3.13): shared address space (Alibaba metadata), IETF protocol assignments (Oracle
+# metadata), benchmarking, IPv4-compatible IPv6, local-use NAT64, Teredo, unique-local.
+DENIED_NETWORKS = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "0.0.0.0/8", "100.64.0.0/10", "192.0.0.0/24", "198.18.0.0/15", "224.0.0.0/4",
+        "240.0.0.0/4", "::/96", "64:ff9b:1::/48", "2001::/32", "fc00::/7", "fe80::/10", "ff00::/8",
+    )
+)  # fmt: skip
 
 
 def _embedded_v4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -46,6 +57,9 @@ def check_address(ip: str, *, allow_loopback: bool = False) -> str | None:
             return check_address(str(inner), allow_loopback=allow_loopback)
     if addr.is_loopback:
         return None if allow_loopback else "a loopback address"
+    if isinstance(addr, ipaddress.IPv6Address) and addr in IPV4_COMPATIBLE:
+        inner = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)  # IPv4-compatible ::a.b.c.d
+        return check_address(str(inner), allow_loopback=allow_loopback) or "a reserved address"
     for flag, label in (
         ("is_private", "a private address"),
         ("is_link_local", "a link-local address"),
@@ -55,6 +69,8 @@ def check_address(ip: str, *, allow_loopback: bool = False) -> str | None:
     ):
         if getattr(addr, flag):
             return label
+    if any(addr in net for net in DENIED_NETWORKS if net.version == addr.version):
+        return "a reserved address"
     return None
 
 
@@ -76,11 +92,24 @@ class SafeFetcher:
     max_redirects: int = MAX_REDIRECTS
     timeout: float = 60.0
     resolved: dict[str, list[str]] = field(default_factory=dict)
+    # Ports a URL may name (None: any). The server's fetcher for user URLs allows 80 and 443.
+    allowed_ports: frozenset[int] | None = None
+    # Connect to the address that was checked (Host header and TLS name keep the hostname), so a
+    # name that resolves differently the second time (DNS rebinding) cannot slip past the check.
+    pin_address: bool = True
 
     def _check_url(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise errors.InputImageError(f"Refusing to fetch {url!r}: only http(s) URLs are fetched.")
+        if parts.username is not None or parts.password is not None:
+            raise errors.InputImageError(f"Refusing to fetch {url!r}: credentials in URLs are not allowed.")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if self.allowed_ports is not None and port not in self.allowed_ports:
+            raise errors.InputImageError(
+                f"Refusing to fetch {url!r}: port {port} is not allowed "
+                f"(allowed: {', '.join(str(p) for p in sorted(self.allowed_ports))})."
+            )
         loopback_host = is_loopback_url(url)
         if parts.scheme == "http" and not (self.allow_http or (self.allow_loopback and loopback_host)):
             raise errors.InputImageError(f"Refusing to fetch {url!r}: https is required.")
@@ -96,6 +125,21 @@ class SafeFetcher:
                     f"Refusing to fetch {url!r}: {parts.hostname} resolves to {reason} ({ip})."
                 )
         self.resolved[parts.hostname] = addresses
+
+    def _pinned(self, url: str, headers: dict[str, str]) -> tuple[str, dict[str, str], dict[str, str]]:
+        """The URL with its host replaced by the checked address, the headers and extensions."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        addresses = self.resolved.get(host) or []
+        if not self.pin_address or not addresses or addresses[0].split("%")[0] == host:
+            return url, headers, {}
+        ip = addresses[0].split("%")[0]
+        netloc = f"[{ip}]" if ":" in ip else ip
+        if parts.port:
+            netloc += f":{parts.port}"
+        host_header = parts.netloc.rpartition("@")[2]
+        pinned = parts._replace(netloc=netloc).geturl()
+        return pinned, {**headers, "Host": host_header}, {"sni_hostname": host}
 
     def _next(self, url: str, response: httpx.Response) -> str | None:
         if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
@@ -118,8 +162,10 @@ class SafeFetcher:
     def fetch(self, client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> Fetched:
         for _ in range(self.max_redirects + 1):
             self._check_url(url)
+            target, sent_headers, extensions = self._pinned(url, headers or {})
             with client.stream(
-                "GET", url, headers=headers or {}, follow_redirects=False, timeout=self.timeout
+                "GET", target, headers=sent_headers, follow_redirects=False,
+                timeout=self.timeout, extensions=extensions,
             ) as response:
                 nxt = self._next(url, response)
                 if nxt:
@@ -139,8 +185,10 @@ class SafeFetcher:
     ) -> Fetched:
         for _ in range(self.max_redirects + 1):
             await asyncio.to_thread(self._check_url, url)
+            target, sent_headers, extensions = self._pinned(url, headers or {})
             async with client.stream(
-                "GET", url, headers=headers or {}, follow_redirects=False, timeout=self.timeout
+                "GET", target, headers=sent_headers, follow_redirects=False,
+                timeout=self.timeout, extensions=extensions,
             ) as response:
                 nxt = self._next(url, response)
                 if nxt:

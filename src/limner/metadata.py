@@ -125,8 +125,8 @@ def strip(data: bytes, media_type: str) -> bytes:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
-        clean = Image.new(img.mode, img.size)
-        clean.putdata(list(img.getdata()))
+        img.load()
+        clean = Image.frombytes(img.mode, img.size, img.tobytes())
         buf = io.BytesIO()
         fmt = {"image/jpeg": "JPEG", "image/webp": "WEBP"}.get(media_type, "PNG")
         clean.save(buf, format=fmt, **({"quality": 95} if fmt != "PNG" else {}))

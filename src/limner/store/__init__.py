@@ -74,7 +74,7 @@ class LogEntry:
 
 class Store:
     def __init__(self, home: Path | None = None, *, url: str | None = None) -> None:
-        self.home = home or limner_home()
+        self.home = Path(home) if home else limner_home()
         self.assets_dir = self.home / "assets"
         self.engine = db.create_engine(self.home, url)
         db.migrate(self.engine)
@@ -119,20 +119,24 @@ class Store:
 
     # -- log -----------------------------------------------------------------------------------
     def record(self, entry: LogEntry) -> str:
-        values = {k: v for k, v in entry.__dict__.items() if k != "images"}
         with self.engine.begin() as conn:
-            conn.execute(db.generations.insert().values(**values))
-            for idx, img in enumerate(entry.images):
-                conn.execute(
-                    db.generation_images.insert().values(
-                        generation_id=entry.id,
-                        idx=idx,
-                        sha256=img.sha256,
-                        seed=img.seed,
-                        revised_prompt=img.revised_prompt,
-                    )
-                )
+            self.insert_entry(conn, entry)
         return entry.id
+
+    def insert_entry(self, conn: sa.Connection, entry: LogEntry) -> None:
+        """Insert a log entry inside the caller's transaction (batches mark items done with it)."""
+        values = {k: v for k, v in entry.__dict__.items() if k != "images"}
+        conn.execute(db.generations.insert().values(**values))
+        for idx, img in enumerate(entry.images):
+            conn.execute(
+                db.generation_images.insert().values(
+                    generation_id=entry.id,
+                    idx=idx,
+                    sha256=img.sha256,
+                    seed=img.seed,
+                    revised_prompt=img.revised_prompt,
+                )
+            )
 
     def _entries(self, conn: sa.Connection, rows: list[Any]) -> list[LogEntry]:
         if not rows:

@@ -88,10 +88,28 @@ def m001_initial(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+# Modules that add their own tables to ``metadata`` and their migrations to MIGRATIONS.
+EXTENSION_SCHEMAS = (
+    "limner.store.budget_schema",
+    "limner.store.jobs_schema",
+    "limner.store.batch_schema",
+)
+
+
+def _load_extensions() -> None:
+    import importlib
+    import importlib.util
+
+    for name in EXTENSION_SCHEMAS:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+
+
 def migrate(engine: Engine) -> list[str]:
     """Apply pending migrations; return the names applied."""
     import time
 
+    _load_extensions()
     applied_now: list[str] = []
     with engine.begin() as conn:
         migrations_table.create(conn, checkfirst=True)

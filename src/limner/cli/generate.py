@@ -1,0 +1,185 @@
+"""``limner generate``, ``limner edit`` and ``limner variations``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from limner.cli._common import emit_json, json_option, result_payload
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _request_options(fn: F) -> F:
+    options = [
+        click.option("-m", "--model", help="provider:model or alias (see `limner models`)."),
+        click.option("-n", "n", type=int, default=1, show_default=True, help="Number of images."),
+        click.option("--size", help="WIDTHxHEIGHT, or auto."),
+        click.option("--aspect-ratio", "--ar", "aspect_ratio", help="W:H, for models that take ratios."),
+        click.option("--seed", type=int, help="Seed (also makes the request cacheable)."),
+        click.option("--quality", help="Quality level the model offers (low, medium, high, hd...)."),
+        click.option("--style", help="Style the model offers (e.g. vivid, natural)."),
+        click.option("--negative", "negative_prompt", help="What to keep out of the image."),
+        click.option("--format", "output_format", type=click.Choice(["png", "jpeg", "webp"])),
+        click.option("--background", type=click.Choice(["transparent", "opaque", "auto"])),
+        click.option("--steps", type=int, help="Denoising steps (local and open models)."),
+        click.option("--guidance", type=float, help="Guidance / CFG scale."),
+        click.option("--strength", type=float, help="How far to move from the input image (0..1)."),
+        click.option("--option", "provider_options", multiple=True, metavar="KEY=VALUE",
+                     help="A provider-specific parameter; repeatable. VALUE is JSON or a string."),
+        click.option("--tag", "tags", multiple=True, help="Tag for the log; repeatable."),
+        click.option("--project", help="Project name for the log."),
+        click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=Path("."),
+                     show_default=True, help="Folder (or file name for one image) to save to."),
+        click.option("--no-cache", is_flag=True, help="Always call the provider."),
+        click.option("--no-metadata", is_flag=True, help="Embed no parameters in the saved files."),
+        click.option("--dry-run", is_flag=True, help="Print the provider-native request and its estimated cost; send nothing."),
+        click.option("--timeout", type=float, help="Give up (and cancel the remote job) after this many seconds."),
+        json_option,
+    ]  # fmt: skip
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    from limner.errors import InvalidRequestError
+
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidRequestError(f"--option {pair!r} is not KEY=VALUE.", param="provider_options")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+def _build(op: Any, prompt: str, images: list[Path], mask: Path | None, params: dict[str, Any]) -> Any:
+    from limner import build_request
+
+    fields = {
+        k: params[k]
+        for k in ("n", "size", "aspect_ratio", "seed", "quality", "style", "negative_prompt",
+                  "output_format", "background", "steps", "guidance", "strength", "project")
+        if params.get(k) is not None
+    }  # fmt: skip
+    fields["provider_options"] = _parse_options(params["provider_options"])
+    fields["tags"] = list(params["tags"])
+    return build_request(op, prompt, params["model"], list(images), mask, fields)
+
+
+def _output_paths(result: Any, output: Path) -> list[Path]:
+    images = result.images
+    if len(images) == 1 and output.suffix:
+        return [output]
+    stem = (result.generation_id or "image")[-12:]
+    return [output / f"{stem}-{i}.{img.extension}" for i, img in enumerate(images)]
+
+
+def _dry_run(client: Any, op: Any, request: Any, as_json: bool) -> None:
+    plan = client.plan(op, request)
+    try:
+        native = plan.provider.native_request(plan.op, plan.request, plan.spec)
+    except NotImplementedError:
+        native = {"note": f"{plan.spec.provider} does not describe its native request"}
+    payload = {
+        "model": plan.spec.ref,
+        "operation": plan.op.value,
+        "calls": len(plan.chunks),
+        "request": native,
+        "estimated_cost_usd": plan.estimated_cost,
+        "warnings": plan.warnings,
+    }
+    if as_json:
+        emit_json(payload)
+        return
+    click.echo(f"{plan.spec.ref} ({plan.op.value}), {len(plan.chunks)} call(s); nothing sent.")
+    click.echo(json.dumps(native, indent=2, default=str))
+    cost = "unknown" if plan.estimated_cost is None else f"${plan.estimated_cost:.4f}"
+    click.echo(f"Estimated cost: {cost}")
+    for warning in plan.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+
+
+def _progress_printer(enabled: bool) -> Any:
+    if not enabled:
+        return None
+
+    def show(fraction: float | None, message: str) -> None:
+        pct = f"{fraction * 100:5.1f}% " if fraction is not None else ""
+        click.echo(f"\r{pct}{message}".ljust(60), nl=False, err=True)
+
+    return show
+
+
+def _run(op: Any, prompt: str, images: list[Path], mask: Path | None, params: dict[str, Any]) -> None:
+    import sys
+
+    from limner.client import Limner
+
+    as_json = params["as_json"]
+    request = _build(op, prompt, images, mask, params)
+    with Limner(
+        embed_metadata=not params["no_metadata"],
+        deadline_s=params["timeout"],
+        on_progress=_progress_printer(not as_json and sys.stderr.isatty()),
+    ) as client:
+        if params["dry_run"]:
+            _dry_run(client, op, request, as_json)
+            return
+        if not as_json and sys.stderr.isatty():
+            click.echo(f"Generating with {client.resolve(request.model).ref}...", err=True)
+        result = client.run(op, request, use_cache=not params["no_cache"])
+    paths = _output_paths(result, params["output"])
+    for image, path in zip(result.images, paths, strict=True):
+        image.save(path)
+    if as_json:
+        emit_json(result_payload(result, paths))
+        return
+    for warning in result.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    for path in paths:
+        click.echo(str(path))
+    cost = "unknown" if result.cost_usd is None else f"${result.cost_usd:.4f}"
+    note = " (cache hit)" if result.cache_hit else ""
+    click.echo(f"{len(paths)} image(s) from {result.model}, cost {cost}{note}, id {result.generation_id}", err=True)
+
+
+@click.command()
+@click.argument("prompt")
+@_request_options
+def generate(prompt: str, **params: Any) -> None:
+    """Make images from PROMPT."""
+    from limner.types import Operation
+
+    _run(Operation.GENERATE, prompt, [], None, params)
+
+
+@click.command()
+@click.argument("image", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("prompt")
+@click.option("--mask", type=click.Path(path_type=Path), help="White (or transparent) marks the area to change.")
+@_request_options
+def edit(image: tuple[Path, ...], prompt: str, mask: Path | None, **params: Any) -> None:
+    """Edit IMAGE(s) as PROMPT says; with --mask, only the marked area."""
+    from limner.types import Operation
+
+    op = Operation.INPAINT if mask else Operation.EDIT
+    _run(op, prompt, list(image), mask, params)
+
+
+@click.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@_request_options
+def variations(image: Path, **params: Any) -> None:
+    """Make variations of IMAGE."""
+    from limner.types import Operation
+
+    _run(Operation.VARIATION, "", [image], None, params)

@@ -1,0 +1,180 @@
+"""An emulator of the Gemini API's image generation (``models/{model}:generateContent``),
+faithful enough for the official ``google-genai`` SDK: ``x-goog-api-key`` (or ``?key=``) auth,
+``imageConfig`` aspect ratios and sizes, input images as ``inlineData`` parts, usage in tokens
+by modality, Google's error shape, and the ``IMAGE_SAFETY`` refusal on ``BLOCKED_WORD``.
+The retired Imagen ``:predict`` path is kept for the catalog's retired entries."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from limner.emulators.common import BLOCKED_WORD, EmulatorState, emulator_app, render_image
+
+__all__ = ["BASE_PATH", "create_app"]
+
+BASE_PATH = "/v1beta"
+
+ASPECTS = {"1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"}
+WIDE_ASPECTS = {"1:4", "4:1", "1:8", "8:1"}
+# Output image tokens by imageSize, per model (Google bills images as output tokens).
+MODELS: dict[str, dict[str, Any]] = {
+    "gemini-3-pro-image-preview": {"sizes": {"1K": 1120, "2K": 1120, "4K": 2000}, "aspects": ASPECTS, "thinks": True},
+    "gemini-3.1-flash-image-preview": {
+        "sizes": {"512": 747, "1K": 1120, "2K": 1680, "4K": 2520},
+        "aspects": ASPECTS | WIDE_ASPECTS,
+    },
+    "gemini-2.5-flash-image": {"sizes": {"1K": 1290}, "aspects": ASPECTS},
+}
+IMAGEN_MODELS = {"imagen-4.0-generate-001", "imagen-4.0-ultra-generate-001", "imagen-4.0-fast-generate-001"}
+# The emulator draws small images so that tests stay fast; the long edge per imageSize.
+EDGE = {"512": 128, "1K": 256, "2K": 320, "4K": 384}
+VERTEX_ONLY = {"personGeneration", "prominentPeople", "imageOutputOptions"}
+
+
+class APIError(Exception):
+    STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(error_body(self.code, str(self)), status_code=self.code)
+
+
+def error_body(code: int, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "status": APIError.STATUS.get(code, "UNKNOWN")}}
+
+
+def _dimensions(aspect: str, size: str) -> tuple[int, int]:
+    a, _, b = aspect.partition(":")
+    ratio = float(a) / float(b)
+    edge = EDGE[size]
+    if ratio >= 1:
+        return edge, max(int(edge / ratio) // 8 * 8, 8)
+    return max(int(edge * ratio) // 8 * 8, 8), edge
+
+
+def _check_auth(request: Request) -> None:
+    if not (request.headers.get("x-goog-api-key") or request.query_params.get("key")):
+        raise APIError(403, "Method doesn't allow unregistered callers. Please use API Key or other form of API consumer identity to call this API.")
+
+
+def _read_parts(body: dict[str, Any]) -> tuple[str, list[bytes]]:
+    contents = body.get("contents")
+    if not contents:
+        raise APIError(400, "* GenerateContentRequest.contents: contents is not specified")
+    texts, images = [], []
+    for content in contents:
+        for part in content.get("parts") or []:
+            if "text" in part:
+                texts.append(str(part["text"]))
+            inline = part.get("inlineData") or part.get("inline_data")
+            if inline:
+                try:
+                    images.append(base64.b64decode(inline["data"], validate=True))
+                except (KeyError, ValueError):
+                    raise APIError(400, "Invalid value at 'contents[0].parts[1].inline_data.data': invalid base64.") from None
+    return " ".join(texts), images
+
+
+def _generate_content(model: str, body: dict[str, Any]) -> dict[str, Any]:
+    rules = MODELS.get(model)
+    if rules is None:
+        raise APIError(404, f"models/{model} is not found for API version v1beta, or is not supported for generateContent.")
+    prompt, images = _read_parts(body)
+    config = body.get("generationConfig") or {}
+    image_config = config.get("imageConfig") or {}
+    for key in VERTEX_ONLY & set(image_config):
+        raise APIError(400, f"{key} parameter is not supported in Gemini API.")
+    aspect = image_config.get("aspectRatio", "1:1")
+    if aspect not in rules["aspects"]:
+        raise APIError(400, f"Unsupported aspect ratio: {aspect}.")
+    size = image_config.get("imageSize", "1K")
+    if size not in rules["sizes"]:
+        raise APIError(400, f"Unsupported image size: {size} for model {model}.")
+    modalities = [m.upper() for m in config.get("responseModalities") or ["TEXT"]]
+    text_tokens = max(len(prompt.split()), 1)
+    usage: dict[str, Any] = {
+        "promptTokenCount": text_tokens + 258 * len(images),
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": text_tokens}]
+        + ([{"modality": "IMAGE", "tokenCount": 258 * len(images)}] if images else []),
+    }
+    response_id = uuid.uuid4().hex[:22]
+    if BLOCKED_WORD in prompt:
+        usage.update(candidatesTokenCount=0, totalTokenCount=usage["promptTokenCount"])
+        candidate = {"finishReason": "IMAGE_SAFETY", "index": 0, "finishMessage": "Unable to show the generated image."}
+        return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": response_id}
+    parts: list[dict[str, Any]] = []
+    if "TEXT" in modalities:
+        parts.append({"text": f"Here is the image: {prompt[:60]}"})
+    image_tokens = 0
+    if "IMAGE" in modalities:
+        width, height = _dimensions(aspect, size)
+        seed = config.get("seed")
+        salt = hashlib.sha256(b"".join(images)).hexdigest()[:8] if images else ""
+        data = render_image(prompt + salt, seed, width, height, "png")
+        if rules.get("thinks"):
+            draft = render_image("draft " + prompt, seed, width // 2, height // 2, "png")
+            parts.insert(0, {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(draft).decode()}, "thought": True})
+        parts.append({"inlineData": {"mimeType": "image/png", "data": base64.b64encode(data).decode()}, "thoughtSignature": "c2lnbmF0dXJl"})
+        image_tokens = rules["sizes"][size]
+    text_out = 8 if "TEXT" in modalities else 0
+    usage.update(
+        candidatesTokenCount=image_tokens + text_out,
+        totalTokenCount=usage["promptTokenCount"] + image_tokens + text_out,
+        candidatesTokensDetails=[{"modality": "IMAGE", "tokenCount": image_tokens}] + ([{"modality": "TEXT", "tokenCount": text_out}] if text_out else []),
+    )
+    candidate = {"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}
+    if "IMAGE" in modalities and not parts:
+        candidate["finishReason"] = "NO_IMAGE"
+    return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": response_id}
+
+
+def _predict(model: str, body: dict[str, Any]) -> dict[str, Any]:
+    if model not in IMAGEN_MODELS:
+        raise APIError(404, f"models/{model} is not found for API version v1beta, or is not supported for predict.")
+    instances = body.get("instances") or [{}]
+    prompt = str(instances[0].get("prompt", ""))
+    params = body.get("parameters") or {}
+    count = int(params.get("sampleCount", 1))
+    if not 1 <= count <= 4:
+        raise APIError(400, "sampleCount must be between 1 and 4.")
+    if BLOCKED_WORD in prompt:
+        return {"predictions": [{"raiFilteredReason": "Your current safety filter threshold filtered out the generated images."}]}
+    width, height = _dimensions(params.get("aspectRatio", "1:1"), "1K")
+    predictions = [
+        {"bytesBase64Encoded": base64.b64encode(render_image(prompt, i, width, height)).decode(), "mimeType": "image/png"}
+        for i in range(count)
+    ]
+    return {"predictions": predictions}
+
+
+def create_app(state: EmulatorState | None = None) -> Any:
+    state = state or EmulatorState()
+
+    async def model_method(request: Request) -> Response:
+        try:
+            _check_auth(request)
+            model, _, method = request.path_params["target"].partition(":")
+            try:
+                body = await request.json()
+            except ValueError:
+                raise APIError(400, "Invalid JSON payload received.") from None
+            if method == "generateContent":
+                return JSONResponse(_generate_content(model, body))
+            if method == "predict":
+                return JSONResponse(_predict(model, body))
+            raise APIError(404, f"Method {method!r} is not found.")
+        except APIError as exc:
+            return exc.response()
+
+    routes = [Route(f"{BASE_PATH}/models/{{target}}", model_method, methods=["POST"])]
+    return emulator_app(routes, state, error_body)

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+from limner.store import LogEntry, Store
+from limner.store.db import MIGRATIONS
+
+
+def test_pragmas_and_migrations_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = Store(tmp_path)
+    with store.engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    store.close()
+    db = sqlite3.connect(tmp_path / "limner.db")
+    names = [r[0] for r in db.execute("select name from limner_migrations")]
+    assert names == [name for name, _ in MIGRATIONS]
+    Store(tmp_path).close()  # reopening applies nothing twice
+    assert len(list(db.execute("select name from limner_migrations"))) == len(names)
+
+
+def test_assets_are_content_addressed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = Store(tmp_path)
+    a = store.put_asset(b"\x89PNG fake", "image/png", 1, 1)
+    b = store.put_asset(b"\x89PNG fake", "image/png", 1, 1)
+    assert a.path == b.path and a.sha256 == b.sha256
+    assert a.path.name.startswith(a.sha256) and a.path.read_bytes() == b"\x89PNG fake"
+    assert store.read_asset(a.sha256) == (b"\x89PNG fake", "image/png")
+
+
+def test_search_by_words_model_and_prefix_id(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = Store(tmp_path)
+    img = store.put_asset(b"data", "image/png", 1, 1)
+    first = LogEntry(operation="generate", provider="openai", model="openai:gpt-image-2", prompt="a blue logo", status="ok", images=[img], tags=["brand"])
+    second = LogEntry(operation="generate", provider="openai", model="openai:dall-e-3", prompt="a red fox", status="ok")
+    store.record(first)
+    store.record(second)
+    assert [e.id for e in store.search("logo")] == [first.id]
+    assert [e.id for e in store.search("brand")] == [first.id]
+    assert [e.id for e in store.search(model="openai:dall-e-3")] == [second.id]
+    assert store.get(first.id[:14]) is not None and store.get(first.id).images[0].sha256 == img.sha256
+
+
+def test_sigkill_mid_write_never_leaves_a_row_without_its_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Kill a writer at random moments; every row must point at a complete file."""
+    import hashlib
+    import random
+    import signal
+    import time
+
+    script = textwrap.dedent(
+        f"""
+        import os
+        from limner.store import Store, LogEntry
+        store = Store({str(tmp_path)!r})
+        i = 0
+        while True:
+            data = os.urandom(200_000) + str(i).encode()
+            img = store.put_asset(data, "image/png", 1, 1)
+            store.record(LogEntry(operation="generate", provider="p", model="p:m", prompt=str(i), status="ok", images=[img]))
+            i += 1
+        """
+    )
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
+        time.sleep(random.uniform(0.8, 1.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    store = Store(tmp_path)
+    entries = store.search(limit=None)
+    assert entries, "the writer made no progress before being killed"
+    for entry in entries:
+        for img in entry.images:
+            assert img.path.exists()
+            assert hashlib.sha256(img.path.read_bytes()).hexdigest() == img.sha256
