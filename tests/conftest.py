@@ -65,7 +65,9 @@ def emulator() -> Iterator[Callable[[str], tuple[EmulatorServer, str]]]:
 
 
 @pytest.fixture
-def openai_env(emulator: Callable[[str], tuple[EmulatorServer, str]], monkeypatch: pytest.MonkeyPatch) -> tuple[EmulatorServer, str]:
+def openai_env(
+    emulator: Callable[[str], tuple[EmulatorServer, str]], monkeypatch: pytest.MonkeyPatch
+) -> tuple[EmulatorServer, str]:
     """The OpenAI emulator, with OPENAI_API_KEY and LIMNER_OPENAI_BASE_URL pointing at it."""
     server, url = emulator("openai")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123456")

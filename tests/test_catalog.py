@@ -18,9 +18,13 @@ def test_every_catalog_entry_loads_and_names_are_unique() -> None:
     for spec in catalog:
         assert spec.operations, spec.ref
         if spec.retired:
-            assert spec.successor or spec.lifecycle_note, f"{spec.ref} is retired without a successor"
+            assert spec.successor or spec.lifecycle_note, (
+                f"{spec.ref} is retired without a successor"
+            )
         if spec.successor:
-            assert catalog.find(spec.successor) is not None, f"{spec.ref} names unknown {spec.successor}"
+            assert catalog.find(spec.successor) is not None, (
+                f"{spec.ref} names unknown {spec.successor}"
+            )
 
 
 def test_resolve_by_ref_alias_and_bare_id() -> None:
@@ -49,10 +53,18 @@ def test_retired_models_keep_entries_with_successor() -> None:
 
 @pytest.mark.parametrize(
     ("size", "ok"),
-    [((1024, 1024), True), ((3840, 2160), True), ((1000, 1000), False), ((4096, 1024), False), ((3840, 1024), False)],
+    [
+        ((1024, 1024), True),
+        ((3840, 2160), True),
+        ((1000, 1000), False),
+        ((4096, 1024), False),
+        ((3840, 1024), False),
+    ],
 )
 def test_size_rule(size: tuple[int, int], ok: bool) -> None:
-    rule = SizeRule(multiple_of=16, min_edge=256, max_edge=3840, max_pixels=8_294_400, max_aspect=3.0)
+    rule = SizeRule(
+        multiple_of=16, min_edge=256, max_edge=3840, max_pixels=8_294_400, max_aspect=3.0
+    )
     assert (rule.check(*size) is None) is ok
 
 
@@ -60,8 +72,13 @@ def test_price_per_image_table_and_tokens() -> None:
     catalog = get_catalog()
     d3 = catalog.resolve("openai:dall-e-3")
     assert estimate_cost(d3, ImageRequest(prompt="x", quality="hd", size="1792x1024")) == 0.12
-    assert estimate_cost(d3, ImageRequest(prompt="x", quality="standard", size="1024x1024", n=3)) == 0.12
+    assert (
+        estimate_cost(d3, ImageRequest(prompt="x", quality="standard", size="1024x1024", n=3))
+        == 0.12
+    )
     gpt2 = catalog.resolve("openai:gpt-image-2")
-    usage = Usage(input_text_tokens=100, input_image_tokens=0, output_tokens=1000, output_image_tokens=1000)
+    usage = Usage(
+        input_text_tokens=100, input_image_tokens=0, output_tokens=1000, output_image_tokens=1000
+    )
     # 100 text tokens at $5/M + 1000 image tokens at $30/M
     assert token_cost(gpt2, usage) == pytest.approx(0.0305)

@@ -68,7 +68,7 @@ def test_fetcher_refuses_http_and_loopback_by_default() -> None:
             fetcher.fetch(client, "file:///etc/passwd")
 
 
-def test_fetcher_caps_size_and_rechecks_redirects(openai_env) -> None:  # type: ignore[no-untyped-def]
+def test_fetcher_caps_size_and_rechecks_redirects(openai_env) -> None:
     server, _ = openai_env
     big = SafeFetcher(allow_loopback=True, max_bytes=10)
     with httpx.Client() as client:

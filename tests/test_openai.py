@@ -32,8 +32,10 @@ def fault(url: str, **spec: object) -> None:
     httpx.post(url.removesuffix("/v1") + "/_emulator/faults", json=spec).raise_for_status()
 
 
-def test_generate_returns_sized_images_cost_and_log(openai_env) -> None:  # type: ignore[no-untyped-def]
-    result = limner.generate("a blue logo", model="openai:gpt-image-2", size="1536x1024", quality="high", n=2)
+def test_generate_returns_sized_images_cost_and_log(openai_env) -> None:
+    result = limner.generate(
+        "a blue logo", model="openai:gpt-image-2", size="1536x1024", quality="high", n=2
+    )
     assert [(i.width, i.height) for i in result.images] == [(1536, 1024)] * 2
     assert result.usage.output_tokens and result.usage.output_tokens > 0
     # cost from the reported tokens at the catalog's rates, not the list price
@@ -46,31 +48,36 @@ def test_generate_returns_sized_images_cost_and_log(openai_env) -> None:  # type
     assert read_metadata(entry.images[0].path.read_bytes())["prompt"] == "a blue logo"
 
 
-async def test_agenerate_matches_sync(openai_env) -> None:  # type: ignore[no-untyped-def]
+async def test_agenerate_matches_sync(openai_env) -> None:
     sync = limner.generate("same prompt", model="gpt-image-2", size="1024x1024")
     result = await limner.agenerate("same prompt", model="gpt-image-2", size="1024x1024")
     assert result.images[0].sha256 is not None
-    assert (result.images[0].width, result.images[0].height) == (sync.images[0].width, sync.images[0].height)
+    assert (result.images[0].width, result.images[0].height) == (
+        sync.images[0].width,
+        sync.images[0].height,
+    )
     assert result.model == sync.model == "openai:gpt-image-2"
 
 
-def test_n_above_model_max_is_split_into_parallel_calls(openai_env) -> None:  # type: ignore[no-untyped-def]
+def test_n_above_model_max_is_split_into_parallel_calls(openai_env) -> None:
     _, url = openai_env
     result = limner.generate("many", model="openai:gpt-image-1.5", size="1024x1024", n=13)
     assert len(result.images) == 13
     assert stats(url)["POST /v1/images/generations"] == 2
 
 
-def test_dalle3_url_results_downloaded_and_revised_prompt_kept(openai_env) -> None:  # type: ignore[no-untyped-def]
+def test_dalle3_url_results_downloaded_and_revised_prompt_kept(openai_env) -> None:
     _, url = openai_env
-    result = limner.generate("a fox", model="openai:dall-e-3", quality="hd", size="1792x1024", style="natural")
+    result = limner.generate(
+        "a fox", model="openai:dall-e-3", quality="hd", size="1792x1024", style="natural"
+    )
     assert result.images[0].revised_prompt == "a fox, rendered in rich detail"
     assert result.cost_usd == pytest.approx(0.12)
     counts = stats(url)
     assert counts["POST /v1/images/generations"] == 1
 
 
-def test_edit_with_mask_and_variations(openai_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_edit_with_mask_and_variations(openai_env, tmp_path) -> None:
     photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
     photo.write_bytes(png(512, 512))
     m = Image.new("L", (512, 512), 0)
@@ -85,7 +92,7 @@ def test_edit_with_mask_and_variations(openai_env, tmp_path) -> None:  # type: i
     assert len(varied.images) == 3 and varied.images[0].width == 256
 
 
-def test_retries_429_honouring_retry_after(openai_env) -> None:  # type: ignore[no-untyped-def]
+def test_retries_429_honouring_retry_after(openai_env) -> None:
     _, url = openai_env
     fault(url, status=429, retry_after_ms=10, count=2, path="/v1/images")
     with Limner(retry=FAST_RETRY) as client:
@@ -95,7 +102,7 @@ def test_retries_429_honouring_retry_after(openai_env) -> None:  # type: ignore[
     assert stats(url)["POST /v1/images/generations"] == 3
 
 
-def test_server_errors_exhaust_retries_and_are_logged(openai_env) -> None:  # type: ignore[no-untyped-def]
+def test_server_errors_exhaust_retries_and_are_logged(openai_env) -> None:
     _, url = openai_env
     fault(url, status=500, count=5, path="/v1/images")
     with Limner(retry=FAST_RETRY) as client:
@@ -107,12 +114,12 @@ def test_server_errors_exhaust_retries_and_are_logged(openai_env) -> None:  # ty
     assert entry.error_type == "ProviderUnavailableError"
 
 
-def test_content_policy_refusal_is_an_error_not_empty(openai_env) -> None:  # type: ignore[no-untyped-def]
+def test_content_policy_refusal_is_an_error_not_empty(openai_env) -> None:
     with pytest.raises(errors.ContentPolicyError, match="safety system"):
         limner.generate("forbidden-content", model="gpt-image-2")
 
 
-def test_rejected_auth_and_rate_limit_mapping(openai_env) -> None:  # type: ignore[no-untyped-def]
+def test_rejected_auth_and_rate_limit_mapping(openai_env) -> None:
     _, url = openai_env
     fault(url, status=401, count=1)
     with pytest.raises(errors.AuthenticationError):
@@ -122,15 +129,18 @@ def test_rejected_auth_and_rate_limit_mapping(openai_env) -> None:  # type: igno
         client.run("generate", limner.ImageRequest(prompt="x", model="gpt-image-2"))
 
 
-def test_deadline_turns_slow_response_into_timeout(openai_env) -> None:  # type: ignore[no-untyped-def]
+def test_deadline_turns_slow_response_into_timeout(openai_env) -> None:
     _, url = openai_env
     fault(url, delay=3, count=1)
     client = httpx.Client(timeout=httpx.Timeout(1.0))
-    with Limner(http_client=client, retry=RetryPolicy(max_attempts=1)) as lm, pytest.raises(errors.ProviderTimeoutError):
+    with (
+        Limner(http_client=client, retry=RetryPolicy(max_attempts=1)) as lm,
+        pytest.raises(errors.ProviderTimeoutError),
+    ):
         lm.run("generate", limner.ImageRequest(prompt="x", model="gpt-image-2"))
 
 
-def test_retired_model_needs_a_base_url(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_retired_model_needs_a_base_url(monkeypatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
     with pytest.raises(errors.RetiredModelError, match="gpt-image-2"):
         limner.generate("x", model="openai:dall-e-3")
@@ -142,7 +152,7 @@ def test_missing_key_names_env_var_and_command() -> None:
     assert "OPENAI_API_KEY" in str(info.value) and "limner keys set openai" in str(info.value)
 
 
-def test_seeded_request_is_cached_at_zero_cost(openai_env) -> None:  # type: ignore[no-untyped-def]
+def test_seeded_request_is_cached_at_zero_cost(openai_env) -> None:
     _, url = openai_env
     first = limner.generate("cache me", model="gpt-image-2", seed=7)
     second = limner.generate("cache me", model="gpt-image-2", seed=7)
@@ -157,7 +167,7 @@ def test_seeded_request_is_cached_at_zero_cost(openai_env) -> None:  # type: ign
     assert len(hits) == 1 and hits[0].cost_usd == 0.0
 
 
-def test_api_key_never_in_log_or_metadata(openai_env) -> None:  # type: ignore[no-untyped-def]
+def test_api_key_never_in_log_or_metadata(openai_env) -> None:
     result = limner.generate("secret check", model="gpt-image-2")
     data = result.images[0].data
     assert b"sk-test-123456" not in data

@@ -12,20 +12,24 @@ from PIL import Image
 
 def png_file(w: int, h: int, mode: str = "RGB") -> io.BytesIO:
     buf = io.BytesIO()
-    Image.new(mode, (w, h), (0, 0, 0, 0) if mode == "RGBA" else (90, 90, 200)).save(buf, format="PNG")
+    Image.new(mode, (w, h), (0, 0, 0, 0) if mode == "RGBA" else (90, 90, 200)).save(
+        buf, format="PNG"
+    )
     buf.seek(0)
     buf.name = "image.png"
     return buf
 
 
 @pytest.fixture
-def client(openai_env):  # type: ignore[no-untyped-def]
+def client(openai_env):
     _, url = openai_env
     return openai.OpenAI(api_key="sk-test", base_url=url, max_retries=0)
 
 
-def test_sdk_generate(client) -> None:  # type: ignore[no-untyped-def]
-    response = client.images.generate(model="gpt-image-2", prompt="a lighthouse", size="1024x1536", quality="low", n=2)
+def test_sdk_generate(client) -> None:
+    response = client.images.generate(
+        model="gpt-image-2", prompt="a lighthouse", size="1024x1536", quality="low", n=2
+    )
     assert len(response.data) == 2
     img = Image.open(io.BytesIO(base64.b64decode(response.data[0].b64_json)))
     assert img.size == (1024, 1536)
@@ -33,8 +37,10 @@ def test_sdk_generate(client) -> None:  # type: ignore[no-untyped-def]
     assert response.size == "1024x1536" and response.quality == "low"
 
 
-def test_sdk_dalle3_url_and_revised_prompt(client) -> None:  # type: ignore[no-untyped-def]
-    response = client.images.generate(model="dall-e-3", prompt="a fox", size="1024x1792", response_format="url")
+def test_sdk_dalle3_url_and_revised_prompt(client) -> None:
+    response = client.images.generate(
+        model="dall-e-3", prompt="a fox", size="1024x1792", response_format="url"
+    )
     assert response.data[0].url and response.data[0].revised_prompt
     import httpx
 
@@ -42,20 +48,25 @@ def test_sdk_dalle3_url_and_revised_prompt(client) -> None:  # type: ignore[no-u
     assert Image.open(io.BytesIO(body)).size == (1024, 1792)
 
 
-def test_sdk_edit_with_mask_and_multiple_images(client) -> None:  # type: ignore[no-untyped-def]
+def test_sdk_edit_with_mask_and_multiple_images(client) -> None:
     response = client.images.edit(
-        model="gpt-image-2", image=[png_file(256, 256), png_file(256, 256)], mask=png_file(256, 256, "RGBA"), prompt="merge"
+        model="gpt-image-2",
+        image=[png_file(256, 256), png_file(256, 256)],
+        mask=png_file(256, 256, "RGBA"),
+        prompt="merge",
     )
     assert Image.open(io.BytesIO(base64.b64decode(response.data[0].b64_json))).size == (256, 256)
 
 
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
-def test_sdk_variations(client) -> None:  # type: ignore[no-untyped-def]
-    response = client.images.create_variation(model="dall-e-2", image=png_file(256, 256), n=2, size="512x512", response_format="b64_json")
+def test_sdk_variations(client) -> None:
+    response = client.images.create_variation(
+        model="dall-e-2", image=png_file(256, 256), n=2, size="512x512", response_format="b64_json"
+    )
     assert len(response.data) == 2
 
 
-def test_sdk_sees_openai_errors(client) -> None:  # type: ignore[no-untyped-def]
+def test_sdk_sees_openai_errors(client) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.images.generate(model="gpt-image-2", prompt="forbidden-content here")
     assert info.value.code == "moderation_blocked"

@@ -10,7 +10,7 @@ from limner.store import LogEntry, Store
 from limner.store.db import MIGRATIONS
 
 
-def test_pragmas_and_migrations_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_pragmas_and_migrations_once(tmp_path) -> None:
     store = Store(tmp_path)
     with store.engine.connect() as conn:
         raw = conn.connection.dbapi_connection
@@ -24,7 +24,7 @@ def test_pragmas_and_migrations_once(tmp_path) -> None:  # type: ignore[no-untyp
     assert len(list(db.execute("select name from limner_migrations"))) == len(names)
 
 
-def test_assets_are_content_addressed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_assets_are_content_addressed(tmp_path) -> None:
     store = Store(tmp_path)
     a = store.put_asset(b"\x89PNG fake", "image/png", 1, 1)
     b = store.put_asset(b"\x89PNG fake", "image/png", 1, 1)
@@ -33,20 +33,36 @@ def test_assets_are_content_addressed(tmp_path) -> None:  # type: ignore[no-unty
     assert store.read_asset(a.sha256) == (b"\x89PNG fake", "image/png")
 
 
-def test_search_by_words_model_and_prefix_id(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_search_by_words_model_and_prefix_id(tmp_path) -> None:
     store = Store(tmp_path)
     img = store.put_asset(b"data", "image/png", 1, 1)
-    first = LogEntry(operation="generate", provider="openai", model="openai:gpt-image-2", prompt="a blue logo", status="ok", images=[img], tags=["brand"])
-    second = LogEntry(operation="generate", provider="openai", model="openai:dall-e-3", prompt="a red fox", status="ok")
+    first = LogEntry(
+        operation="generate",
+        provider="openai",
+        model="openai:gpt-image-2",
+        prompt="a blue logo",
+        status="ok",
+        images=[img],
+        tags=["brand"],
+    )
+    second = LogEntry(
+        operation="generate",
+        provider="openai",
+        model="openai:dall-e-3",
+        prompt="a red fox",
+        status="ok",
+    )
     store.record(first)
     store.record(second)
     assert [e.id for e in store.search("logo")] == [first.id]
     assert [e.id for e in store.search("brand")] == [first.id]
     assert [e.id for e in store.search(model="openai:dall-e-3")] == [second.id]
-    assert store.get(first.id[:14]) is not None and store.get(first.id).images[0].sha256 == img.sha256
+    assert (
+        store.get(first.id[:14]) is not None and store.get(first.id).images[0].sha256 == img.sha256
+    )
 
 
-def test_sigkill_mid_write_never_leaves_a_row_without_its_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_mid_write_never_leaves_a_row_without_its_file(tmp_path) -> None:
     """Kill a writer at random moments; every row must point at a complete file."""
     import hashlib
     import random

@@ -19,28 +19,34 @@ def png(w: int, h: int, color: tuple[int, ...] = (10, 20, 30), mode: str = "RGB"
 
 
 @pytest.fixture
-def catalog():  # type: ignore[no-untyped-def]
+def catalog():
     return get_catalog()
 
 
-def test_negative_prompt_folded_with_warning(catalog) -> None:  # type: ignore[no-untyped-def]
+def test_negative_prompt_folded_with_warning(catalog) -> None:
     spec = catalog.resolve("openai:gpt-image-2")
-    req, warnings = check_request(Operation.GENERATE, ImageRequest(prompt="a cat", negative_prompt="dogs"), spec)
+    req, warnings = check_request(
+        Operation.GENERATE, ImageRequest(prompt="a cat", negative_prompt="dogs"), spec
+    )
     assert req.negative_prompt is None
     assert "Avoid: dogs" in req.prompt
     assert any("negative prompt" in w for w in warnings)
 
 
-def test_aspect_ratio_translated_to_nearest_size(catalog) -> None:  # type: ignore[no-untyped-def]
+def test_aspect_ratio_translated_to_nearest_size(catalog) -> None:
     spec = catalog.resolve("openai:dall-e-3")
-    req, warnings = check_request(Operation.GENERATE, ImageRequest(prompt="a", aspect_ratio="16:9"), spec)
+    req, warnings = check_request(
+        Operation.GENERATE, ImageRequest(prompt="a", aspect_ratio="16:9"), spec
+    )
     assert req.size == "1792x1024"
     assert any("16:9" in w for w in warnings)
 
 
-def test_unsupported_params_warn_not_drop_silently(catalog) -> None:  # type: ignore[no-untyped-def]
+def test_unsupported_params_warn_not_drop_silently(catalog) -> None:
     spec = catalog.resolve("openai:gpt-image-2")
-    req, warnings = check_request(Operation.GENERATE, ImageRequest(prompt="a", seed=3, steps=20, guidance=5), spec)
+    req, warnings = check_request(
+        Operation.GENERATE, ImageRequest(prompt="a", seed=3, steps=20, guidance=5), spec
+    )
     assert req.steps is None and req.guidance is None
     assert len(warnings) == 3
 
@@ -49,31 +55,50 @@ def test_unsupported_params_warn_not_drop_silently(catalog) -> None:  # type: ig
     ("model", "op", "kwargs", "error"),
     [
         ("openai:dall-e-3", Operation.VARIATION, {}, errors.UnsupportedOperationError),
-        ("openai:gpt-image-2", Operation.GENERATE, {"quality": "ultra"}, errors.InvalidRequestError),
+        (
+            "openai:gpt-image-2",
+            Operation.GENERATE,
+            {"quality": "ultra"},
+            errors.InvalidRequestError,
+        ),
         ("openai:dall-e-3", Operation.GENERATE, {"style": "anime"}, errors.InvalidRequestError),
         ("openai:gpt-image-2", Operation.GENERATE, {"n": 65}, errors.InvalidRequestError),
         ("openai:gpt-image-2", Operation.GENERATE, {"prompt": "   "}, errors.InvalidRequestError),
-        ("openai:gpt-image-2", Operation.GENERATE, {"background": "transparent", "output_format": "jpeg"}, errors.InvalidRequestError),
+        (
+            "openai:gpt-image-2",
+            Operation.GENERATE,
+            {"background": "transparent", "output_format": "jpeg"},
+            errors.InvalidRequestError,
+        ),
         ("openai:gpt-image-2", Operation.EDIT, {}, errors.InvalidRequestError),
     ],
 )
-def test_refusals(catalog, model, op, kwargs, error) -> None:  # type: ignore[no-untyped-def]
+def test_refusals(catalog, model, op, kwargs, error) -> None:
     fields = {"prompt": "a cat", **kwargs}
     with pytest.raises(error):
         check_request(op, ImageRequest(**fields), catalog.resolve(model), catalog)
 
 
-def test_unsupported_operation_names_models_that_can(catalog) -> None:  # type: ignore[no-untyped-def]
+def test_unsupported_operation_names_models_that_can(catalog) -> None:
     image = load_image(png(64, 64))
     with pytest.raises(errors.UnsupportedOperationError) as info:
-        check_request(Operation.VARIATION, ImageRequest(images=[image]), catalog.resolve("openai:gpt-image-2"), catalog)
+        check_request(
+            Operation.VARIATION,
+            ImageRequest(images=[image]),
+            catalog.resolve("openai:gpt-image-2"),
+            catalog,
+        )
     assert "openai:dall-e-2" not in str(info.value)  # retired models are not suggested
 
 
-def test_mask_size_mismatch(catalog) -> None:  # type: ignore[no-untyped-def]
+def test_mask_size_mismatch(catalog) -> None:
     image, mask = load_image(png(64, 64)), load_image(png(32, 32), name="mask.png")
     with pytest.raises(errors.InputImageError, match="mask is 32x32"):
-        check_request(Operation.INPAINT, ImageRequest(prompt="x", images=[image], mask=mask), catalog.resolve("openai:gpt-image-2"))
+        check_request(
+            Operation.INPAINT,
+            ImageRequest(prompt="x", images=[image], mask=mask),
+            catalog.resolve("openai:gpt-image-2"),
+        )
 
 
 def test_mask_conventions_round_trip() -> None:
@@ -94,7 +119,7 @@ def test_mask_conventions_round_trip() -> None:
     assert again.tobytes() == area.tobytes()
 
 
-def test_load_image_refuses_non_images_and_bombs(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_load_image_refuses_non_images_and_bombs(tmp_path, monkeypatch) -> None:
     bad = tmp_path / "x.png"
     bad.write_text("not an image")
     with pytest.raises(errors.InputImageError, match="not an image"):

@@ -24,14 +24,14 @@ from limner import errors
 from limner.catalog import Catalog, ModelSpec, get_catalog
 from limner.config import KeyStore, UserConfig, limner_home
 from limner.fetch import SafeFetcher
-from limner.guards import default_guards
 from limner.flows import ProviderOutput
+from limner.guards import default_guards
 from limner.http import DEFAULT_TIMEOUT, AsyncFlowRunner, FlowRunner, RetryPolicy
 from limner.metadata import embed
 from limner.pricing import actual_cost, estimate_cost
 from limner.providers import get_provider_class
 from limner.providers.base import Provider
-from limner.store import LogEntry, StoredImage, Store
+from limner.store import LogEntry, Store, StoredImage
 from limner.types import GeneratedImage, ImageRequest, Operation, Result, Usage
 from limner.validate import check_request
 
@@ -74,6 +74,13 @@ class Guard(Protocol):
     def settle(self, plan: Plan, token: Any, cost: float | None) -> None: ...
 
     def release(self, plan: Plan, token: Any) -> None: ...
+
+
+def _registered_models(home: Path) -> list[ModelSpec]:
+    """Models registered with `limner models add` (``<home>/models.toml``)."""
+    from limner.local.models import registered_specs
+
+    return registered_specs(home)
 
 
 def request_hash(op: Operation, spec: ModelSpec, request: ImageRequest) -> str:
@@ -127,7 +134,7 @@ class Limner:
     ) -> None:
         self.home = Path(home) if home else limner_home()
         self._store = store
-        self.catalog = catalog or get_catalog()
+        self.catalog = catalog or get_catalog(_registered_models(self.home))
         self._http = http_client
         self._owns_http = http_client is None
         self._ahttp = async_http_client
@@ -195,10 +202,25 @@ class Limner:
             cls = get_provider_class(provider)
         except errors.LimnerError:
             return False
-        return bool(cls.key_env and os.environ.get(cls.key_env)) or bool(self.key_store.get(provider))
+        return bool(cls.key_env and os.environ.get(cls.key_env)) or bool(
+            self.key_store.get(provider)
+        )
 
     def resolve(self, model: str | None) -> ModelSpec:
-        return self.catalog.resolve(model or self.default_model())
+        name = model or self.default_model()
+        try:
+            return self.catalog.resolve(name)
+        except errors.UnknownModelError as unknown:
+            # A provider may take names that no catalog lists (local:/path/to/model).
+            provider, sep, model_id = name.partition(":")
+            try:
+                spec_for = getattr(get_provider_class(provider), "spec_for", None) if sep else None
+            except errors.LimnerError:
+                raise unknown from None
+            spec = spec_for(model_id) if spec_for else None
+            if spec is None:
+                raise
+            return spec
 
     def provider(self, name: str) -> Provider:
         if name not in self._providers:
@@ -218,9 +240,7 @@ class Limner:
         if spec.is_retired() and not provider.uses_custom_base_url:
             raise errors.RetiredModelError(
                 f"{spec.ref} is retired. {spec.lifecycle_note}".strip(),
-                hint=(
-                    f"Use {spec.successor} instead" if spec.successor else "Pick another model"
-                )
+                hint=(f"Use {spec.successor} instead" if spec.successor else "Pick another model")
                 + f", or point {type(provider).base_url_envs[0] if type(provider).base_url_envs else 'LIMNER_' + spec.provider.upper() + '_BASE_URL'} at a compatible server.",
             )
         if type(provider).needs_key and not provider.api_key:
@@ -237,7 +257,14 @@ class Limner:
         )
 
     # -- running -------------------------------------------------------------------------------
-    def run(self, op: Operation | str, request: ImageRequest, *, use_cache: bool = True, parent_id: str | None = None) -> Result:
+    def run(
+        self,
+        op: Operation | str,
+        request: ImageRequest,
+        *,
+        use_cache: bool = True,
+        parent_id: str | None = None,
+    ) -> Result:
         started = time.perf_counter()
         plan = self.plan(op, request)
         cached = self._cached(plan, use_cache, parent_id, started)
@@ -251,7 +278,14 @@ class Limner:
             raise
         return self._finish(plan, outputs, started, parent_id)
 
-    async def arun(self, op: Operation | str, request: ImageRequest, *, use_cache: bool = True, parent_id: str | None = None) -> Result:
+    async def arun(
+        self,
+        op: Operation | str,
+        request: ImageRequest,
+        *,
+        use_cache: bool = True,
+        parent_id: str | None = None,
+    ) -> Result:
         started = time.perf_counter()
         plan = await asyncio.to_thread(self.plan, op, request)
         cached = await asyncio.to_thread(self._cached, plan, use_cache, parent_id, started)
@@ -315,7 +349,9 @@ class Limner:
         for guard, token in plan.reservations:
             guard.settle(plan, token, cost)
 
-    def _cached(self, plan: Plan, use_cache: bool, parent_id: str | None, started: float) -> Result | None:
+    def _cached(
+        self, plan: Plan, use_cache: bool, parent_id: str | None, started: float
+    ) -> Result | None:
         if not use_cache or plan.request.seed is None or plan.cache_key is None:
             return None
         hit = self.store.find_cached(plan.cache_key)
@@ -327,36 +363,66 @@ class Limner:
         self.store.record(entry)
         images = [
             GeneratedImage(
-                data=img.path.read_bytes(), media_type=img.media_type, width=img.width or 0,
-                height=img.height or 0, seed=img.seed, revised_prompt=img.revised_prompt,
-                sha256=img.sha256, path=img.path,
+                data=img.path.read_bytes(),
+                media_type=img.media_type,
+                width=img.width or 0,
+                height=img.height or 0,
+                seed=img.seed,
+                revised_prompt=img.revised_prompt,
+                sha256=img.sha256,
+                path=img.path,
             )
             for img in hit.images
         ]
         return Result(
-            images=images, model=plan.spec.ref, provider=plan.spec.provider, operation=plan.op,
+            images=images,
+            model=plan.spec.ref,
+            provider=plan.spec.provider,
+            operation=plan.op,
             warnings=[*plan.warnings, f"cache hit: images from generation {hit.id}"],
-            usage=Usage(), cost_usd=0.0, generation_id=entry.id, cache_hit=True,
+            usage=Usage(),
+            cost_usd=0.0,
+            generation_id=entry.id,
+            cache_hit=True,
             timings=entry.timings,
         )
 
     def _entry(self, plan: Plan, status: str, parent_id: str | None) -> LogEntry:
         req = plan.request
         params = req.model_dump(
-            mode="json", exclude={"prompt", "negative_prompt", "images", "mask", "references", "tags", "project"},
+            mode="json",
+            exclude={
+                "prompt",
+                "negative_prompt",
+                "images",
+                "mask",
+                "references",
+                "tags",
+                "project",
+            },
             exclude_none=True,
         )
         params["images"] = [img.sha256 for img in req.images]
         if req.mask:
             params["mask"] = req.mask.sha256
         return LogEntry(
-            operation=plan.op.value, provider=plan.spec.provider, model=plan.spec.ref,
-            prompt=req.prompt, negative_prompt=req.negative_prompt, status=status, params=params,
-            request_hash=plan.cache_key, warnings=plan.warnings or None, tags=req.tags or None,
-            project=req.project, parent_id=parent_id,
+            operation=plan.op.value,
+            provider=plan.spec.provider,
+            model=plan.spec.ref,
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt,
+            status=status,
+            params=params,
+            request_hash=plan.cache_key,
+            warnings=plan.warnings or None,
+            tags=req.tags or None,
+            project=req.project,
+            parent_id=parent_id,
         )
 
-    def _failed(self, plan: Plan, exc: errors.LimnerError, parent_id: str | None, status: str = "error") -> None:
+    def _failed(
+        self, plan: Plan, exc: errors.LimnerError, parent_id: str | None, status: str = "error"
+    ) -> None:
         for guard, token in plan.reservations:
             guard.release(plan, token)
         entry = self._entry(plan, status, parent_id)
@@ -364,7 +430,9 @@ class Limner:
         entry.provider_request_id = getattr(exc, "request_id", None)
         self.store.record(entry)
 
-    def _finish(self, plan: Plan, outputs: list[ProviderOutput], started: float, parent_id: str | None) -> Result:
+    def _finish(
+        self, plan: Plan, outputs: list[ProviderOutput], started: float, parent_id: str | None
+    ) -> Result:
         provider_time = time.perf_counter() - started
         usage = Usage()
         images: list[GeneratedImage] = []
@@ -389,25 +457,41 @@ class Limner:
         self.store.record(entry)
         self._settle(plan, cost)
         return Result(
-            images=images, model=plan.spec.ref, provider=plan.spec.provider, operation=plan.op,
-            warnings=warnings, usage=usage, cost_usd=cost, request_id=entry.provider_request_id,
-            timings=entry.timings, generation_id=entry.id,
+            images=images,
+            model=plan.spec.ref,
+            provider=plan.spec.provider,
+            operation=plan.op,
+            warnings=warnings,
+            usage=usage,
+            cost_usd=cost,
+            request_id=entry.provider_request_id,
+            timings=entry.timings,
+            generation_id=entry.id,
         )
 
-    def _store_images(self, plan: Plan, entry: LogEntry, images: list[GeneratedImage]) -> list[StoredImage]:
+    def _store_images(
+        self, plan: Plan, entry: LogEntry, images: list[GeneratedImage]
+    ) -> list[StoredImage]:
         stored = []
         for index, image in enumerate(images):
             if image.seed is None and plan.request.seed is not None and plan.spec.seed:
                 image.seed = plan.request.seed + index
             if self.embed_metadata:
                 meta = {
-                    "prompt": plan.request.prompt, "negative_prompt": plan.request.negative_prompt,
-                    "model": plan.spec.ref, "provider": plan.spec.provider, "seed": image.seed,
-                    "steps": plan.request.steps, "guidance": plan.request.guidance,
+                    "prompt": plan.request.prompt,
+                    "negative_prompt": plan.request.negative_prompt,
+                    "model": plan.spec.ref,
+                    "provider": plan.spec.provider,
+                    "seed": image.seed,
+                    "steps": plan.request.steps,
+                    "guidance": plan.request.guidance,
                     "size": f"{image.width}x{image.height}" if image.width else None,
-                    "quality": plan.request.quality, "style": plan.request.style,
-                    "strength": plan.request.strength, "operation": plan.op.value,
-                    "revised_prompt": image.revised_prompt, "generation_id": entry.id,
+                    "quality": plan.request.quality,
+                    "style": plan.request.style,
+                    "strength": plan.request.strength,
+                    "operation": plan.op.value,
+                    "revised_prompt": image.revised_prompt,
+                    "generation_id": entry.id,
                     "created_at": entry.created_at,
                 }
                 image.data = embed(image.data, image.media_type, meta)

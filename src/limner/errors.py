@@ -70,7 +70,11 @@ class LimnerError(Exception):
         return f"{self.message} {self.hint}" if self.hint else self.message
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"type": type(self).__name__, "code": self.code, "message": str(self)}
+        data: dict[str, Any] = {
+            "type": type(self).__name__,
+            "code": self.code,
+            "message": str(self),
+        }
         return data
 
 

@@ -101,9 +101,13 @@ class SafeFetcher:
     def _check_url(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise errors.InputImageError(f"Refusing to fetch {url!r}: only http(s) URLs are fetched.")
+            raise errors.InputImageError(
+                f"Refusing to fetch {url!r}: only http(s) URLs are fetched."
+            )
         if parts.username is not None or parts.password is not None:
-            raise errors.InputImageError(f"Refusing to fetch {url!r}: credentials in URLs are not allowed.")
+            raise errors.InputImageError(
+                f"Refusing to fetch {url!r}: credentials in URLs are not allowed."
+            )
         port = parts.port or (443 if parts.scheme == "https" else 80)
         if self.allowed_ports is not None and port not in self.allowed_ports:
             raise errors.InputImageError(
@@ -111,12 +115,16 @@ class SafeFetcher:
                 f"(allowed: {', '.join(str(p) for p in sorted(self.allowed_ports))})."
             )
         loopback_host = is_loopback_url(url)
-        if parts.scheme == "http" and not (self.allow_http or (self.allow_loopback and loopback_host)):
+        if parts.scheme == "http" and not (
+            self.allow_http or (self.allow_loopback and loopback_host)
+        ):
             raise errors.InputImageError(f"Refusing to fetch {url!r}: https is required.")
         try:
             infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
         except socket.gaierror as exc:
-            raise errors.ProviderUnavailableError(f"Cannot resolve {parts.hostname!r}: {exc}") from exc
+            raise errors.ProviderUnavailableError(
+                f"Cannot resolve {parts.hostname!r}: {exc}"
+            ) from exc
         addresses = sorted({str(info[4][0]) for info in infos})
         for ip in addresses:
             reason = check_address(ip.split("%")[0], allow_loopback=self.allow_loopback)
@@ -126,7 +134,9 @@ class SafeFetcher:
                 )
         self.resolved[parts.hostname] = addresses
 
-    def _pinned(self, url: str, headers: dict[str, str]) -> tuple[str, dict[str, str], dict[str, str]]:
+    def _pinned(
+        self, url: str, headers: dict[str, str]
+    ) -> tuple[str, dict[str, str], dict[str, str]]:
         """The URL with its host replaced by the checked address, the headers and extensions."""
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -150,22 +160,36 @@ class SafeFetcher:
         if response.status_code >= 400:
             raise errors.ProviderUnavailableError(
                 f"Download of {url} failed with HTTP {response.status_code}"
-                + (" (the result URL may have expired)." if response.status_code in (403, 404, 410) else "."),
+                + (
+                    " (the result URL may have expired)."
+                    if response.status_code in (403, 404, 410)
+                    else "."
+                ),
                 status=response.status_code,
             )
-        media = response.headers.get("content-type", "application/octet-stream").split(";")[0].strip()
+        media = (
+            response.headers.get("content-type", "application/octet-stream").split(";")[0].strip()
+        )
         return Fetched(data=body, media_type=media, url=url)
 
     def _too_big(self, url: str) -> errors.LimnerError:
-        return errors.InputImageError(f"Download of {url} exceeds {self.max_bytes // (1024 * 1024)} MiB.")
+        return errors.InputImageError(
+            f"Download of {url} exceeds {self.max_bytes // (1024 * 1024)} MiB."
+        )
 
-    def fetch(self, client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> Fetched:
+    def fetch(
+        self, client: httpx.Client, url: str, headers: dict[str, str] | None = None
+    ) -> Fetched:
         for _ in range(self.max_redirects + 1):
             self._check_url(url)
             target, sent_headers, extensions = self._pinned(url, headers or {})
             with client.stream(
-                "GET", target, headers=sent_headers, follow_redirects=False,
-                timeout=self.timeout, extensions=extensions,
+                "GET",
+                target,
+                headers=sent_headers,
+                follow_redirects=False,
+                timeout=self.timeout,
+                extensions=extensions,
             ) as response:
                 nxt = self._next(url, response)
                 if nxt:
@@ -187,8 +211,12 @@ class SafeFetcher:
             await asyncio.to_thread(self._check_url, url)
             target, sent_headers, extensions = self._pinned(url, headers or {})
             async with client.stream(
-                "GET", target, headers=sent_headers, follow_redirects=False,
-                timeout=self.timeout, extensions=extensions,
+                "GET",
+                target,
+                headers=sent_headers,
+                follow_redirects=False,
+                timeout=self.timeout,
+                extensions=extensions,
             ) as response:
                 nxt = self._next(url, response)
                 if nxt:

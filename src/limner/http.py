@@ -130,7 +130,9 @@ def map_http_error(
             prefix + text, hint="Check the API key (`limner keys list`).", **kw
         )
     if status == 402:
-        return errors.InsufficientCreditsError(prefix + text, hint="Add credit to the account.", **kw)
+        return errors.InsufficientCreditsError(
+            prefix + text, hint="Add credit to the account.", **kw
+        )
     if status == 429:
         return errors.RateLimitError(
             prefix + text, retry_after=parse_retry_after(response.headers), **kw
@@ -144,7 +146,9 @@ def map_http_error(
 
 def _transport_error(provider: str, exc: httpx.TransportError) -> errors.ProviderError:
     if isinstance(exc, httpx.TimeoutException):
-        return errors.ProviderTimeoutError(f"{provider}: timed out ({type(exc).__name__})", provider=provider)
+        return errors.ProviderTimeoutError(
+            f"{provider}: timed out ({type(exc).__name__})", provider=provider
+        )
     return errors.ProviderUnavailableError(
         f"{provider}: could not connect ({type(exc).__name__}: {exc})", provider=provider
     )

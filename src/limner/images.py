@@ -29,12 +29,21 @@ __all__ = [
     "open_checked",
 ]
 
-ALLOWED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
+ALLOWED_FORMATS = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
 MAX_PIXELS = int(os.environ.get("LIMNER_MAX_INPUT_PIXELS", 64 * 1024 * 1024))
 MAX_INPUT_BYTES = 50 * 1024 * 1024
 
 
-def open_checked(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS) -> tuple[Any, list[str]]:
+def open_checked(
+    data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS
+) -> tuple[Any, list[str]]:
     """Open ``data`` as a PIL image after checking format and pixel count; decode it fully."""
     from PIL import Image, UnidentifiedImageError
 
@@ -42,19 +51,22 @@ def open_checked(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXE
     if len(data) > MAX_INPUT_BYTES:
         raise errors.InputImageError(f"{name} is larger than {MAX_INPUT_BYTES // 2**20} MiB.")
     try:
-        img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
-    except UnidentifiedImageError as exc:
+        # Image.open reads the header only; Pillow's own bomb check fires here for huge sizes.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+    except Image.DecompressionBombError as exc:
+        raise _too_many_pixels(name, max_pixels, "beyond Pillow's decompression-bomb size") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise errors.InputImageError(
             f"{name} is not an image limner can read.",
             hint="Use a PNG, JPEG or WebP file.",
         ) from exc
     width, height = img.size
     if width * height > max_pixels:
-        raise errors.InputImageError(
-            f"{name} is {width}x{height} ({width * height:,} pixels), above the limit of {max_pixels:,}.",
-            hint="Resize it first, or raise LIMNER_MAX_INPUT_PIXELS.",
-        )
-    if getattr(img, "n_frames", 1) > 1:
+        raise _too_many_pixels(name, max_pixels, f"{width}x{height} ({width * height:,} pixels)")
+    # is_animated stops at the second frame header; n_frames would walk the whole file.
+    if getattr(img, "is_animated", False):
         notes.append(f"{name} is animated; only its first frame is used.")
         img.seek(0)
     try:
@@ -64,6 +76,13 @@ def open_checked(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXE
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise errors.InputImageError(f"{name} could not be decoded: {exc}.") from exc
     return img, notes
+
+
+def _too_many_pixels(name: str, max_pixels: int, size: str) -> errors.InputImageError:
+    return errors.InputImageError(
+        f"{name} is {size}, above the limit of {max_pixels:,} pixels; it was not decoded.",
+        hint="Resize it first, or raise LIMNER_MAX_INPUT_PIXELS.",
+    )
 
 
 def load_image(source: Any, *, name: str | None = None) -> ImageInput:
@@ -98,7 +117,13 @@ def load_image(source: Any, *, name: str | None = None) -> ImageInput:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     stem = Path(label).stem or "image"
-    return ImageInput(data=buf.getvalue(), media_type="image/png", width=img.width, height=img.height, name=f"{stem}.png")
+    return ImageInput(
+        data=buf.getvalue(),
+        media_type="image/png",
+        width=img.width,
+        height=img.height,
+        name=f"{stem}.png",
+    )
 
 
 def to_pil(image: ImageInput) -> Any:

@@ -29,7 +29,13 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
     if meta.get("negative_prompt"):
         lines.append(f"Negative prompt: {meta['negative_prompt']}")
     pairs = []
-    for label, key in (("Steps", "steps"), ("Sampler", "scheduler"), ("CFG scale", "guidance"), ("Seed", "seed"), ("Size", "size")):
+    for label, key in (
+        ("Steps", "steps"),
+        ("Sampler", "scheduler"),
+        ("CFG scale", "guidance"),
+        ("Seed", "seed"),
+        ("Size", "size"),
+    ):
         if meta.get(key) is not None:
             pairs.append(f"{label}: {meta[key]}")
     pairs.append(f"Model: {meta.get('model', '')}")

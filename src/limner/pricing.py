@@ -35,7 +35,9 @@ def token_cost(spec: ModelSpec, usage: Usage) -> float | None:
     image_in = usage.input_image_tokens or 0
     if text_in is None:
         text_in = max((usage.input_tokens or 0) - image_in, 0)
-    out = usage.output_image_tokens if usage.output_image_tokens is not None else usage.output_tokens
+    out = (
+        usage.output_image_tokens if usage.output_image_tokens is not None else usage.output_tokens
+    )
     total = (
         text_in * (price.text_input_per_mtok or 0)
         + image_in * (price.image_input_per_mtok or price.text_input_per_mtok or 0)

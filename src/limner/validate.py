@@ -37,7 +37,11 @@ def _nearest_size(target: float, sizes: list[str]) -> str:
 def _check_operation(op: Operation, spec: ModelSpec, catalog: Catalog | None) -> None:
     if spec.supports(op):
         return
-    others = [s.ref for s in catalog or [] if s.supports(op) and not s.is_retired()][:8] if catalog else []
+    others = (
+        [s.ref for s in catalog or [] if s.supports(op) and not s.is_retired()][:8]
+        if catalog
+        else []
+    )
     raise errors.UnsupportedOperationError(
         f"{spec.ref} cannot {op.value}.",
         hint=f"Models that can: {', '.join(others)}." if others else "No model in the catalog can.",
@@ -47,17 +51,32 @@ def _check_operation(op: Operation, spec: ModelSpec, catalog: Catalog | None) ->
 def _check_size(request: ImageRequest, spec: ModelSpec, warnings: list[str]) -> ImageRequest:
     dims = request.dimensions()
     if request.size and request.size != "auto" and dims is None:
-        raise errors.InvalidRequestError(f"Size {request.size!r} is not WIDTHxHEIGHT.", param="size")
+        raise errors.InvalidRequestError(
+            f"Size {request.size!r} is not WIDTHxHEIGHT.", param="size"
+        )
     if dims is None:
-        if request.size == "auto" and spec.sizes and "auto" not in spec.sizes and not spec.aspect_ratios:
+        if (
+            request.size == "auto"
+            and spec.sizes
+            and "auto" not in spec.sizes
+            and not spec.aspect_ratios
+        ):
             raise errors.InvalidRequestError(
-                f"{spec.ref} does not take size 'auto'.", param="size", hint=f"Allowed: {spec.allowed_sizes_text()}."
+                f"{spec.ref} does not take size 'auto'.",
+                param="size",
+                hint=f"Allowed: {spec.allowed_sizes_text()}.",
             )
         if request.aspect_ratio and not spec.aspect_ratios and spec.sizes:
             size = _nearest_size(_ratio(request.aspect_ratio), spec.sizes)
-            warnings.append(f"{spec.ref} takes sizes, not aspect ratios: aspect {request.aspect_ratio} was sent as size {size}.")
+            warnings.append(
+                f"{spec.ref} takes sizes, not aspect ratios: aspect {request.aspect_ratio} was sent as size {size}."
+            )
             return request.model_copy(update={"size": size, "aspect_ratio": None})
-        if request.aspect_ratio and spec.aspect_ratios and request.aspect_ratio not in spec.aspect_ratios:
+        if (
+            request.aspect_ratio
+            and spec.aspect_ratios
+            and request.aspect_ratio not in spec.aspect_ratios
+        ):
             raise errors.InvalidRequestError(
                 f"{spec.ref} cannot produce aspect ratio {request.aspect_ratio}.",
                 param="aspect_ratio",
@@ -92,7 +111,11 @@ def _check_size(request: ImageRequest, spec: ModelSpec, warnings: list[str]) -> 
 
 
 def _check_enums(request: ImageRequest, spec: ModelSpec) -> None:
-    for field, allowed in (("quality", spec.qualities), ("style", spec.styles), ("output_format", spec.output_formats)):
+    for field, allowed in (
+        ("quality", spec.qualities),
+        ("style", spec.styles),
+        ("output_format", spec.output_formats),
+    ):
         value = getattr(request, field)
         if value is None:
             continue
@@ -105,21 +128,31 @@ def _check_enums(request: ImageRequest, spec: ModelSpec) -> None:
                 hint=f"Allowed: {', '.join(allowed)}.",
             )
     if request.background and not spec.background:
-        raise errors.InvalidRequestError(f"{spec.ref} does not take a background setting.", param="background")
+        raise errors.InvalidRequestError(
+            f"{spec.ref} does not take a background setting.", param="background"
+        )
     if request.background == "transparent" and request.output_format == "jpeg":
         raise errors.InvalidRequestError(
-            "A transparent background needs PNG or WebP output.", param="background", hint="Use --format png."
+            "A transparent background needs PNG or WebP output.",
+            param="background",
+            hint="Use --format png.",
         )
 
 
-def _translate_unsupported(request: ImageRequest, spec: ModelSpec, warnings: list[str]) -> ImageRequest:
+def _translate_unsupported(
+    request: ImageRequest, spec: ModelSpec, warnings: list[str]
+) -> ImageRequest:
     update: dict[str, object] = {}
     if request.negative_prompt and not spec.negative_prompt:
         update["prompt"] = f"{request.prompt}. Avoid: {request.negative_prompt}."
         update["negative_prompt"] = None
-        warnings.append(f"{spec.ref} takes no negative prompt: it was folded into the prompt as 'Avoid: ...'.")
+        warnings.append(
+            f"{spec.ref} takes no negative prompt: it was folded into the prompt as 'Avoid: ...'."
+        )
     if request.seed is not None and not spec.seed:
-        warnings.append(f"{spec.ref} takes no seed: results are not reproducible (the seed is kept in the log and cache key only).")
+        warnings.append(
+            f"{spec.ref} takes no seed: results are not reproducible (the seed is kept in the log and cache key only)."
+        )
     for field in ("steps", "guidance"):
         if getattr(request, field) is not None and not getattr(spec, field):
             update[field] = None
@@ -145,7 +178,9 @@ def _check_inputs(op: Operation, request: ImageRequest, spec: ModelSpec) -> None
         )
     if request.mask is not None:
         if not spec.supports(Operation.INPAINT):
-            raise errors.UnsupportedOperationError(f"{spec.ref} cannot take a mask (it does not inpaint).")
+            raise errors.UnsupportedOperationError(
+                f"{spec.ref} cannot take a mask (it does not inpaint)."
+            )
         if request.images:
             check_mask_matches(request.images[0], request.mask)
 
@@ -156,7 +191,9 @@ def check_request(
     """Validate ``request`` for ``spec``; return the request to send and the warnings."""
     warnings: list[str] = []
     if op not in PROMPTLESS and not request.prompt.strip():
-        raise errors.InvalidRequestError("The prompt is empty.", param="prompt", hint="Describe the image to make.")
+        raise errors.InvalidRequestError(
+            "The prompt is empty.", param="prompt", hint="Describe the image to make."
+        )
     if spec.max_prompt_chars and len(request.prompt) > spec.max_prompt_chars:
         raise errors.InvalidRequestError(
             f"The prompt is {len(request.prompt)} characters; {spec.ref} takes at most {spec.max_prompt_chars}.",

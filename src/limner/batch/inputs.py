@@ -13,7 +13,7 @@ import io
 import itertools
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,29 +177,28 @@ def _local_expand(template: str) -> Iterable[str]:
         yield out.strip()
 
 
-def _wildcard_expander() -> tuple[Callable[[str], Iterable[str]], str | None]:
-    """The prompt toolkit's wildcard expansion when installed, else ``{a|b}`` alternatives only."""
+def _wildcard_expand(template: str, max_expansions: int) -> tuple[list[str], str | None]:
+    """The prompt toolkit's expansion (alternatives and ``__name__`` wildcard files) when it is
+    installed; otherwise ``{a|b}`` alternatives only, and a note saying so."""
     try:
-        from limner.prompting import wildcards  # type: ignore[attr-defined, unused-ignore]
+        from limner.prompting.wildcards import WildcardError, expand
     except ImportError:
-        return _local_expand, "wildcards module not available: only {a|b} alternatives expanded"
-    expand = getattr(wildcards, "expand", None)
-    if not callable(expand):
-        return _local_expand, "wildcards module has no expand(): only {a|b} alternatives expanded"
-    return expand, None
+        prompts = list(itertools.islice(_local_expand(template), max_expansions + 1))
+        if len(prompts) > max_expansions:
+            raise ValueError(
+                f"expands to more than {max_expansions} prompts (raise --max-expansions to allow it)"
+            ) from None
+        return prompts, "wildcard files not available: only {a|b} alternatives were expanded"
+    try:
+        return expand(template, max_count=max_expansions), None
+    except WildcardError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def expand_template(template: str, max_expansions: int = DEFAULT_MAX_EXPANSIONS) -> list[str]:
     """Expand one template; raise ``ValueError`` when it yields nothing or too many prompts."""
-    expand, _ = _wildcard_expander()
-    prompts: list[str] = []
-    for prompt in expand(template):
-        prompts.append(str(prompt).strip())
-        if len(prompts) > max_expansions:
-            raise ValueError(
-                f"expands to more than {max_expansions} prompts (raise --max-expansions to allow it)"
-            )
-    prompts = [p for p in prompts if p]
+    prompts, _ = _wildcard_expand(template, max_expansions)
+    prompts = [p.strip() for p in prompts if p and p.strip()]
     if not prompts:
         raise ValueError("expands to no prompt")
     return prompts
@@ -215,7 +214,7 @@ def _parse_text(text: str, defaults: dict[str, Any], max_expansions: int) -> tup
         try:
             prompts = expand_template(stripped, max_expansions) if "{" in stripped or "__" in stripped else [stripped]
         except ValueError as exc:
-            problems.append(LineProblem(number, f"template {stripped[:60]!r} {exc}"))
+            problems.append(LineProblem(number, f"template {stripped[:60]!r}: {exc}"))
             continue
         for prompt in prompts:
             try:
@@ -240,7 +239,9 @@ def parse_batch_text(
         lines, problems = _parse_csv(text, defaults, "\t" if fmt == "tsv" else ",")
     else:
         lines, problems = _parse_text(text, defaults, max_expansions)
-    note = _wildcard_expander()[1] if fmt == "text" and any(b.labels for b in lines) else None
+    note = None
+    if fmt == "text" and any(b.labels for b in lines):
+        note = _wildcard_expand("x", 1)[1]
     return ParsedBatch(fmt, lines, problems, note)
 
 

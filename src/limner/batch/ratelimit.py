@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -66,12 +67,6 @@ class TokenBucket:
                 self._tat = max(start, self._tat) + self.interval
             return start - now
 
-    def acquire(self) -> float:
-        wait = self.reserve()
-        if wait > 0:
-            time.sleep(wait)
-        return wait
-
     def pause(self, seconds: float) -> None:
         with self._lock:
             self._paused_until = max(self._paused_until, time.monotonic() + seconds)
@@ -106,28 +101,23 @@ class RateLimiter:
                 return provider, bucket
         return None
 
-    def before(self, url: str) -> None:
-        found = self.bucket_for(url)
-        if found:
-            provider, bucket = found
-            waited = bucket.acquire()
-            with self._lock:
-                self.stats[f"{provider}:requests"] += 1
-                self.stats[f"{provider}:waited_ms"] += int(waited * 1000)
+    def reserve(self, provider: str) -> float:
+        """Take a slot for ``provider``; return the seconds to wait before using it."""
+        bucket = self._by_name(provider)
+        return bucket.reserve() if bucket else 0.0
 
-    def observe(self, url: str, response: httpx.Response) -> None:
-        found = self.bucket_for(url)
-        if not found:
+    def signal(self, provider: str, status: int, headers: Mapping[str, str]) -> None:
+        """Follow what the provider said: its advertised limit, a 429's Retry-After, quota resets."""
+        bucket = self._by_name(provider)
+        if bucket is None:
             return
-        provider, bucket = found
-        headers = response.headers
         limit = headers.get("x-ratelimit-limit-requests")
         if limit and limit.isdigit():
             bucket.lower_limit(float(limit))
-        if response.status_code == 429:
+        if status == 429:
             with self._lock:
                 self.stats[f"{provider}:429"] += 1
-            retry_after = parse_retry_after(headers)
+            retry_after = parse_retry_after(httpx.Headers(dict(headers)))
             bucket.pause(retry_after if retry_after is not None else 1.0)
             return
         remaining = headers.get("x-ratelimit-remaining-requests")
@@ -135,6 +125,26 @@ class RateLimiter:
             reset = parse_reset(headers.get("x-ratelimit-reset-requests"))
             if reset:
                 bucket.pause(reset)
+
+    def _by_name(self, provider: str) -> TokenBucket | None:
+        return next((b for name, _, b in self._buckets if name == provider), None)
+
+    def before(self, url: str) -> None:
+        found = self.bucket_for(url)
+        if found:
+            provider = found[0]
+            waited = self.reserve(provider)
+            if waited > 0:
+                time.sleep(waited)
+            with self._lock:
+                self.stats[f"{provider}:requests"] += 1
+                self.stats[f"{provider}:waited_ms"] += int(waited * 1000)
+
+    def observe(self, url: str, response: httpx.Response) -> None:
+        found = self.bucket_for(url)
+        if found:
+            wanted = {k: v for k, v in response.headers.items() if k.startswith(("x-ratelimit-", "retry-after"))}
+            self.signal(found[0], response.status_code, wanted)
 
     def count(self, what: str) -> int:
         return sum(v for k, v in self.stats.items() if k.endswith(":" + what))

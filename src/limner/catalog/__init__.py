@@ -46,11 +46,16 @@ class SizeRule(BaseModel):
             top = f"{self.max_pixels:,}" if self.max_pixels else "no limit"
             return f"the pixel count must be between {self.min_pixels:,} and {top}"
         if self.max_aspect and max(width, height) / min(width, height) > self.max_aspect + 1e-9:
-            return f"the aspect ratio must be within 1:{self.max_aspect:g} and {self.max_aspect:g}:1"
+            return (
+                f"the aspect ratio must be within 1:{self.max_aspect:g} and {self.max_aspect:g}:1"
+            )
         return None
 
     def describe(self) -> str:
-        parts = [f"any WxH in multiples of {self.multiple_of}", f"edges {self.min_edge}-{self.max_edge}"]
+        parts = [
+            f"any WxH in multiples of {self.multiple_of}",
+            f"edges {self.min_edge}-{self.max_edge}",
+        ]
         if self.max_pixels:
             parts.append(f"at most {self.max_pixels:,} pixels")
         if self.max_aspect:

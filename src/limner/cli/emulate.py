@@ -9,7 +9,9 @@ import click
 
 @click.command()
 @click.argument("provider")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told).")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told)."
+)
 @click.option("--port", type=int, default=0, help="Port (default: a free one).")
 @click.option("--latency", type=float, default=0.0, help="Seconds added to each API call.")
 def emulate(provider: str, host: str, port: int, latency: float) -> None:
@@ -35,7 +37,13 @@ def emulate(provider: str, host: str, port: int, latency: float) -> None:
 
 @click.command()
 @click.argument("prompt", default="a lighthouse on a cliff at dawn, watercolor")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("limner-demo"), show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("limner-demo"),
+    show_default=True,
+)
 def demo(prompt: str, output: Path) -> None:
     """Generate PROMPT end to end (validate, call, store, log, save) against the bundled
     OpenAI emulator on loopback: no key or network needed."""
@@ -47,7 +55,9 @@ def demo(prompt: str, output: Path) -> None:
     with EmulatorServer(create_app("openai")) as server:
         url = base_url("openai", server.url)
         with Limner(keys={"openai": "sk-demo"}, base_urls={"openai": url}) as client:
-            request = ImageRequest(prompt=prompt, model="openai:gpt-image-2", size="1024x1024", quality="medium", n=2)
+            request = ImageRequest(
+                prompt=prompt, model="openai:gpt-image-2", size="1024x1024", quality="medium", n=2
+            )
             result = client.run(Operation.GENERATE, request)
     for i, image in enumerate(result.images):
         path = image.save(output / f"demo-{i}.png")

@@ -74,23 +74,36 @@ def write_manifest(rows: list[dict[str, Any]], fmt: str) -> str:
     writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS)
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
+        writer.writerow(
+            {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()}
+        )
     return buf.getvalue()
 
 
 @export.command()
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="File to write (default: stdout).")
-@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), help="Default: from the file suffix, else json.")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="File to write (default: stdout)."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "csv"]),
+    help="Default: from the file suffix, else json.",
+)
 @click.option("-q", "--query", help="Only entries matching these words.")
 @click.option("--project", help="Only this project.")
 @click.option("--since", help="Only since (30d, 12h, ISO date).")
-def manifest(output: Path | None, fmt: str | None, query: str | None, project: str | None, since: str | None) -> None:
+def manifest(
+    output: Path | None, fmt: str | None, query: str | None, project: str | None, since: str | None
+) -> None:
     """Write a JSON or CSV manifest of the stored images."""
     from limner.cli.logs import parse_since
     from limner.store import Store
 
     fmt = fmt or ("csv" if output and output.suffix.lower() == ".csv" else "json")
-    entries = Store().search(query, limit=None, project=project, status="ok", since=parse_since(since))
+    entries = Store().search(
+        query, limit=None, project=project, status="ok", since=parse_since(since)
+    )
     text = write_manifest(manifest_rows(entries), fmt)
     if output:
         from limner.config import atomic_write

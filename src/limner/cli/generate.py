@@ -53,7 +53,9 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise InvalidRequestError(f"--option {pair!r} is not KEY=VALUE.", param="provider_options")
+            raise InvalidRequestError(
+                f"--option {pair!r} is not KEY=VALUE.", param="provider_options"
+            )
         try:
             parsed[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -61,7 +63,9 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return parsed
 
 
-def _build(op: Any, prompt: str, images: list[Path], mask: Path | None, params: dict[str, Any]) -> Any:
+def _build(
+    op: Any, prompt: str, images: list[Path], mask: Path | None, params: dict[str, Any]
+) -> Any:
     from limner import build_request
 
     fields = {
@@ -119,7 +123,9 @@ def _progress_printer(enabled: bool) -> Any:
     return show
 
 
-def _run(op: Any, prompt: str, images: list[Path], mask: Path | None, params: dict[str, Any]) -> None:
+def _run(
+    op: Any, prompt: str, images: list[Path], mask: Path | None, params: dict[str, Any]
+) -> None:
     import sys
 
     from limner.client import Limner
@@ -149,7 +155,10 @@ def _run(op: Any, prompt: str, images: list[Path], mask: Path | None, params: di
         click.echo(str(path))
     cost = "unknown" if result.cost_usd is None else f"${result.cost_usd:.4f}"
     note = " (cache hit)" if result.cache_hit else ""
-    click.echo(f"{len(paths)} image(s) from {result.model}, cost {cost}{note}, id {result.generation_id}", err=True)
+    click.echo(
+        f"{len(paths)} image(s) from {result.model}, cost {cost}{note}, id {result.generation_id}",
+        err=True,
+    )
 
 
 @click.command()
@@ -165,7 +174,11 @@ def generate(prompt: str, **params: Any) -> None:
 @click.command()
 @click.argument("image", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.argument("prompt")
-@click.option("--mask", type=click.Path(path_type=Path), help="White (or transparent) marks the area to change.")
+@click.option(
+    "--mask",
+    type=click.Path(path_type=Path),
+    help="White (or transparent) marks the area to change.",
+)
 @_request_options
 def edit(image: tuple[Path, ...], prompt: str, mask: Path | None, **params: Any) -> None:
     """Edit IMAGE(s) as PROMPT says; with --mask, only the marked area."""

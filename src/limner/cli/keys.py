@@ -56,7 +56,11 @@ def list_keys(as_json: bool) -> None:
             env = get_provider_class(name).key_env
         except Exception:
             env = None
-        source = "env " + env if env and os.environ.get(env) else ("keys.json" if name in stored else None)
+        source = (
+            "env " + env
+            if env and os.environ.get(env)
+            else ("keys.json" if name in stored else None)
+        )
         if source:
             rows.append({"provider": name, "source": source})
     if as_json:

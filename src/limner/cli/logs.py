@@ -24,11 +24,15 @@ def parse_since(text: str | None) -> float | None:
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
-        raise InvalidRequestError(f"--since {text!r} is not a duration (30d, 12h) or an ISO date.") from None
+        raise InvalidRequestError(
+            f"--since {text!r} is not a duration (30d, 12h) or an ISO date."
+        ) from None
 
 
 @click.command()
-@click.option("-n", "--count", "count", type=int, default=20, show_default=True, help="How many entries.")
+@click.option(
+    "-n", "--count", "count", type=int, default=20, show_default=True, help="How many entries."
+)
 @click.option("-q", "--query", help="Words that must appear in the prompt, model or tags.")
 @click.option("-m", "--model", help="Only this model (provider:model).")
 @click.option("--provider", help="Only this provider.")

@@ -14,7 +14,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "show": ("limner.cli.models:show", "Everything the catalog knows about one model."),
     "default": ("limner.cli.models:default", "Show or set the default model."),
     "compare": ("limner.cli.recommend:compare", "Compare models feature by feature."),
-    "add": ("limner.cli.local:models_add", "Register a local model (folder, repo id or .safetensors)."),
+    "add": (
+        "limner.cli.local:models_add",
+        "Register a local model (folder, repo id or .safetensors).",
+    ),
 }
 
 
@@ -61,11 +64,15 @@ def _row(spec: Any) -> dict[str, Any]:
 
 @click.group(cls=_LazyModels, invoke_without_command=True)
 @click.option("--provider", help="Only this provider's models.")
-@click.option("--capability", "--op", "capability", help="Only models that can do this (e.g. inpaint).")
+@click.option(
+    "--capability", "--op", "capability", help="Only models that can do this (e.g. inpaint)."
+)
 @click.option("--active", is_flag=True, help="Hide retired models.")
 @json_option
 @click.pass_context
-def models(ctx: click.Context, provider: str | None, capability: str | None, active: bool, as_json: bool) -> None:
+def models(
+    ctx: click.Context, provider: str | None, capability: str | None, active: bool, as_json: bool
+) -> None:
     """List models with provider, operations, price, licence and status."""
     if ctx.invoked_subcommand:
         return
@@ -78,7 +85,9 @@ def models(ctx: click.Context, provider: str | None, capability: str | None, act
             f"Unknown capability {capability!r}.",
             hint=f"Capabilities: {', '.join(op.value for op in Operation)}.",
         )
-    specs = get_catalog().filter(provider=provider, capability=capability, include_retired=not active)
+    specs = get_catalog().filter(
+        provider=provider, capability=capability, include_retired=not active
+    )
     rows = [_row(s) for s in specs]
     if as_json:
         emit_json(rows)
@@ -88,8 +97,12 @@ def models(ctx: click.Context, provider: str | None, capability: str | None, act
 
     table = Table("model", "operations", "price", "licence", "status")
     for row in rows:
-        status = row["status"] + (f" -> {row['successor']}" if row["status"] == "retired" and row["successor"] else "")
-        table.add_row(row["model"], ", ".join(row["operations"]), row["price"], row["licence"], status)
+        status = row["status"] + (
+            f" -> {row['successor']}" if row["status"] == "retired" and row["successor"] else ""
+        )
+        table.add_row(
+            row["model"], ", ".join(row["operations"]), row["price"], row["licence"], status
+        )
     Console().print(table)
 
 

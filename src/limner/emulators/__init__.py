@@ -36,7 +36,9 @@ def _module(name: str) -> Any:
     try:
         return importlib.import_module(EMULATORS[name])
     except ModuleNotFoundError as exc:
-        raise errors.UserError(f"The {name} emulator is not available in this installation.") from exc
+        raise errors.UserError(
+            f"The {name} emulator is not available in this installation."
+        ) from exc
 
 
 def create_app(name: str, state: Any = None) -> Any:

@@ -5,6 +5,8 @@ Fault injection is driven over HTTP so that a test (or a user's own test suite) 
 
     POST /_emulator/faults  {"status": 429, "retry_after": 1, "count": 2, "path": "/images"}
     POST /_emulator/faults  {"delay": 2.5, "count": 1}
+    POST /_emulator/settings {"latency": 2, "rpm": 60}   latency per request; a requests-per-minute
+                            limit (sliding minute, 429 + Retry-After beyond it, x-ratelimit-* headers)
     DELETE /_emulator/faults
     GET /_emulator/stats    request counts per path
 
@@ -17,10 +19,11 @@ import asyncio
 import hashlib
 import hmac
 import io
+import math
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +72,9 @@ def render_image(prompt: str, seed: int | None, width: int, height: int, fmt: st
 
 
 def media_type_for(fmt: str) -> str:
-    return {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(fmt.lower(), "image/png")
+    return {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(
+        fmt.lower(), "image/png"
+    )
 
 
 @dataclass
@@ -94,11 +99,15 @@ class Delivery:
     """Result files served from ``/delivery/<token>``, each expiring ``ttl`` seconds after creation."""
 
     ttl: float = 600.0
-    secret: bytes = field(default_factory=lambda: hashlib.sha256(str(time.time_ns()).encode()).digest())
+    secret: bytes = field(
+        default_factory=lambda: hashlib.sha256(str(time.time_ns()).encode()).digest()
+    )
     files: dict[str, tuple[bytes, str, float]] = field(default_factory=dict)
 
     def put(self, data: bytes, media_type: str, base_url: str) -> str:
-        token = hmac.new(self.secret, data + str(time.time_ns()).encode(), "sha256").hexdigest()[:32]
+        token = hmac.new(self.secret, data + str(time.time_ns()).encode(), "sha256").hexdigest()[
+            :32
+        ]
         self.files[token] = (data, media_type, time.time() + self.ttl)
         return f"{base_url.rstrip('/')}/delivery/{token}"
 
@@ -125,6 +134,39 @@ class EmulatorState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     max_concurrent: int | None = None
     in_flight: int = 0
+    rpm: int | None = None
+    rpm_window: deque[float] = field(default_factory=deque)
+
+    def _rpm_prune(self, now: float) -> None:
+        while self.rpm_window and self.rpm_window[0] <= now - 60.0:
+            self.rpm_window.popleft()
+
+    def take_rpm_slot(self) -> float | None:
+        """Admit a request under ``rpm`` (None) or return the seconds until a slot frees."""
+        if not self.rpm:
+            return None
+        with self.lock:
+            now = time.monotonic()
+            self._rpm_prune(now)
+            if len(self.rpm_window) >= self.rpm:
+                return self.rpm_window[0] + 60.0 - now
+            self.rpm_window.append(now)
+            return None
+
+    def rpm_headers(self) -> dict[str, str]:
+        """OpenAI-style headers; ``reset`` is the time until the next slot frees."""
+        if not self.rpm:
+            return {}
+        with self.lock:
+            now = time.monotonic()
+            self._rpm_prune(now)
+            remaining = max(self.rpm - len(self.rpm_window), 0)
+            reset = self.rpm_window[0] + 60.0 - now if remaining == 0 and self.rpm_window else 0.0
+        return {
+            "x-ratelimit-limit-requests": str(self.rpm),
+            "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": f"{reset:.3f}s",
+        }
 
     def take_fault(self, request: Request) -> Fault | None:
         with self.lock:
@@ -161,7 +203,12 @@ def _fault_routes(state: EmulatorState) -> list[Route]:
             state.max_concurrent = body["max_concurrent"]
         if "delivery_ttl" in body:
             state.delivery.ttl = float(body["delivery_ttl"])
-        return JSONResponse({"latency": state.latency, "max_concurrent": state.max_concurrent})
+        if "rpm" in body:
+            state.rpm = int(body["rpm"]) if body["rpm"] else None
+            state.rpm_window.clear()
+        return JSONResponse(
+            {"latency": state.latency, "max_concurrent": state.max_concurrent, "rpm": state.rpm}
+        )
 
     async def delivery(request: Request) -> Response:
         item = state.delivery.get(request.path_params["token"])
@@ -181,7 +228,9 @@ def _fault_routes(state: EmulatorState) -> list[Route]:
 def emulator_app(routes: list[Route], state: EmulatorState, error_body: ErrorBody) -> Starlette:
     """A Starlette app with the shared control routes and a middleware that injects faults."""
 
-    async def inject(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def inject(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         path = request.url.path
         if path.startswith("/_emulator"):
             return await call_next(request)
@@ -196,15 +245,31 @@ def emulator_app(routes: list[Route], state: EmulatorState, error_body: ErrorBod
                 headers["retry-after"] = f"{fault.retry_after:g}"
             if fault.retry_after_ms is not None:
                 headers["retry-after-ms"] = str(fault.retry_after_ms)
-            body = fault.body if fault.body is not None else error_body(fault.status, "injected fault")
+            body = (
+                fault.body if fault.body is not None else error_body(fault.status, "injected fault")
+            )
             return JSONResponse(body, status_code=fault.status, headers=headers)
+        wait = None if path.startswith("/delivery/") else state.take_rpm_slot()
+        if wait is not None:
+            state.stats["rate_limited"] += 1
+            retry = {
+                "retry-after": str(math.ceil(wait)),
+                "retry-after-ms": str(math.ceil(wait * 1000)),
+            }
+            return JSONResponse(
+                error_body(429, "rate limit reached"), 429, {**retry, **state.rpm_headers()}
+            )
         if state.max_concurrent is not None and state.in_flight >= state.max_concurrent:
-            return JSONResponse(error_body(429, "too many concurrent requests"), 429, {"retry-after": "1"})
+            return JSONResponse(
+                error_body(429, "too many concurrent requests"), 429, {"retry-after": "1"}
+            )
         state.in_flight += 1
         try:
             if state.latency and not path.startswith("/delivery/"):
                 await asyncio.sleep(state.latency)
-            return await call_next(request)
+            response = await call_next(request)
+            response.headers.update(state.rpm_headers())
+            return response
         finally:
             state.in_flight -= 1
 

@@ -79,7 +79,9 @@ def _read_parts(body: dict[str, Any]) -> tuple[str, list[bytes]]:
             inline = part.get("inlineData") or part.get("inline_data")
             if inline:
                 try:
-                    images.append(base64.b64decode(inline["data"], validate=True))
+                    # Google accepts standard and URL-safe base64 (the SDK sends the latter).
+                    raw = str(inline["data"]).replace("-", "+").replace("_", "/")
+                    images.append(base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True))
                 except (KeyError, ValueError):
                     raise APIError(400, "Invalid value at 'contents[0].parts[1].inline_data.data': invalid base64.") from None
     return " ".join(texts), images
@@ -176,5 +178,6 @@ def create_app(state: EmulatorState | None = None) -> Any:
         except APIError as exc:
             return exc.response()
 
-    routes = [Route(f"{BASE_PATH}/models/{{target}}", model_method, methods=["POST"])]
+    # The google-genai SDK addresses /v1 by default and /v1beta when asked; both are served.
+    routes = [Route(f"{path}/models/{{target}}", model_method, methods=["POST"]) for path in (BASE_PATH, "/v1")]
     return emulator_app(routes, state, error_body)

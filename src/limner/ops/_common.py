@@ -59,7 +59,7 @@ def read_image(source: Any, *, name: str | None = None) -> tuple[Image, list[str
     if isinstance(source, (bytes, bytearray)):
         return open_checked(bytes(source), name=name or "image")
     if hasattr(source, "data") and isinstance(source.data, bytes):
-        return open_checked(source.data, name=name or getattr(source, "name", "image"))
+        return open_checked(source.data, name=name or str(getattr(source, "name", "image")))
     raise errors.InputImageError(f"Cannot read an image from {type(source).__name__}.")
 
 

@@ -116,12 +116,17 @@ def lanczos(img: Image, scale: int) -> Image:
 @lru_cache(maxsize=8)
 def _opencv_net(path: str) -> Any:
     import cv2
+    import numpy as np
+
+    from limner.ops._tfgraph import add_blocksize_attr
 
     try:
-        return cv2.dnn.readNetFromTensorflow(path)
-    except cv2.error as exc:
+        graph = add_blocksize_attr(Path(path).read_bytes())
+        return cv2.dnn.readNetFromTensorflow(np.frombuffer(graph, dtype=np.uint8))
+    except (cv2.error, ValueError, IndexError) as exc:
         raise errors.InvalidRequestError(
-            f"{path} is not a TensorFlow super-resolution graph OpenCV can read.", param="model"
+            f"{Path(path).name} is not a TensorFlow super-resolution graph OpenCV can read.",
+            param="model",
         ) from exc
 
 

@@ -59,7 +59,7 @@ class Library:
         if name not in categories:
             raise UserError(
                 f"Unknown keyword category {name!r}.",
-                hint=f"Known categories: {', '.join(sorted(categories))}.",
+                hint=f"Known categories: {', '.join(sorted(categories))}, presets, negative.",
             )
         return dict(categories[name])
 

@@ -70,7 +70,9 @@ def available_builtin(name: str) -> bool:
 def get_provider_class(name: str) -> type[Provider]:
     target = _plugin_table().get(name) or BUILTIN_PROVIDERS.get(name)
     if target is None:
-        raise errors.UnknownModelError(name, [n + ":" for n in provider_names() if n.startswith(name[:2])])
+        raise errors.UnknownModelError(
+            name, [n + ":" for n in provider_names() if n.startswith(name[:2])]
+        )
     try:
         return _import(target)
     except ModuleNotFoundError as exc:

@@ -91,12 +91,16 @@ class Provider:
     def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
         raise NotImplementedError
 
-    def native_request(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
+    def native_request(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> dict[str, Any]:
         """The provider-native request that :meth:`flow` would send, for ``--dry-run``."""
         raise NotImplementedError
 
 
-def image_from_bytes(data: bytes, *, seed: int | None = None, revised_prompt: str | None = None) -> GeneratedImage:
+def image_from_bytes(
+    data: bytes, *, seed: int | None = None, revised_prompt: str | None = None
+) -> GeneratedImage:
     """Build a :class:`GeneratedImage`, reading size and type from the bytes themselves."""
     from PIL import Image, UnidentifiedImageError
 
@@ -106,10 +110,19 @@ def image_from_bytes(data: bytes, *, seed: int | None = None, revised_prompt: st
             media = Image.MIME.get(img.format or "PNG", "image/png")
     except (UnidentifiedImageError, OSError) as exc:
         if data.lstrip()[:5] in (b"<?xml", b"<svg ") or b"<svg" in data[:512]:
-            return GeneratedImage(data=data, media_type="image/svg+xml", width=0, height=0, seed=seed)
-        raise errors.ProviderError(f"The provider returned data that is not an image ({exc}).") from exc
+            return GeneratedImage(
+                data=data, media_type="image/svg+xml", width=0, height=0, seed=seed
+            )
+        raise errors.ProviderError(
+            f"The provider returned data that is not an image ({exc})."
+        ) from exc
     return GeneratedImage(
-        data=data, media_type=media, width=width, height=height, seed=seed, revised_prompt=revised_prompt
+        data=data,
+        media_type=media,
+        width=width,
+        height=height,
+        seed=seed,
+        revised_prompt=revised_prompt,
     )
 
 

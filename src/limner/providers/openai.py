@@ -70,20 +70,30 @@ class OpenAIProvider(Provider):
         fields.update({k: v for k, v in request.provider_options.items() if k in allowed})
         return fields
 
-    def native_request(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
+    def native_request(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> dict[str, Any]:
         n = min(request.n, spec.max_n)
         fields = self._common_fields(request, spec, n)
         if op == Operation.VARIATION:
-            return {"method": "POST", "path": "/images/variations", "multipart": {**fields, "image": "<image>"}}
+            return {
+                "method": "POST",
+                "path": "/images/variations",
+                "multipart": {**fields, "image": "<image>"},
+            }
         fields["prompt"] = request.prompt
         if op == Operation.GENERATE:
             return {"method": "POST", "path": "/images/generations", "json": fields}
-        files = {"image[]" if len(request.images) > 1 else "image": f"<{len(request.images)} image(s)>"}
+        files = {
+            "image[]" if len(request.images) > 1 else "image": f"<{len(request.images)} image(s)>"
+        }
         if request.mask:
             files["mask"] = "<mask, transparent = edit>"
         return {"method": "POST", "path": "/images/edits", "multipart": {**fields, **files}}
 
-    def _build(self, op: Operation, request: ImageRequest, spec: ModelSpec, n: int) -> httpx.Request:
+    def _build(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec, n: int
+    ) -> httpx.Request:
         fields = self._common_fields(request, spec, n)
         url = f"{self.base_url}/images/"
         if op == Operation.GENERATE:
@@ -94,7 +104,9 @@ class OpenAIProvider(Provider):
         if op == Operation.VARIATION:
             image = request.images[0]
             files.append(("image", (image.name, image.data, image.media_type)))
-            return httpx.Request("POST", url + "variations", data=data, files=files, headers=self._headers())
+            return httpx.Request(
+                "POST", url + "variations", data=data, files=files, headers=self._headers()
+            )
         data["prompt"] = request.prompt
         images = [*request.images, *(r.image for r in request.references)]
         key = "image[]" if len(images) > 1 else "image"
@@ -132,7 +144,9 @@ class OpenAIProvider(Provider):
             err = {}
         message = err.get("message") if isinstance(err, dict) else None
         code = err.get("code") if isinstance(err, dict) else None
-        if code in POLICY_CODES or (isinstance(err, dict) and err.get("type") == "image_generation_user_error"):
+        if code in POLICY_CODES or (
+            isinstance(err, dict) and err.get("type") == "image_generation_user_error"
+        ):
             return errors.ContentPolicyError(
                 f"openai: {message or 'refused by the safety system'}",
                 provider=self.name,

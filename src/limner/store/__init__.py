@@ -66,9 +66,7 @@ class LogEntry:
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "images"}
-        data["images"] = [
-            {**img.__dict__, "path": str(img.path)} for img in self.images
-        ]
+        data["images"] = [{**img.__dict__, "path": str(img.path)} for img in self.images]
         return data
 
 
@@ -86,7 +84,9 @@ class Store:
     def asset_path(self, sha256: str, media_type: str) -> Path:
         return self.assets_dir / sha256[:2] / f"{sha256}.{EXTENSIONS.get(media_type, 'bin')}"
 
-    def put_asset(self, data: bytes, media_type: str, width: int | None, height: int | None) -> StoredImage:
+    def put_asset(
+        self, data: bytes, media_type: str, width: int | None, height: int | None
+    ) -> StoredImage:
         import hashlib
 
         sha = hashlib.sha256(data).hexdigest()
@@ -143,7 +143,13 @@ class Store:
             return []
         ids = [r.id for r in rows]
         img_rows = conn.execute(
-            sa.select(db.generation_images, db.assets.c.path, db.assets.c.media_type, db.assets.c.width, db.assets.c.height)
+            sa.select(
+                db.generation_images,
+                db.assets.c.path,
+                db.assets.c.media_type,
+                db.assets.c.width,
+                db.assets.c.height,
+            )
             .join(db.assets, db.assets.c.sha256 == db.generation_images.c.sha256)
             .where(db.generation_images.c.generation_id.in_(ids))
             .order_by(db.generation_images.c.idx)
@@ -151,10 +157,20 @@ class Store:
         by_id: dict[str, list[StoredImage]] = {}
         for r in img_rows:
             by_id.setdefault(r.generation_id, []).append(
-                StoredImage(r.sha256, self.home / r.path, r.media_type, r.width, r.height, r.seed, r.revised_prompt)
+                StoredImage(
+                    r.sha256,
+                    self.home / r.path,
+                    r.media_type,
+                    r.width,
+                    r.height,
+                    r.seed,
+                    r.revised_prompt,
+                )
             )
         fields = {c.name for c in db.generations.columns}
-        return [LogEntry(**{k: getattr(r, k) for k in fields}, images=by_id.get(r.id, [])) for r in rows]
+        return [
+            LogEntry(**{k: getattr(r, k) for k in fields}, images=by_id.get(r.id, [])) for r in rows
+        ]
 
     def get(self, generation_id: str) -> LogEntry | None:
         with self.engine.connect() as conn:
@@ -190,7 +206,12 @@ class Store:
                     sa.cast(table.c.tags, sa.String).ilike(like),
                 )
             )
-        for column, value in ((table.c.model, model), (table.c.provider, provider), (table.c.project, project), (table.c.status, status)):
+        for column, value in (
+            (table.c.model, model),
+            (table.c.provider, provider),
+            (table.c.project, project),
+            (table.c.status, status),
+        ):
             if value:
                 stmt = stmt.where(column == value)
         if since:
@@ -198,7 +219,7 @@ class Store:
         if limit:
             stmt = stmt.limit(limit)
         with self.engine.connect() as conn:
-            return self._entries(conn, conn.execute(stmt).all())
+            return self._entries(conn, list(conn.execute(stmt).all()))
 
     def find_cached(self, request_hash: str) -> LogEntry | None:
         table = db.generations

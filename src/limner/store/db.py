@@ -14,7 +14,15 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["MIGRATIONS", "assets", "create_engine", "generation_images", "generations", "metadata", "migrate"]
+__all__ = [
+    "MIGRATIONS",
+    "assets",
+    "create_engine",
+    "generation_images",
+    "generations",
+    "metadata",
+    "migrate",
+]
 
 metadata = sa.MetaData()
 
@@ -59,7 +67,12 @@ assets = sa.Table(
 generation_images = sa.Table(
     "generation_images",
     metadata,
-    sa.Column("generation_id", sa.String(32), sa.ForeignKey("generations.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column(
+        "generation_id",
+        sa.String(32),
+        sa.ForeignKey("generations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
     sa.Column("idx", sa.Integer, primary_key=True),
     sa.Column("sha256", sa.String(64), sa.ForeignKey("assets.sha256"), nullable=False, index=True),
     sa.Column("seed", sa.BigInteger),

@@ -1,0 +1,244 @@
+"""Running a batch: items planned and recorded in the store, sent under per-provider concurrency
+and rate limits, each outcome (done or failed, with its reason) reported and never dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from limner import errors
+from limner.batch.inputs import BatchLine
+from limner.batch.ratelimit import RateLimitedTransport, RateLimiter
+from limner.batch.state import BatchStore, ItemBinding, ItemRow, batch_lock, bound_item, new_run_id
+from limner.client import Limner
+from limner.config import limner_home
+from limner.http import DEFAULT_TIMEOUT
+from limner.types import ImageRequest, Operation
+
+__all__ = ["BatchOptions", "BatchRunner", "BatchSummary", "ItemOutcome", "batch_id_for"]
+
+ItemCallback = Callable[["ItemOutcome"], None]
+
+
+@dataclass
+class BatchOptions:
+    concurrency: int = 4
+    rpm: float | None = None
+    burst: int = 1
+    uncertain: str = "resubmit"  # resubmit | park
+    retry_uncertain: bool = False
+    use_cache: bool = True
+
+
+@dataclass
+class ItemOutcome:
+    item_key: str
+    status: str  # done | failed | skipped
+    cost_usd: float | None = None
+    error: str | None = None
+    generation_id: str | None = None
+
+
+@dataclass
+class BatchSummary:
+    batch_id: str
+    name: str
+    total: int
+    done: int
+    failed: int
+    uncertain: int
+    pending: int
+    skipped_done: int
+    sent: int
+    cost_usd: float
+    wall_s: float
+    recovered: dict[str, int]
+    rate_limited: int
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def batch_id_for(kind: str, name: str, source: str | None = None) -> str:
+    """A stable id: the same file (or experiment) resumes the same batch."""
+    digest = hashlib.sha256(f"{kind}|{name}|{source or ''}".encode()).hexdigest()[:16]
+    return f"{kind}-{digest}"
+
+
+class BatchRunner:
+    """Owns the client a batch runs on: a ``BatchStore`` and a rate-limited HTTP client."""
+
+    def __init__(
+        self,
+        options: BatchOptions | None = None,
+        *,
+        home: Path | None = None,
+        client_kwargs: dict[str, Any] | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.options = options or BatchOptions()
+        self.limiter = limiter or RateLimiter()
+        self.home = home or limner_home()
+        self.store = BatchStore(self.home)
+        http = httpx.Client(timeout=DEFAULT_TIMEOUT, transport=RateLimitedTransport(self.limiter))
+        self.client = Limner(home=self.home, store=self.store, http_client=http, **(client_kwargs or {}))
+        self._http = http
+        self._limited: set[str] = set()
+        self._semaphores: dict[str, threading.Semaphore] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.client.close()
+        self._http.close()
+
+    def __enter__(self) -> BatchRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- planning ------------------------------------------------------------------------------
+    def plan_items(self, lines: list[BatchLine], op: Operation = Operation.GENERATE) -> list[ItemRow]:
+        """Check each request; one the core refuses becomes a failed item with the reason."""
+        rows: list[ItemRow] = []
+        seen: dict[str, int] = {}
+        for idx, line in enumerate(lines):
+            try:
+                plan = self.client.plan(op, line.request)
+                key_hash, status, err = plan.cache_key or "", "pending", None
+                provider = plan.spec.provider
+                self._limit_provider(provider)
+            except errors.UserError as exc:
+                raw = line.request.model_dump_json(exclude={"images", "mask", "references"})
+                key_hash, status, err = hashlib.sha256(raw.encode()).hexdigest(), "failed", exc
+            occurrence = seen.get(key_hash, 0)
+            seen[key_hash] = occurrence + 1
+            rows.append(
+                ItemRow(
+                    item_key=f"{key_hash}#{occurrence}", idx=idx, line=line.line,
+                    request_hash=key_hash, operation=op.value,
+                    request=line.request.model_dump(mode="json", exclude={"images", "mask", "references"}, exclude_defaults=True),
+                    labels=line.labels or None, status=status,
+                    error_type=type(err).__name__ if err else None, error_message=str(err) if err else None,
+                )
+            )  # fmt: skip
+        return rows
+
+    def _limit_provider(self, name: str) -> None:
+        if name in self._limited:
+            return
+        provider = self.client.provider(name)
+        if provider.base_url:
+            self.limiter.add(name, provider.base_url, self.options.rpm, self.options.burst)
+        self._semaphores[name] = threading.Semaphore(max(self.options.concurrency, 1))
+        self._limited.add(name)
+
+    # -- running -------------------------------------------------------------------------------
+    def run(
+        self,
+        batch_id: str,
+        rows: list[ItemRow],
+        *,
+        kind: str = "batch",
+        name: str = "",
+        source: str | None = None,
+        on_start: Callable[[int, int], None] | None = None,
+        on_item: ItemCallback | None = None,
+        executor: Callable[..., list[ItemOutcome]] | None = None,
+    ) -> BatchSummary:
+        """Run every item not done yet; return the summary. ``executor`` replaces the thread pool
+        (the Ray backend), taking ``(runner, batch_id, run_id, rows, on_item)``."""
+        started = time.perf_counter()
+        with batch_lock(self.home, batch_id):
+            self.store.open_batch(batch_id, kind=kind, name=name or batch_id, source=source, options=self._options_json())
+            self.store.add_items(batch_id, rows)
+            recovered = self.store.recover(batch_id, park=self.options.uncertain == "park")
+            if self.options.retry_uncertain:
+                recovered["requeued"] = self.store.requeue_uncertain(batch_id)
+            keys = [r.item_key for r in rows]
+            current = self.store.items(batch_id, keys)
+            runnable = {r.item_key for r in rows if r.status == "pending"}
+            todo = [r for r in current if r.status in ("pending", "failed") and r.item_key in runnable]
+            already = sum(1 for r in current if r.status == "done")
+            if on_start:
+                on_start(len(current), already)
+            run_id = new_run_id()
+            runner = executor or _thread_executor
+            outcomes = runner(self, batch_id, run_id, todo, on_item)
+            final = self.store.items(batch_id, keys)
+        return self._summary(batch_id, name or batch_id, final, already, outcomes, recovered, started)
+
+    def _options_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.options.__dict__.items()}
+
+    def run_item(self, batch_id: str, run_id: str, row: ItemRow) -> ItemOutcome:
+        """Claim, send and settle one item (in a worker thread or a Ray task)."""
+        request = ImageRequest(**row.request)
+        provider = self.client.resolve(request.model).provider
+        self._limit_provider(provider)
+        with self._semaphores[provider]:
+            if not self.store.claim(batch_id, row.item_key, run_id):
+                return ItemOutcome(row.item_key, "skipped")
+            binding = ItemBinding(batch_id, row.item_key, run_id)
+            try:
+                with bound_item(binding):
+                    result = self.client.run(Operation(row.operation), request, use_cache=self.options.use_cache)
+            except errors.LimnerError as exc:
+                self.store.mark_failed(binding, exc)
+                return ItemOutcome(row.item_key, "failed", error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # an unexpected bug must still leave the item reported
+                wrapped = errors.LimnerError(f"unexpected {type(exc).__name__}: {exc}")
+                self.store.mark_failed(binding, wrapped)
+                return ItemOutcome(row.item_key, "failed", error=str(wrapped))
+        return ItemOutcome(row.item_key, "done", cost_usd=result.cost_usd, generation_id=result.generation_id)
+
+    def _summary(self, batch_id: str, name: str, final: list[ItemRow], already: int, outcomes: list[ItemOutcome], recovered: dict[str, int], started: float) -> BatchSummary:
+        counts = {s: sum(1 for r in final if r.status == s) for s in ("done", "failed", "uncertain", "pending", "running")}
+        problems = [
+            {"line": r.line, "item": r.item_key, "prompt": r.request.get("prompt", ""), "status": r.status, "error": f"{r.error_type}: {r.error_message}" if r.error_type else r.error_message}
+            for r in final if r.status != "done"
+        ]  # fmt: skip
+        return BatchSummary(
+            batch_id=batch_id, name=name, total=len(final), done=counts["done"], failed=counts["failed"],
+            uncertain=counts["uncertain"], pending=counts["pending"] + counts["running"], skipped_done=already,
+            sent=sum(1 for o in outcomes if o.status != "skipped"),
+            cost_usd=round(sum(r.cost_usd or 0.0 for r in final if r.status == "done"), 6),
+            wall_s=round(time.perf_counter() - started, 3), recovered=recovered,
+            rate_limited=self.limiter.count("429"), problems=problems,
+        )  # fmt: skip
+
+
+def _thread_executor(runner: BatchRunner, batch_id: str, run_id: str, rows: list[ItemRow], on_item: ItemCallback | None) -> list[ItemOutcome]:
+    providers = max(len(runner._semaphores), 1)
+    workers = max(1, min(len(rows), runner.options.concurrency * providers))
+    outcomes: list[ItemOutcome] = []
+    if not rows:
+        return outcomes
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="limner-batch") as pool:
+        futures = [pool.submit(runner.run_item, batch_id, run_id, row) for row in rows]
+        try:
+            for future in as_completed(futures):
+                outcome = future.result()
+                outcomes.append(outcome)
+                if on_item:
+                    on_item(outcome)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return outcomes
+
+
+def request_json(row: ItemRow) -> str:
+    return json.dumps(row.request, sort_keys=True)

@@ -1,0 +1,116 @@
+"""``limner serve`` (the HTTP server) and ``limner server-keys`` (its API keys)."""
+
+from __future__ import annotations
+
+import click
+
+from limner.cli._common import emit_json, json_option
+
+__all__ = ["serve", "server_keys"]
+
+
+def _need_fastapi() -> None:
+    import importlib.util
+
+    from limner import errors
+
+    if importlib.util.find_spec("fastapi") is None:
+        raise errors.UserError(
+            "The server needs FastAPI.", hint="Install it with pip install 'limner[server]'."
+        )
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8000).")
+@click.option("--public-url", default=None, help="URL clients use to reach this server (for url results).")
+@click.option("--workers", type=int, default=None, help="Jobs run at once by this process.")
+@click.option("--no-worker", is_flag=True, help="Serve the API only; run no jobs in this process.")
+@click.option("--log-level", default="info", show_default=True)
+def serve(host: str | None, port: int | None, public_url: str | None, workers: int | None, no_worker: bool, log_level: str) -> None:
+    """Serve the OpenAI- and A1111-compatible APIs, the job queue and the gallery."""
+    _need_fastapi()
+    import uvicorn
+
+    from limner.server.app import create_app
+    from limner.server.auth import KeyRing
+    from limner.server.settings import ServerSettings
+    from limner.store import Store
+
+    settings = ServerSettings.from_env(
+        host=host, port=port, public_url=public_url, workers=workers,
+        run_worker=False if no_worker else None,
+    )  # fmt: skip
+    store = Store(settings.home)
+    try:
+        settings.check_bind(KeyRing(store).any_keys())
+    finally:
+        store.close()
+    app = create_app(settings)
+    click.echo(f"limner serving on {settings.base_url} (gallery at {settings.base_url}/)", err=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+
+
+@click.group("server-keys")
+def server_keys() -> None:
+    """Create, list and revoke the server's API keys (stored hashed)."""
+
+
+@server_keys.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, default=("generate", "read"), show_default=True,
+              type=click.Choice(["generate", "read", "admin"]), help="Repeat for several scopes.")
+@click.option("--rate", type=int, default=None, help="Requests per minute allowed (default: no limit).")
+@json_option
+def create_key(name: str, scopes: tuple[str, ...], rate: int | None, as_json: bool) -> None:
+    """Create a key; its secret is printed once and never stored."""
+    from limner.server.auth import KeyRing
+    from limner.store import Store
+
+    store = Store()
+    try:
+        key_id, secret = KeyRing(store).create(name, list(scopes), rate)
+    finally:
+        store.close()
+    if as_json:
+        emit_json({"id": key_id, "key": secret, "scopes": sorted(scopes)})
+    else:
+        click.echo(secret)
+        click.echo(f"Key {key_id} ({', '.join(sorted(scopes))}). Store it now: it is not shown again.", err=True)
+
+
+@server_keys.command("list")
+@json_option
+def list_keys(as_json: bool) -> None:
+    """List keys (never their secrets)."""
+    from limner.server.auth import KeyRing
+    from limner.store import Store
+
+    store = Store()
+    try:
+        keys = KeyRing(store).list()
+    finally:
+        store.close()
+    if as_json:
+        emit_json(keys)
+        return
+    for key in keys:
+        state = "revoked" if key["revoked"] else "active"
+        click.echo(f"{key['id']}  {key['prefix']}…  {key['name']}  {','.join(key['scopes'])}  {state}")
+
+
+@server_keys.command("revoke")
+@click.argument("key_id")
+def revoke_key(key_id: str) -> None:
+    """Revoke a key by its id."""
+    from limner import errors
+    from limner.server.auth import KeyRing
+    from limner.store import Store
+
+    store = Store()
+    try:
+        if not KeyRing(store).revoke(key_id):
+            raise errors.UserError(f"No active key {key_id!r}.", hint="See `limner server-keys list`.")
+    finally:
+        store.close()
+    click.echo(f"Revoked {key_id}.")

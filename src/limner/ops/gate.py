@@ -1,0 +1,130 @@
+"""A quality gate around generation: check each result, retry until one passes.
+
+A failed attempt is retried with a new seed when the model takes seeds; otherwise (or when
+``alternatives`` are given) with the next recommended model. Every attempt is logged as usual,
+and attempts after the first name the first one as their ``parent_id`` so the log links them.
+When no attempt passes, :class:`QualityGateError` carries the reasons of each.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from limner import errors
+from limner.ops.checks import Checks, ImageReport, check_images
+
+if TYPE_CHECKING:
+    from limner.catalog import ModelSpec
+    from limner.client import Limner
+    from limner.types import ImageRequest, Operation, Result
+
+__all__ = ["Attempt", "GateResult", "QualityGateError", "recommended_alternatives", "run_with_gate"]
+
+TEXT_RANK = {"excellent": 0, "good": 1, "moderate": 2, "weak": 3, "none": 4}
+
+
+@dataclass
+class Attempt:
+    model: str
+    seed: int | None
+    generation_id: str | None
+    reports: list[ImageReport]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.reports) and all(r.passed for r in self.reports)
+
+    @property
+    def reasons(self) -> list[str]:
+        return [reason for r in self.reports for reason in r.reasons]
+
+
+@dataclass
+class GateResult:
+    result: Result
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+class QualityGateError(errors.LimnerError):
+    """No attempt passed the quality checks; exit code 1."""
+
+    code = "quality_gate_failed"
+    http_status = 422
+
+    def __init__(self, attempts: list[Attempt]):
+        lines = [
+            f"attempt {i} ({a.model}, seed {a.seed}): {'; '.join(a.reasons) or 'no image'}"
+            for i, a in enumerate(attempts, 1)
+        ]
+        super().__init__(
+            f"No image passed the quality checks in {len(attempts)} attempt(s): " + " | ".join(lines),
+            hint="Raise --max-attempts, relax the checks, or pick a model that renders text better.",
+        )
+        self.attempts = attempts
+
+
+def recommended_alternatives(client: Limner, spec: ModelSpec, op: Operation, needs_text: bool) -> list[str]:
+    """Other usable models for ``op``: active, with a key (or keyless), best text first if needed."""
+    from limner.providers import get_provider_class
+
+    candidates = []
+    for other in client.catalog.filter(capability=op, include_retired=False):
+        if other.ref == spec.ref:
+            continue
+        try:
+            cls = get_provider_class(other.provider)
+        except errors.LimnerError:
+            continue
+        if cls.needs_key and not (other.provider in client.keys or client._has_key_for(other.provider)):
+            continue
+        candidates.append(other)
+    if needs_text:
+        candidates.sort(key=lambda s: TEXT_RANK.get(s.text_rendering, 5))
+    return [c.ref for c in candidates]
+
+
+def _next_request(client: Limner, request: ImageRequest, spec: ModelSpec, queue: list[str], rng: random.Random) -> ImageRequest:
+    if spec.seed and not queue:
+        return request.model_copy(update={"seed": rng.randrange(2**31)})
+    if queue:
+        return request.model_copy(update={"model": queue.pop(0), "seed": None})
+    return request
+
+
+def run_with_gate(
+    client: Limner,
+    op: Operation,
+    request: ImageRequest,
+    checks: Checks,
+    max_attempts: int = 3,
+    *,
+    alternatives: list[str] | None = None,
+    seed: int | None = None,
+) -> GateResult:
+    """Run ``request`` until every image passes ``checks``, at most ``max_attempts`` times."""
+    from limner.ops._common import read_image
+
+    if max_attempts < 1:
+        raise errors.InvalidRequestError("max_attempts must be at least 1.", param="max_attempts")
+    spec = client.resolve(request.model)
+    request = request.model_copy(update={"model": spec.ref})
+    queue = list(alternatives) if alternatives is not None else []
+    if alternatives is None and not spec.seed:
+        queue = recommended_alternatives(client, spec, op, bool(checks.expect_text))
+    rng = random.Random(seed)
+    attempts: list[Attempt] = []
+    parent: str | None = None
+    for number in range(max_attempts):
+        result = client.run(op, request, use_cache=number == 0, parent_id=parent)
+        parent = parent or result.generation_id
+        named = [(f"image {i + 1}", read_image(img.data)[0]) for i, img in enumerate(result.images)]
+        reports = check_images(named, checks)
+        attempt = Attempt(result.model, request.seed, result.generation_id, reports)
+        attempts.append(attempt)
+        if attempt.passed:
+            return GateResult(result, attempts)
+        spec = client.resolve(request.model)
+        request = _next_request(client, request, spec, queue, rng)
+    raise QualityGateError(attempts)

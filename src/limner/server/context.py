@@ -1,0 +1,163 @@
+"""What every route shares: the store, the keys, one HTTP client, provider slots and signing.
+
+``ServerContext.run`` is the one path from a route (or a job) to a provider: it refuses new work
+with 429 when the server is saturated, waits for the provider's concurrency slot, and runs the
+request through :class:`limner.Limner` so that checks, cost, storage and the log are the same as
+everywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from limner.catalog import Catalog, ModelSpec, get_catalog
+from limner.client import Limner
+from limner.http import DEFAULT_TIMEOUT
+from limner.server.auth import KeyRing
+from limner.server.errors import ApiError
+from limner.server.settings import ServerSettings
+from limner.store import Store
+from limner.types import ImageRequest, Operation, Result
+
+__all__ = ["ServerContext", "SubmissionObserver", "current_submission"]
+
+
+class SubmissionObserver(Protocol):
+    """Told about each provider submission (a POST) before it is sent and after it answers."""
+
+    async def before_submit(self, request: httpx.Request) -> None: ...
+
+    async def after_submit(self, response: httpx.Response) -> None: ...
+
+
+# Set by the job runner around a job's provider call; the HTTP client's hooks report to it.
+current_submission: contextvars.ContextVar[SubmissionObserver | None] = contextvars.ContextVar(
+    "current_submission", default=None
+)
+
+
+async def _on_request(request: httpx.Request) -> None:
+    observer = current_submission.get()
+    if observer is not None and request.method == "POST":
+        await observer.before_submit(request)
+
+
+async def _on_response(response: httpx.Response) -> None:
+    observer = current_submission.get()
+    if observer is not None and response.request.method == "POST":
+        await observer.after_submit(response)
+
+
+@dataclass
+class ServerContext:
+    settings: ServerSettings
+    store: Store
+    keys: KeyRing
+    catalog: Catalog = field(default_factory=get_catalog)
+    http: httpx.AsyncClient | None = None
+    inflight: int = 0
+    slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jobs: Any = None  # the JobQueue, set by create_app
+    _secret: bytes = b""
+
+    @classmethod
+    def create(cls, settings: ServerSettings) -> ServerContext:
+        store = Store(settings.home)
+        ctx = cls(settings=settings, store=store, keys=KeyRing(store, settings.rate_per_minute))
+        ctx._secret = settings.signing_secret()
+        return ctx
+
+    def open(self) -> None:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+        self.http = httpx.AsyncClient(
+            timeout=DEFAULT_TIMEOUT, limits=limits,
+            event_hooks={"request": [_on_request], "response": [_on_response]},
+        )  # fmt: skip
+
+    async def aclose(self) -> None:
+        if self.http is not None:
+            await self.http.aclose()
+        self.store.close()
+
+    # -- engine --------------------------------------------------------------------------------
+    def limner(self, on_progress: Callable[[float | None, str], None] | None = None) -> Limner:
+        return Limner(
+            home=self.settings.home, store=self.store, catalog=self.catalog,
+            async_http_client=self.http, on_progress=on_progress,
+        )  # fmt: skip
+
+    def resolve(self, model: str | None) -> ModelSpec:
+        return self.limner().resolve(model)
+
+    def _slot(self, provider: str) -> asyncio.Semaphore:
+        if provider not in self.slots:
+            self.slots[provider] = asyncio.Semaphore(self.settings.provider_concurrency)
+        return self.slots[provider]
+
+    def check_capacity(self) -> None:
+        if self.inflight >= self.settings.max_inflight:
+            raise ApiError(
+                429, "The server is at capacity; retry shortly.", type_="rate_limit_error",
+                code="server_overloaded", headers={"Retry-After": "2"},
+            )  # fmt: skip
+
+    async def run(
+        self,
+        op: Operation,
+        request: ImageRequest,
+        *,
+        on_progress: Callable[[float | None, str], None] | None = None,
+        wait_s: float | None = None,
+    ) -> Result:
+        self.check_capacity()
+        self.inflight += 1
+        try:
+            client = self.limner(on_progress)
+            spec = await asyncio.to_thread(client.resolve, request.model)
+            request = request.model_copy(update={"model": spec.ref})
+            slot = self._slot(spec.provider)
+            try:
+                await asyncio.wait_for(slot.acquire(), timeout=wait_s or self.settings.slot_wait_s)
+            except TimeoutError:
+                raise ApiError(
+                    429, f"Too many requests to {spec.provider} in flight; retry shortly.",
+                    type_="rate_limit_error", code="provider_busy", headers={"Retry-After": "5"},
+                ) from None  # fmt: skip
+            try:
+                return await client.arun(op, request)
+            finally:
+                slot.release()
+        finally:
+            self.inflight -= 1
+
+    async def in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    # -- signed asset URLs ---------------------------------------------------------------------
+    def sign(self, sha256: str, ttl_s: int | None = None) -> str:
+        expires = int(time.time()) + (ttl_s or self.settings.url_ttl_s)
+        mac = hmac.new(self._secret, f"{sha256}.{expires}".encode(), hashlib.sha256).digest()
+        sig = base64.urlsafe_b64encode(mac[:18]).decode()
+        return f"/v1/assets/{sha256}?expires={expires}&sig={sig}"
+
+    def absolute(self, path: str) -> str:
+        return self.settings.base_url + path
+
+    def verify(self, sha256: str, expires: int, sig: str) -> bool:
+        if expires < time.time():
+            return False
+        mac = hmac.new(self._secret, f"{sha256}.{expires}".encode(), hashlib.sha256).digest()
+        return hmac.compare_digest(base64.urlsafe_b64encode(mac[:18]).decode(), sig)
+

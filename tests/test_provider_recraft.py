@@ -1,0 +1,178 @@
+"""Recraft provider driven end to end against the Recraft emulator."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import httpx
+import pytest
+from PIL import Image
+
+import limner
+from limner import errors
+from limner.emulators.common import BLOCKED_WORD, EmulatorServer
+from limner.store import Store
+from limner.types import ImageRequest, Operation
+
+EmulatorFactory = Callable[[str], tuple[EmulatorServer, str]]
+
+
+@pytest.fixture
+def recraft(emulator: EmulatorFactory, monkeypatch: pytest.MonkeyPatch) -> tuple[EmulatorServer, str]:
+    server, url = emulator("recraft")
+    monkeypatch.setenv("RECRAFT_API_TOKEN", "rc-test")
+    monkeypatch.setenv("LIMNER_RECRAFT_BASE_URL", url)
+    return server, url
+
+
+def _png(size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (10, 120, 200)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _mask(size: tuple[int, int] = (64, 48)) -> bytes:
+    img = Image.new("L", size, 0)
+    img.paste(255, (0, 0, size[0] // 2, size[1]))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _stats(server: EmulatorServer) -> dict[str, int]:
+    return dict(httpx.get(server.url + "/_emulator/stats").json())
+
+
+def test_generate_raster_downloads_urls_and_records_reported_credits(recraft: tuple[EmulatorServer, str]) -> None:
+    server, _ = recraft
+    result = limner.generate("a fox logo", model="recraft:recraftv4_1", size="1536x768", n=2, seed=3)
+    assert [(i.width, i.height) for i in result.images] == [(1536, 768)] * 2
+    assert result.cost_usd == pytest.approx(0.07)  # 2 x 35 credits, as the response reported
+    assert _stats(server)["POST /v1/images/generations"] == 1
+    entry = Store(limner.Limner().home).get(result.generation_id)
+    assert entry is not None and entry.cost_usd == pytest.approx(0.07)
+
+
+def test_vector_models_return_svg(recraft: tuple[EmulatorServer, str]) -> None:
+    result = limner.generate("a minimal owl icon", model="recraft:recraftv3_vector", style="icon")
+    image = result.images[0]
+    assert image.media_type == "image/svg+xml" and image.extension == "svg"
+    assert image.data.startswith(b"<svg")
+
+
+def test_v3_style_and_size_are_checked_before_sending(recraft: tuple[EmulatorServer, str]) -> None:
+    server, _ = recraft
+    with pytest.raises(errors.InvalidRequestError, match="style"):
+        limner.generate("x", model="recraft:recraftv4", style="icon")
+    with pytest.raises(errors.InvalidRequestError, match="Size 1500x1000"):
+        limner.generate("x", model="recraft:recraftv3", size="1500x1000")
+    assert _stats(server).get("total", 0) == 0
+
+
+def test_image_to_image_passes_strength(recraft: tuple[EmulatorServer, str]) -> None:
+    server, _ = recraft
+    result = limner.edit(_png(), "in watercolour", model="recraft:recraftv3", strength=0.4)
+    assert (result.images[0].width, result.images[0].height) == (64, 48)
+    assert _stats(server)["POST /v1/images/imageToImage"] == 1
+    assert result.cost_usd == pytest.approx(0.04)
+
+
+def test_inpaint_sends_a_white_marks_area_mask(recraft: tuple[EmulatorServer, str]) -> None:
+    from limner.catalog import get_catalog
+    from limner.images import load_image
+    from limner.providers.recraft import RecraftProvider
+
+    server, url = recraft
+    result = limner.edit(_png(), "a red door", mask=_mask(), model="recraft:recraftv3")
+    assert _stats(server)["POST /v1/images/inpaint"] == 1
+    assert len(result.images) == 1
+    request = ImageRequest(prompt="p", images=[load_image(_png())], mask=load_image(_mask()))
+    built = RecraftProvider(api_key="k", base_url=url)._build(Operation.INPAINT, request, get_catalog().resolve("recraft:recraftv3"))
+    body = built.read()
+    start = body.index(b"\x89PNG", body.index(b'name="mask"'))
+    mask = Image.open(io.BytesIO(body[start:])).convert("L")
+    assert mask.getpixel((5, 5)) == 255 and mask.getpixel((60, 5)) == 0
+
+
+@pytest.mark.parametrize(
+    ("op", "action", "endpoint", "credits"),
+    [
+        (Operation.EDIT, "replace-background", "replaceBackground", 0.04),
+        (Operation.EDIT, "vectorize", "vectorize", 0.01),
+        (Operation.UPSCALE, "crisp", "crispUpscale", 0.004),
+        (Operation.UPSCALE, "creative", "creativeUpscale", 0.25),
+        (Operation.REMOVE_BACKGROUND, "remove-background", "removeBackground", 0.01),
+    ],
+)
+def test_operations_by_action(
+    recraft: tuple[EmulatorServer, str], op: Operation, action: str, endpoint: str, credits: float
+) -> None:
+    from limner.images import load_image
+
+    server, _ = recraft
+    request = ImageRequest(
+        prompt="a beach at noon", model="recraft:recraftv3", images=[load_image(_png())], provider_options={"action": action}
+    )
+    with limner.Limner() as client:
+        result = client.run(op, request)
+    assert _stats(server)[f"POST /v1/images/{endpoint}"] == 1
+    assert result.cost_usd == pytest.approx(credits)
+    if endpoint == "vectorize":
+        assert result.images[0].media_type == "image/svg+xml"
+    if op == Operation.UPSCALE:
+        assert result.images[0].width == 64 * 4
+
+
+def test_generate_background_needs_a_mask_and_unknown_actions_are_refused(recraft: tuple[EmulatorServer, str]) -> None:
+    from limner.images import load_image
+
+    image = load_image(_png())
+    with limner.Limner() as client:
+        with pytest.raises(errors.InvalidRequestError, match="needs a mask"):
+            client.run(Operation.EDIT, ImageRequest(prompt="p", model="recraft:recraftv3", images=[image], provider_options={"action": "generate-background"}))
+        with pytest.raises(errors.InvalidRequestError, match="Actions for upscale: creative, crisp"):
+            client.run(Operation.UPSCALE, ImageRequest(model="recraft:recraftv3", images=[image], provider_options={"action": "huge"}))
+        result = client.run(
+            Operation.EDIT,
+            ImageRequest(prompt="a studio", model="recraft:recraftv3", images=[image], mask=load_image(_mask()), provider_options={"action": "generate-background"}),
+        )
+    assert len(result.images) == 1
+
+
+def test_controls_are_translated(recraft: tuple[EmulatorServer, str]) -> None:
+    from limner.catalog import get_catalog
+    from limner.providers.recraft import RecraftProvider
+
+    spec = get_catalog().resolve("recraft:recraftv3")
+    native = RecraftProvider(api_key="k").native_request(
+        Operation.GENERATE,
+        ImageRequest(prompt="p", provider_options={"colors": ["#ff0000"], "background_color": [0, 0, 0], "artistic_level": 2}, seed=5),
+        spec,
+    )
+    body = native["json"]
+    assert body["controls"] == {"colors": [{"rgb": [255, 0, 0]}], "background_color": {"rgb": [0, 0, 0]}, "artistic_level": 2}
+    assert body["random_seed"] == 5 and body["model"] == "recraftv3"
+    result = limner.generate("p", model="recraft:recraftv3", provider_options={"colors": ["#00ff00"]})
+    assert len(result.images) == 1
+
+
+def test_content_filter_and_errors_are_mapped(recraft: tuple[EmulatorServer, str]) -> None:
+    server, _ = recraft
+    with pytest.raises(errors.ContentPolicyError, match="content filter"):
+        limner.generate(f"a {BLOCKED_WORD}", model="recraft:recraftv4")
+    httpx.post(server.url + "/_emulator/faults", json={"status": 401})
+    with pytest.raises(errors.AuthenticationError):
+        limner.generate("x", model="recraft:recraftv4")
+    httpx.post(server.url + "/_emulator/faults", json={"status": 400, "body": {"code": "invalid_size", "message": "Size is odd"}})
+    with pytest.raises(errors.ProviderRejectedError, match="Size is odd"):
+        limner.generate("x", model="recraft:recraftv4")
+    httpx.post(server.url + "/_emulator/faults", json={"status": 429, "retry_after": 0})
+    assert len(limner.generate("x", model="recraft:recraftv4").images) == 1
+
+
+def test_expired_result_urls_fail_cleanly(recraft: tuple[EmulatorServer, str]) -> None:
+    server, _ = recraft
+    httpx.post(server.url + "/_emulator/settings", json={"delivery_ttl": -1})
+    with pytest.raises(errors.LimnerError):
+        limner.generate("x", model="recraft:recraftv4")
