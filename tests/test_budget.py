@@ -22,12 +22,12 @@ from limner.http import RetryPolicy
 from limner.store import Store
 from limner.types import ImageRequest
 
-# dall-e-3 standard 1024x1024 has a flat list price and no token usage, so actual == estimate.
-PRICE = 0.04
+# dall-e-2 at 256x256 has a flat list price and no token usage, so actual == estimate.
+PRICE = 0.016
 
 
 def _request(**extra: object) -> ImageRequest:
-    fields: dict = {"prompt": "a lighthouse", "model": "openai:dall-e-3", "size": "1024x1024", "quality": "standard"}
+    fields: dict = {"prompt": "a lighthouse", "model": "openai:dall-e-2", "size": "256x256"}
     return ImageRequest(**{**fields, **extra})
 
 
@@ -37,16 +37,16 @@ def _client(home: Path) -> Limner:
 
 def test_daily_cap_refuses_with_the_cap_the_spend_and_the_cost(openai_env, tmp_path, monkeypatch):
     server, url = openai_env
-    monkeypatch.setenv("LIMNER_BUDGET_DAILY_USD", "0.1")
+    monkeypatch.setenv("LIMNER_BUDGET_DAILY_USD", "0.04")
     with _client(tmp_path) as client:
         client.run("generate", _request())
         client.run("generate", _request())
         with pytest.raises(BudgetExceededError) as info:
             client.run("generate", _request())
     message = str(info.value)
-    assert "daily budget of $0.10" in message
-    assert "$0.0800 spent" in message
-    assert "would cost $0.0400" in message
+    assert "daily budget of $0.04" in message
+    assert "$0.0320 spent" in message
+    assert "would cost $0.0160" in message
     stats = httpx.get(server.url + "/_emulator/stats").json()
     assert stats["POST /v1/images/generations"] == 2  # the refused request was never sent
     assert sorted(e.status for e in _log(tmp_path)) == ["ok", "ok", "refused"]
@@ -62,7 +62,7 @@ def _log(home: Path) -> list:
 
 def test_reservation_is_released_when_the_provider_fails(openai_env, tmp_path, monkeypatch):
     server, _ = openai_env
-    monkeypatch.setenv("LIMNER_BUDGET_DAILY_USD", "0.05")
+    monkeypatch.setenv("LIMNER_BUDGET_DAILY_USD", "0.02")
     httpx.post(server.url + "/_emulator/faults", json={"status": 500, "count": 10, "path": "/v1/images"})
     with Limner(home=tmp_path, retry=RetryPolicy(max_attempts=1)) as client:
         with pytest.raises(ProviderError):
@@ -87,7 +87,7 @@ def test_settled_spend_comes_from_the_log(openai_env, tmp_path, monkeypatch):
 
 
 def test_tag_caps_apply_only_to_tagged_requests(openai_env, tmp_path):
-    UserConfig(tmp_path).set("budget", {"tags": {"client-a": {"daily_usd": 0.05}}})
+    UserConfig(tmp_path).set("budget", {"tags": {"client-a": {"daily_usd": 0.02}}})
     with _client(tmp_path) as client:
         client.run("generate", _request(tags=["client-a"]))
         with pytest.raises(BudgetExceededError, match="for tag 'client-a'"):
@@ -97,7 +97,7 @@ def test_tag_caps_apply_only_to_tagged_requests(openai_env, tmp_path):
 
 
 def test_cache_hits_are_not_charged(openai_env, tmp_path, monkeypatch):
-    monkeypatch.setenv("LIMNER_BUDGET_DAILY_USD", "0.05")
+    monkeypatch.setenv("LIMNER_BUDGET_DAILY_USD", "0.02")
     with _client(tmp_path) as client:
         client.run("generate", _request(seed=7))
         again = client.run("generate", _request(seed=7))
@@ -159,7 +159,7 @@ WORKER = textwrap.dedent(
     home, per_process = sys.argv[1], int(sys.argv[2])
     client = Limner(home=home)
     def one(i):
-        request = ImageRequest(prompt=f"tower {i}", model="openai:dall-e-3", size="1024x1024", quality="standard")
+        request = ImageRequest(prompt=f"tower {i}", model="openai:dall-e-2", size="256x256")
         try:
             client.run("generate", request)
             return "ok"
@@ -173,16 +173,16 @@ WORKER = textwrap.dedent(
 
 def test_concurrent_processes_never_exceed_the_cap(openai_env, tmp_path, monkeypatch):
     _, url = openai_env
-    admit = 5
+    admit = 4
     cap = PRICE * admit + 0.001
     Store(tmp_path).close()  # create the schema once, before the processes race to open it
     env = {**os.environ, "LIMNER_BUDGET_DAILY_USD": str(cap), "LIMNER_HOME": str(tmp_path)}
     workers = [
-        subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path), "4"], env=env, stdout=subprocess.PIPE, text=True)
-        for _ in range(4)
+        subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path), "3"], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
     ]
     outcomes = [o for w in workers for o in json.loads(w.communicate(timeout=120)[0])]
     assert all(w.returncode == 0 for w in workers)
     assert outcomes.count("ok") == admit
-    assert outcomes.count("refused") == 16 - admit
+    assert outcomes.count("refused") == 9 - admit
     assert sum(e.cost_usd or 0 for e in _log(tmp_path)) <= cap

@@ -48,3 +48,11 @@ def test_strip_removes_everything() -> None:
 
 def test_a1111_parameters_without_optional_fields() -> None:
     assert a1111_parameters({"prompt": "p", "model": "m"}) == "p\nModel: m, Version: limner"
+
+
+def test_png_unicode_prompt_survives() -> None:
+    out = embed(encoded("PNG"), "image/png", {**META, "prompt": "café 東京 🌸"})
+    img = Image.open(io.BytesIO(out))
+    assert img.info["parameters"].startswith("café 東京 🌸")
+    assert read_metadata(out)["prompt"] == "café 東京 🌸"
+    assert img.tobytes() == Image.open(io.BytesIO(encoded("PNG"))).tobytes()

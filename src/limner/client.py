@@ -29,7 +29,7 @@ from limner.guards import default_guards
 from limner.http import DEFAULT_TIMEOUT, AsyncFlowRunner, FlowRunner, RetryPolicy
 from limner.metadata import embed
 from limner.pricing import actual_cost, estimate_cost
-from limner.providers import get_provider_class
+from limner.providers import get_provider_class, plugin_catalog_entries
 from limner.providers.base import Provider
 from limner.store import LogEntry, Store, StoredImage
 from limner.types import GeneratedImage, ImageRequest, Operation, Result, Usage
@@ -134,7 +134,7 @@ class Limner:
     ) -> None:
         self.home = Path(home) if home else limner_home()
         self._store = store
-        self.catalog = catalog or get_catalog(_registered_models(self.home))
+        self.catalog = catalog or get_catalog([*plugin_catalog_entries(), *_registered_models(self.home)])
         self._http = http_client
         self._owns_http = http_client is None
         self._ahttp = async_http_client

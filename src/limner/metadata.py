@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import zlib
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -81,17 +82,27 @@ def embed(data: bytes, media_type: str, meta: dict[str, Any]) -> bytes:
     return data
 
 
-def _embed_png(data: bytes, meta: dict[str, Any]) -> bytes:
-    from PIL import Image, PngImagePlugin
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
 
-    with Image.open(io.BytesIO(data)) as img:
-        info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", a1111_parameters(meta))
-        info.add_text("limner", json.dumps(meta, sort_keys=True))
-        info.add_itxt("XML:com.adobe.xmp", _xmp(meta).decode())
-        buf = io.BytesIO()
-        img.save(buf, format="PNG", pnginfo=info)
-        return buf.getvalue()
+
+def _embed_png(data: bytes, meta: dict[str, Any]) -> bytes:
+    """Splice text chunks in after IHDR: the image data is not decoded or re-encoded."""
+    signature = b"\x89PNG\r\n\x1a\n"
+    if not data.startswith(signature) or data[12:16] != b"IHDR":
+        return data
+    ihdr_end = 8 + 12 + int.from_bytes(data[8:12], "big")
+    params = a1111_parameters(meta)
+    try:
+        params_chunk = _png_chunk(b"tEXt", b"parameters\x00" + params.encode("latin-1"))
+    except UnicodeEncodeError:  # tEXt is Latin-1 only; iTXt carries UTF-8, as A1111 does
+        params_chunk = _png_chunk(b"iTXt", b"parameters\x00\x00\x00\x00\x00" + params.encode())
+    chunks = (
+        params_chunk,
+        _png_chunk(b"iTXt", b"limner\x00\x00\x00\x00\x00" + json.dumps(meta, sort_keys=True).encode()),
+        _png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + _xmp(meta)),
+    )
+    return data[:ihdr_end] + b"".join(chunks) + data[ihdr_end:]
 
 
 def _embed_jpeg(data: bytes, xmp: bytes) -> bytes:

@@ -165,7 +165,9 @@ def contact_sheet(
 
     rows, cols = len(cells), max((len(r) for r in cells), default=0)
     font, small = _font(14), _font(11)
-    left = 140 if row_labels else 8
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widest = max((measure.textlength(label[:48], font=font) for label in row_labels), default=0)
+    left = min(int(widest) + 16, 360) if row_labels else 8
     top = (28 if title else 4) + (24 if col_labels else 0)
     caption_h = 16 if any(c.caption for r in cells for c in r) else 0
     cell_w, cell_h = thumb + 8, thumb + 8 + caption_h
@@ -178,7 +180,7 @@ def contact_sheet(
     for r, row in enumerate(cells):
         y = top + r * cell_h
         if r < len(row_labels):
-            draw.text((6, y + thumb // 2), row_labels[r][:20], fill="black", font=font)
+            draw.text((6, y + thumb // 2), row_labels[r][:48], fill="black", font=font)
         for c, cell in enumerate(row):
             x = left + c * cell_w
             _paste_thumb(sheet, draw, cell, (x + 4, y + 4), thumb)

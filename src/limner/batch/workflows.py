@@ -101,7 +101,7 @@ def ab_axes(prompt: str, variants: list[str], models: list[str], seeds: int, **b
     rows = []
     for model in models or [None]:
         for seed in range(1, seeds + 1):
-            label = f"{(model or 'default').split(':')[-1]} · seed {seed}"
+            label = f"{(model or 'default').split(':')[-1]}, seed {seed}"
             rows.append((label, {"model": model, "seed": seed}))
     return [x, Axis("model/seed", rows), Axis("", [("", {})])], {"prompt": prompt, **base}
 
@@ -197,8 +197,8 @@ def _write_grid(store: BatchStore, batch_id: str, summary: BatchSummary, axes: l
     sheets = []
     for zi, (zl, _) in enumerate(z.entries):
         grid_cells = [[_sheet_cell(cells, xl, yl, zl) for xl, _ in x.entries] for yl, _ in y.entries]
-        title = f"{x.name or ''} × {y.name or ''}" + (f" — {z.name}={zl}" if z.name else "")
-        sheet = contact_sheet(grid_cells, row_labels=[yl for yl, _ in y.entries], col_labels=[xl for xl, _ in x.entries], title=title.strip(" ×"))
+        title = " x ".join(a.name for a in (x, y) if a.name) + (f" - {z.name}={zl}" if z.name else "")
+        sheet = contact_sheet(grid_cells, row_labels=[yl for yl, _ in y.entries], col_labels=[xl for xl, _ in x.entries], title=title)
         target = out / ("contact_sheet.png" if len(z.entries) == 1 else f"contact_sheet_{zi + 1}.png")
         sheet.save(target)
         sheets.append(target)

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "emulate": ("limner.cli.emulate:emulate", "Serve a provider's API emulator on loopback."),
     "serve": ("limner.cli.serve:serve", "Serve the OpenAI/A1111-compatible APIs, jobs and gallery."),
     "server-keys": ("limner.cli.serve:server_keys", "Manage the server's API keys."),
+    "rerun": ("limner.cli.local:rerun", "Run a logged generation again from its parameters."),
     "demo": (
         "limner.cli.emulate:demo",
         "Generate an image end to end against the bundled emulator.",

@@ -112,15 +112,28 @@ def _dry_run(client: Any, op: Any, request: Any, as_json: bool) -> None:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
 
 
-def _progress_printer(enabled: bool) -> Any:
-    if not enabled:
-        return None
+class _Status:
+    """A spinner on stderr while a slow call runs; provider progress updates its text."""
 
-    def show(fraction: float | None, message: str) -> None:
-        pct = f"{fraction * 100:5.1f}% " if fraction is not None else ""
-        click.echo(f"\r{pct}{message}".ljust(60), nl=False, err=True)
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.status: Any = None
 
-    return show
+    def start(self, text: str) -> None:
+        if self.enabled:
+            from rich.console import Console
+
+            self.status = Console(stderr=True).status(text)
+            self.status.start()
+
+    def update(self, fraction: float | None, message: str) -> None:
+        if self.status is not None:
+            pct = f"{fraction * 100:.0f}% " if fraction is not None else ""
+            self.status.update(f"{pct}{message}")
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
 
 
 def _run(
@@ -132,17 +145,20 @@ def _run(
 
     as_json = params["as_json"]
     request = _build(op, prompt, images, mask, params)
+    status = _Status(not as_json and sys.stderr.isatty())
     with Limner(
         embed_metadata=not params["no_metadata"],
         deadline_s=params["timeout"],
-        on_progress=_progress_printer(not as_json and sys.stderr.isatty()),
+        on_progress=status.update,
     ) as client:
         if params["dry_run"]:
             _dry_run(client, op, request, as_json)
             return
-        if not as_json and sys.stderr.isatty():
-            click.echo(f"Generating with {client.resolve(request.model).ref}...", err=True)
-        result = client.run(op, request, use_cache=not params["no_cache"])
+        status.start(f"Generating with {client.resolve(request.model).ref}...")
+        try:
+            result = client.run(op, request, use_cache=not params["no_cache"])
+        finally:
+            status.stop()
     paths = _output_paths(result, params["output"])
     for image, path in zip(result.images, paths, strict=True):
         image.save(path)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from limner import errors
 
 if TYPE_CHECKING:
+    from limner.catalog import ModelSpec
     from limner.providers.base import Provider
 
 __all__ = ["BUILTIN_PROVIDERS", "get_provider_class", "provider_names"]
@@ -64,6 +65,14 @@ def available_builtin(name: str) -> bool:
     if not target:
         return False
     return importlib.util.find_spec(target.partition(":")[0]) is not None
+
+
+def plugin_catalog_entries() -> list[ModelSpec]:
+    """Catalog entries that plugin providers declare (built-ins ship theirs as data files)."""
+    specs: list[ModelSpec] = []
+    for name in _plugin_table():
+        specs.extend(get_provider_class(name).catalog_entries())
+    return specs
 
 
 @cache

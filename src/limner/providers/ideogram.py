@@ -79,6 +79,15 @@ def _palette(value: Any) -> dict[str, Any]:
     return {"members": members}
 
 
+def _resolution_for(aspect_ratio: str | None) -> str:
+    """A ~1 megapixel WxH (multiples of 32) for an aspect ratio: reframe takes resolutions only."""
+    w, _, h = (aspect_ratio or "1:1").partition(":")
+    ratio = float(w) / float(h)
+    width = round((1024 * 1024 * ratio) ** 0.5 / 32) * 32
+    height = round((1024 * 1024 / ratio) ** 0.5 / 32) * 32
+    return f"{width}x{height}"
+
+
 def _image_weight(request: ImageRequest) -> int | None:
     """Ideogram's image_weight (1-100, higher keeps more of the input) from limner's strength."""
     if "image_weight" in request.provider_options:
@@ -203,7 +212,7 @@ class IdeogramProvider(Provider):
         if op == Operation.INPAINT and request.mask is not None:
             files.append(("mask", ("mask.png", encode_mask(request.mask, "black"), "image/png")))
         if op == Operation.OUTPAINT:
-            fields = {"resolution": opts.get("resolution") or request.size or "1024x1024"}
+            fields = {"resolution": opts.get("resolution") or request.size or _resolution_for(request.aspect_ratio)}
         files.extend(self._reference_files(request, api))
         if api == "legacy" and op in (Operation.EDIT,):
             fields = {"image_request": fields}

@@ -375,16 +375,8 @@ class JobQueue:
             conn.execute(server_jobs.insert(), rows)
 
     async def _row(self, spec: JobSpec, principal: Principal, batch_id: str | None) -> dict[str, Any]:
-        assert self.ctx.http is not None
-        limit = self.ctx.settings.max_upload_bytes
-        images = [
-            await image_from_value(v, name=f"images[{i}]", max_bytes=limit, client=self.ctx.http)
-            for i, v in enumerate(spec.images)
-        ]
-        mask = (
-            await image_from_value(spec.mask, name="mask", max_bytes=limit, client=self.ctx.http)
-            if spec.mask else None
-        )  # fmt: skip
+        images = [await self._input(v, f"images[{i}]") for i, v in enumerate(spec.images)]
+        mask = await self._input(spec.mask, "mask") if spec.mask else None
         fields = spec.model_dump(exclude={"operation", "images", "mask"})
         request = ImageRequest(**fields, images=images, mask=mask)
         op = Operation(spec.operation)
@@ -405,6 +397,16 @@ class JobQueue:
             "provider": plan.spec.provider, "model": plan.spec.ref, "request": data,
             "attempts": 0, "submit_state": "none", "submit_count": 0, "cancel_requested": False,
         }  # fmt: skip
+
+    async def _input(self, value: str, name: str) -> ImageInput:
+        """An input image: ``asset:<sha256>`` (an image already in the store, as the gallery's
+        "use as input" sends), a URL, a data: URL or base64."""
+        assert self.ctx.http is not None
+        if value.startswith("asset:"):
+            return await asyncio.to_thread(self._asset_input, value[6:], name)
+        return await image_from_value(
+            value, name=name, max_bytes=self.ctx.settings.max_upload_bytes, client=self.ctx.http
+        )
 
     def _put(self, image: ImageInput) -> str:
         return self.ctx.store.put_asset(image.data, image.media_type, image.width, image.height).sha256
@@ -440,6 +442,7 @@ class JobQueue:
             "operation": job["operation"], "model": job["model"], "provider": job["provider"],
             "created_at": job["created_at"], "updated_at": job["updated_at"],
             "attempts": job["attempts"], "submit_state": job["submit_state"],
+            "submit_count": job["submit_count"],
             "provider_request_id": job["provider_request_id"],
             "progress": live.get("progress", job.get("progress")),
             "progress_message": live.get("message", job.get("progress_message")),

@@ -1,0 +1,174 @@
+"""The ``comfyui:`` provider: queue a workflow on a running ComfyUI server.
+
+``-m comfyui:<checkpoint file>`` builds an API-format workflow from the request (the same one
+``limner export comfyui`` writes) with core nodes; ``provider_options={"workflow": {...}}``
+sends a workflow of your own as it is. Inputs are uploaded first (``/upload/image``), the
+prompt queued (``POST /prompt``), ``/history/{id}`` polled until it holds the outputs (it is
+``{}`` while the prompt runs), and the images fetched from ``/view``. On the deadline the
+prompt is interrupted and removed from the queue.
+
+The server is ``LIMNER_COMFYUI_BASE_URL`` (default http://127.0.0.1:8188). ComfyUI has no
+authentication, so no key is needed or sent.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from limner import errors
+from limner.catalog import ModelSpec, Price, SizeRule
+from limner.flows import DeadlineExceeded, Download, Flow, Progress, ProviderOutput, Send, Sleep
+from limner.http import map_http_error
+from limner.images import encode_mask
+from limner.providers.base import Provider, image_from_bytes
+from limner.types import ImageRequest, Operation
+
+__all__ = ["ComfyUIProvider"]
+
+POLL_SECONDS = 0.25
+OPTIONS = {"workflow", "scheduler", "family", "loras", "filename_prefix"}
+
+
+class ComfyUIProvider(Provider):
+    name = "comfyui"
+    display_name = "ComfyUI server"
+    needs_key = False
+    default_base_url = "http://127.0.0.1:8188"
+    base_url_envs = ("COMFYUI_URL",)
+
+    @classmethod
+    def spec_for(cls, model_id: str) -> ModelSpec | None:
+        """``comfyui:<checkpoint>``: any checkpoint the server has (it validates the name)."""
+        if not model_id:
+            return None
+        return ModelSpec(
+            id=model_id, provider="comfyui", name=model_id, description=f"{model_id} on a ComfyUI server",
+            operations=[Operation.GENERATE, Operation.EDIT, Operation.INPAINT, Operation.VARIATION],
+            size_rule=SizeRule(multiple_of=8, min_edge=64, max_edge=8192), max_n=8,
+            negative_prompt=True, seed=True, steps=True, guidance=True, mask_convention="white",
+            licence="see the checkpoint's model card", self_hostable=True, price=Price(kind="free"),
+        )  # fmt: skip
+
+    # -- building the workflow ----------------------------------------------------------------
+    def _workflow(self, op: Operation, request: ImageRequest, spec: ModelSpec, names: dict[str, str]) -> dict[str, Any]:
+        from limner.local.comfyui import workflow_for
+
+        options = request.provider_options
+        unknown = set(options) - OPTIONS
+        if unknown:
+            raise errors.InvalidRequestError(
+                f"comfyui does not take option(s) {', '.join(sorted(unknown))}.", param="provider_options",
+                hint=f"Allowed: {', '.join(sorted(OPTIONS))}.",
+            )  # fmt: skip
+        if "workflow" in options:
+            workflow = options["workflow"]
+            if not isinstance(workflow, dict):
+                raise errors.InvalidRequestError("The workflow option must be an API-format workflow object.", param="workflow")
+            return workflow
+        width, height = request.dimensions() or ((request.images[0].width, request.images[0].height) if request.images else (1024, 1024))
+        seed = request.seed if request.seed is not None else random.randrange(2**31)
+        loras = [(str(x).rpartition(":")[0] or str(x), float(str(x).rpartition(":")[2] or 1)) if ":" in str(x) else (str(x), 1.0)
+                 for x in options.get("loras", [])]  # fmt: skip
+        return workflow_for(
+            checkpoint=spec.id, family=str(options.get("family", "sd")), prompt=request.prompt,
+            negative_prompt=request.negative_prompt, seed=seed, steps=request.steps or 20,
+            cfg=request.guidance if request.guidance is not None else 7.0, width=width, height=height,
+            n=request.n, scheduler=options.get("scheduler"), operation=op.value, strength=request.strength,
+            image_name=names.get("image"), mask_name=names.get("mask"), loras=loras,
+            filename_prefix=str(options.get("filename_prefix", "limner")),
+        )  # fmt: skip
+
+    def native_request(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
+        names = {"image": "<uploaded image>"} if request.images else {}
+        if request.mask:
+            names["mask"] = "<uploaded mask>"
+        return {"method": "POST", "path": "/prompt", "json": {"prompt": self._workflow(op, request, spec, names), "client_id": "<uuid>"}}
+
+    # -- the flow ------------------------------------------------------------------------------
+    def _upload(self, name: str, data: bytes) -> Flow:
+        files = {"image": (name, data, "image/png")}
+        response: httpx.Response = yield Send(httpx.Request(
+            "POST", f"{self.base_url}/upload/image", files=files, data={"type": "input", "overwrite": "true"}))  # fmt: skip
+        if response.status_code >= 400:
+            raise map_http_error(self.name, response, "the image upload was refused")
+        return str(response.json().get("name", name))
+
+    def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
+        names: dict[str, str] = {}
+        stem = uuid.uuid4().hex[:12]
+        if request.images:
+            names["image"] = yield from self._upload(f"limner-{stem}.png", request.images[0].data)
+        if request.mask is not None:
+            names["mask"] = yield from self._upload(f"limner-{stem}-mask.png", encode_mask(request.mask, "white"))
+        workflow = self._workflow(op, request, spec, names)
+        body = {"prompt": workflow, "client_id": uuid.uuid4().hex}
+        response: httpx.Response = yield Send(httpx.Request("POST", f"{self.base_url}/prompt", json=body), retry=False)
+        if response.status_code == 400:
+            raise _validation_error(response)
+        if response.status_code >= 400:
+            raise map_http_error(self.name, response, None)
+        prompt_id = str(response.json()["prompt_id"])
+        try:
+            item = yield from self._wait(prompt_id)
+        except DeadlineExceeded:
+            yield Send(httpx.Request("POST", f"{self.base_url}/interrupt", json={"prompt_id": prompt_id}), retry=False)
+            yield Send(httpx.Request("POST", f"{self.base_url}/queue", json={"delete": [prompt_id]}), retry=False)
+            raise
+        images = []
+        for output in item.get("outputs", {}).values():
+            for image in output.get("images", []):
+                query = urlencode({"filename": image["filename"], "subfolder": image.get("subfolder", ""),
+                                   "type": image.get("type", "output")})  # fmt: skip
+                fetched = yield Download(f"{self.base_url}/view?{query}")
+                images.append(image_from_bytes(fetched.data))
+        if not images:
+            raise errors.JobFailedError(f"comfyui: prompt {prompt_id} finished without images.", provider=self.name, request_id=prompt_id)
+        return ProviderOutput(images=images, request_id=prompt_id, cost_usd=0.0, raw={"workflow": workflow})
+
+    def _wait(self, prompt_id: str) -> Flow:
+        polls = 0
+        while True:
+            response: httpx.Response = yield Send(httpx.Request("GET", f"{self.base_url}/history/{prompt_id}"))
+            if response.status_code >= 400:
+                raise map_http_error(self.name, response, None, request_id=prompt_id)
+            item = response.json().get(prompt_id)
+            if item:  # {} while the prompt is queued or running
+                status = item.get("status", {})
+                if status.get("status_str") == "error" or not status.get("completed", True):
+                    raise errors.JobFailedError(
+                        f"comfyui: prompt {prompt_id} failed: {_error_message(status)}",
+                        provider=self.name, request_id=prompt_id,
+                    )  # fmt: skip
+                return item
+            polls += 1
+            yield Progress(None, f"queued on ComfyUI ({polls * POLL_SECONDS:.0f}s)")
+            yield Sleep(POLL_SECONDS)
+
+
+def _error_message(status: dict[str, Any]) -> str:
+    for kind, data in status.get("messages", []):
+        if kind == "execution_error":
+            return str(data.get("exception_message", "execution error"))
+        if kind == "execution_interrupted":
+            return "interrupted"
+    return "execution error"
+
+
+def _validation_error(response: httpx.Response) -> errors.LimnerError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    details = []
+    for node_id, node in (body.get("node_errors") or {}).items():
+        for err in node.get("errors", []):
+            details.append(f"node {node_id or '-'} ({node.get('class_type', '?')}): {err.get('message')}")
+    message = (body.get("error") or {}).get("message", "the workflow was refused")
+    return errors.ProviderRejectedError(
+        f"comfyui: {message}" + (": " + "; ".join(details[:5]) if details else ""), status=400, provider="comfyui"
+    )
