@@ -26,7 +26,9 @@ class RunningServer:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.app = app
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -44,8 +46,8 @@ class RunningServer:
         self.thread.join(timeout=10)
 
 
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Any]:
+@pytest.fixture(name="start_server")
+def server_starter(tmp_path: Path) -> Iterator[Any]:
     """``start_server(**settings)`` runs a limner server in a thread; stopped after the test."""
     from limner.server.app import create_app
     from limner.server.settings import ServerSettings
@@ -64,7 +66,9 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
         server.stop()
 
 
-def png_bytes(width: int = 64, height: int = 64, color: tuple[int, ...] = (200, 30, 30), mode: str = "RGB") -> bytes:
+def png_bytes(
+    width: int = 64, height: int = 64, color: tuple[int, ...] = (200, 30, 30), mode: str = "RGB"
+) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()

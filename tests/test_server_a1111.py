@@ -9,12 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
-from _server_fixtures import png_bytes, start_server  # noqa: F401
 from PIL import Image
+
+from _server_fixtures import png_bytes, server_starter  # noqa: F401
 
 
 @pytest.fixture
-def server(openai_env: Any, start_server: Any) -> Any:  # noqa: F811
+def server(openai_env: Any, start_server: Any) -> Any:
     return start_server()
 
 
@@ -34,14 +35,23 @@ def test_txt2img_returns_images_parameters_and_info(server: Any) -> None:
     assert info["width"] == 256 and len(info["all_seeds"]) == 2
     assert info["infotexts"][0].startswith("a lighthouse\nNegative prompt: fog\nSteps: 20")
     # gpt-image-2 takes no steps, CFG or seed: named, not silently dropped.
-    assert set(info["extra_generation_params"]["not used by this model"]) >= {"steps", "guidance", "seed"}
+    assert set(info["extra_generation_params"]["not used by this model"]) >= {
+        "steps",
+        "guidance",
+        "seed",
+    }
     assert data["parameters"]["prompt"] == "a lighthouse"
 
 
 def test_img2img_with_mask(server: Any) -> None:
     image = base64.b64encode(png_bytes(64, 64)).decode()
     mask = base64.b64encode(png_bytes(64, 64, (255, 255, 255))).decode()
-    body = {"prompt": "paint it", "init_images": [image], "mask": mask, "override_settings": {"sd_model_checkpoint": "openai:gpt-image-2"}}
+    body = {
+        "prompt": "paint it",
+        "init_images": [image],
+        "mask": mask,
+        "override_settings": {"sd_model_checkpoint": "openai:gpt-image-2"},
+    }
     data = httpx.post(server.url + "/sdapi/v1/img2img", json=body, timeout=30).json()
     assert json.loads(data["info"])["is_using_inpainting_conditioning"] is True
     wrong = {**body, "mask": base64.b64encode(png_bytes(32, 32)).decode()}
@@ -54,10 +64,22 @@ def test_img2img_with_mask(server: Any) -> None:
 def test_models_options_samplers_progress(server: Any) -> None:
     models = httpx.get(server.url + "/sdapi/v1/sd-models").json()
     assert any(m["title"] == "openai:gpt-image-2" for m in models)
-    assert {"name", "aliases", "options"} <= set(httpx.get(server.url + "/sdapi/v1/samplers").json()[0])
-    assert httpx.post(server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": "gpt-image-2"}).status_code == 200
-    assert httpx.get(server.url + "/sdapi/v1/options").json()["sd_model_checkpoint"] == "openai:gpt-image-2"
-    unknown = httpx.post(server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": "nope-model"})
+    assert {"name", "aliases", "options"} <= set(
+        httpx.get(server.url + "/sdapi/v1/samplers").json()[0]
+    )
+    assert (
+        httpx.post(
+            server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": "gpt-image-2"}
+        ).status_code
+        == 200
+    )
+    assert (
+        httpx.get(server.url + "/sdapi/v1/options").json()["sd_model_checkpoint"]
+        == "openai:gpt-image-2"
+    )
+    unknown = httpx.post(
+        server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": "nope-model"}
+    )
     assert unknown.status_code == 404
     progress = httpx.get(server.url + "/sdapi/v1/progress").json()
     assert progress["progress"] == 0.0 and progress["state"]["job_count"] == 0

@@ -12,13 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
-from _server_fixtures import free_port, png_bytes, start_server  # noqa: F401
+
+from _server_fixtures import free_port, png_bytes, server_starter  # noqa: F401
 
 TERMINAL = {"succeeded", "failed", "cancelled", "uncertain"}
 
 
 @pytest.fixture
-def server(openai_env: Any, start_server: Any) -> Any:  # noqa: F811
+def server(openai_env: Any, start_server: Any) -> Any:
     return start_server(lease_s=2.0, workers=2)
 
 
@@ -33,7 +34,10 @@ def _wait(url: str, job_id: str, timeout: float = 20) -> dict[str, Any]:
 
 
 def test_job_runs_and_reports_its_result(server: Any) -> None:
-    created = httpx.post(server.url + "/v1/jobs", json={"prompt": "a fox", "model": "openai:gpt-image-2", "size": "256x256"})
+    created = httpx.post(
+        server.url + "/v1/jobs",
+        json={"prompt": "a fox", "model": "openai:gpt-image-2", "size": "256x256"},
+    )
     assert created.status_code == 202
     job = _wait(server.url, created.json()["id"])
     assert job["status"] == "succeeded" and job["provider_request_id"].startswith("req_")
@@ -55,28 +59,43 @@ def test_batch_with_an_input_image_and_events(server: Any) -> None:
     ).json()  # fmt: skip
     assert len(batch["jobs"]) == 2
     events = []
-    with httpx.stream("GET", f"{server.url}/v1/jobs/{batch['jobs'][1]['id']}/events", timeout=20) as stream:
+    with httpx.stream(
+        "GET", f"{server.url}/v1/jobs/{batch['jobs'][1]['id']}/events", timeout=20
+    ) as stream:
         for line in stream.iter_lines():
             if line.startswith("event:"):
                 events.append(line.split(":", 1)[1].strip())
     assert events[-1] == "end" and "job" in events
-    listed = httpx.get(server.url + "/v1/jobs", params={"batch_id": batch["batch_id"]}).json()["data"]
+    listed = httpx.get(server.url + "/v1/jobs", params={"batch_id": batch["batch_id"]}).json()[
+        "data"
+    ]
     assert {_wait(server.url, j["id"])["status"] for j in listed} == {"succeeded"}
 
 
 def test_bad_jobs_are_refused_before_queueing(server: Any) -> None:
     unknown = httpx.post(server.url + "/v1/jobs", json={"prompt": "x", "model": "nope:nothing"})
     assert unknown.status_code == 404
-    ssrf = httpx.post(server.url + "/v1/jobs", json={"operation": "edit", "prompt": "x", "model": "openai:gpt-image-2", "images": ["http://169.254.169.254/latest/meta-data/"]})
+    ssrf = httpx.post(
+        server.url + "/v1/jobs",
+        json={
+            "operation": "edit",
+            "prompt": "x",
+            "model": "openai:gpt-image-2",
+            "images": ["http://169.254.169.254/latest/meta-data/"],
+        },
+    )
     assert ssrf.status_code == 400 and "Refusing to fetch" in ssrf.json()["error"]["message"]
     extra = httpx.post(server.url + "/v1/jobs", json={"prompt": "x", "bogus": 1})
     assert extra.status_code == 400
     assert httpx.get(server.url + "/v1/jobs").json()["data"] == []
 
 
-def test_cancel_a_queued_job(openai_env: Any, start_server: Any) -> None:  # noqa: F811
+def test_cancel_a_queued_job(openai_env: Any, start_server: Any) -> None:
     server = start_server(run_worker=False)
-    job = httpx.post(server.url + "/v1/jobs", json={"prompt": "x", "model": "openai:gpt-image-2", "size": "256x256"}).json()
+    job = httpx.post(
+        server.url + "/v1/jobs",
+        json={"prompt": "x", "model": "openai:gpt-image-2", "size": "256x256"},
+    ).json()
     cancelled = httpx.post(f"{server.url}/v1/jobs/{job['id']}/cancel").json()
     assert cancelled["status"] == "cancelled"
     assert httpx.post(f"{server.url}/v1/jobs/{job['id']}/retry").json()["status"] == "queued"
@@ -93,7 +112,21 @@ def test_job_submission_is_idempotent(server: Any) -> None:
 def _spawn(home: Path, port: int, env_extra: dict[str, str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "LIMNER_HOME": str(home), **env_extra}
     code = "import sys; from limner.cli import main; main(sys.argv[1:])"
-    return subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(port), "--workers", "2", "--log-level", "warning"], env=env)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
 
 
 def _healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
@@ -109,19 +142,33 @@ def _healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.1)
 
 
-def test_sigkill_mid_batch_loses_nothing_and_pays_nothing_twice(openai_env: Any, tmp_path: Path) -> None:
+def test_sigkill_mid_batch_loses_nothing_and_pays_nothing_twice(
+    openai_env: Any, tmp_path: Path
+) -> None:
     emulator, base = openai_env
     httpx.post(emulator.url + "/_emulator/settings", json={"latency": 0.5})
-    env = {"OPENAI_API_KEY": "sk-test", "LIMNER_OPENAI_BASE_URL": base, "LIMNER_SERVER_LEASE_S": "1.5"}
+    env = {
+        "OPENAI_API_KEY": "sk-test",
+        "LIMNER_OPENAI_BASE_URL": base,
+        "LIMNER_SERVER_LEASE_S": "1.5",
+    }
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _spawn(tmp_path, port, env)
     try:
         _healthy(url, proc)
-        jobs = [{"prompt": f"job {i}", "model": "openai:gpt-image-2", "size": "256x256"} for i in range(8)]
+        jobs = [
+            {"prompt": f"job {i}", "model": "openai:gpt-image-2", "size": "256x256"}
+            for i in range(8)
+        ]
         batch = httpx.post(url + "/v1/jobs", json={"jobs": jobs}).json()
         deadline = time.monotonic() + 20
-        while httpx.get(emulator.url + "/_emulator/stats").json().get("POST /v1/images/generations", 0) < 3:
+        while (
+            httpx.get(emulator.url + "/_emulator/stats")
+            .json()
+            .get("POST /v1/images/generations", 0)
+            < 3
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)

@@ -14,11 +14,11 @@ import openai
 import pytest
 from PIL import Image
 
-from _server_fixtures import png_bytes, start_server  # noqa: F401
+from _server_fixtures import png_bytes, server_starter  # noqa: F401
 
 
 @pytest.fixture
-def server(openai_env: Any, start_server: Any) -> Any:  # noqa: F811
+def server(openai_env: Any, start_server: Any) -> Any:
     return start_server()
 
 
@@ -32,11 +32,15 @@ def _size(b64: str) -> tuple[int, int]:
 
 
 def test_generate_b64_and_url(client: openai.OpenAI, server: Any) -> None:
-    result = client.images.generate(model="openai:gpt-image-2", prompt="a red kite", size="256x256", n=2)
+    result = client.images.generate(
+        model="openai:gpt-image-2", prompt="a red kite", size="256x256", n=2
+    )
     assert len(result.data) == 2
     assert _size(result.data[0].b64_json or "") == (256, 256)
     assert result.usage is not None and result.usage.output_tokens > 0
-    by_url = client.images.generate(model="gpt-image-2", prompt="a red kite", size="256x256", response_format="url")
+    by_url = client.images.generate(
+        model="gpt-image-2", prompt="a red kite", size="256x256", response_format="url"
+    )
     url = by_url.data[0].url or ""
     assert url.startswith(server.url + "/v1/assets/")
     fetched = httpx.get(url)
@@ -50,7 +54,10 @@ def test_edit_with_several_images_and_mask(client: openai.OpenAI) -> None:
     mask = png_bytes(64, 64, (0, 0, 0, 0), mode="RGBA")
     result = client.images.edit(
         model="openai:gpt-image-2",
-        image=[("a.png", png_bytes(), "image/png"), ("b.png", png_bytes(color=(0, 0, 255)), "image/png")],
+        image=[
+            ("a.png", png_bytes(), "image/png"),
+            ("b.png", png_bytes(color=(0, 0, 255)), "image/png"),
+        ],
         mask=("mask.png", mask, "image/png"),
         prompt="add a hat",
     )
@@ -59,7 +66,9 @@ def test_edit_with_several_images_and_mask(client: openai.OpenAI) -> None:
 
 
 def test_variations(client: openai.OpenAI) -> None:
-    result = client.images.create_variation(model="openai:dall-e-2", image=("a.png", png_bytes(), "image/png"), n=2, size="256x256")
+    result = client.images.create_variation(
+        model="openai:dall-e-2", image=("a.png", png_bytes(), "image/png"), n=2, size="256x256"
+    )
     assert len(result.data) == 2
 
 
@@ -87,36 +96,56 @@ def _error(response: httpx.Response) -> dict[str, Any]:
     ],
 )
 def test_bad_json_requests_are_4xx(server: Any, body: bytes, status: int, needle: str) -> None:
-    response = httpx.post(server.url + "/v1/images/generations", content=body, headers={"content-type": "application/json"})
+    response = httpx.post(
+        server.url + "/v1/images/generations",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == status
     assert needle in _error(response)["message"]
 
 
-def _edit(server: Any, files: list[tuple[str, tuple[str, bytes, str]]], **data: str) -> httpx.Response:
-    return httpx.post(server.url + "/v1/images/edits", data={"prompt": "p", "model": "openai:gpt-image-2", **data}, files=files)
+def _edit(
+    server: Any, files: list[tuple[str, tuple[str, bytes, str]]], **data: str
+) -> httpx.Response:
+    return httpx.post(
+        server.url + "/v1/images/edits",
+        data={"prompt": "p", "model": "openai:gpt-image-2", **data},
+        files=files,
+    )
 
 
 def test_bad_uploads_are_4xx(server: Any) -> None:
     not_image = _edit(server, [("image", ("a.png", b"hello, not a picture", "image/png"))])
     assert not_image.status_code == 400 and "not an image" in _error(not_image)["message"]
-    wrong_mask = _edit(server, [("image", ("a.png", png_bytes(64, 64), "image/png")), ("mask", ("m.png", png_bytes(32, 32), "image/png"))])
+    wrong_mask = _edit(
+        server,
+        [
+            ("image", ("a.png", png_bytes(64, 64), "image/png")),
+            ("mask", ("m.png", png_bytes(32, 32), "image/png")),
+        ],
+    )
     assert wrong_mask.status_code == 400 and "mask" in _error(wrong_mask)["message"].lower()
     missing = _edit(server, [])
     assert missing.status_code == 400
 
 
-def test_oversized_upload_is_413_or_400(openai_env: Any, start_server: Any) -> None:  # noqa: F811
+def test_oversized_upload_is_413_or_400(openai_env: Any, start_server: Any) -> None:
     server = start_server(max_upload_bytes=2000, max_request_bytes=100_000)
     noise = Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3))
     buf = io.BytesIO()
     noise.save(buf, format="PNG")
     too_big = _edit(server, [("image", ("a.png", buf.getvalue(), "image/png"))])
     assert too_big.status_code == 400 and "larger than" in _error(too_big)["message"]
-    huge = httpx.post(server.url + "/v1/images/generations", content=b"x" * 200_000, headers={"content-type": "application/json"})
+    huge = httpx.post(
+        server.url + "/v1/images/generations",
+        content=b"x" * 200_000,
+        headers={"content-type": "application/json"},
+    )
     assert huge.status_code == 413
 
 
-def test_keys_required_once_created(openai_env: Any, start_server: Any) -> None:  # noqa: F811
+def test_keys_required_once_created(openai_env: Any, start_server: Any) -> None:
     from limner.server.auth import KeyRing
     from limner.store import Store
 
@@ -128,9 +157,17 @@ def test_keys_required_once_created(openai_env: Any, start_server: Any) -> None:
     body = {"prompt": "x", "model": "openai:gpt-image-2", "size": "256x256"}
     missing = httpx.post(server.url + "/v1/images/generations", json=body)
     assert missing.status_code == 401 and _error(missing)["code"] == "missing_api_key"
-    bad = httpx.post(server.url + "/v1/images/generations", json=body, headers={"authorization": "Bearer lmn_wrong"})
+    bad = httpx.post(
+        server.url + "/v1/images/generations",
+        json=body,
+        headers={"authorization": "Bearer lmn_wrong"},
+    )
     assert bad.status_code == 401 and _error(bad)["code"] == "invalid_api_key"
-    scoped = httpx.post(server.url + "/v1/images/generations", json=body, headers={"authorization": f"Bearer {reader}"})
+    scoped = httpx.post(
+        server.url + "/v1/images/generations",
+        json=body,
+        headers={"authorization": f"Bearer {reader}"},
+    )
     assert scoped.status_code == 403 and _error(scoped)["code"] == "insufficient_scope"
     sdk = openai.OpenAI(base_url=server.url + "/v1", api_key=maker, max_retries=0)
     assert len(sdk.images.generate(**body).data) == 1  # type: ignore[arg-type]
@@ -152,12 +189,19 @@ def test_idempotency_replay_mismatch_and_conflict(server: Any, openai_env: Any) 
 
     httpx.post(emulator.url + "/_emulator/faults", json={"delay": 1.5, "count": 1})
     slow: dict[str, httpx.Response] = {}
-    thread = threading.Thread(target=lambda: slow.setdefault("r", httpx.post(url, json=body, headers={"Idempotency-Key": "k2"}, timeout=30)))
+    thread = threading.Thread(
+        target=lambda: slow.setdefault(
+            "r", httpx.post(url, json=body, headers={"Idempotency-Key": "k2"}, timeout=30)
+        )
+    )
     thread.start()
     import time
 
     deadline = time.monotonic() + 10
-    while httpx.get(emulator.url + "/_emulator/stats").json().get("POST /v1/images/generations", 0) < 2:
+    while (
+        httpx.get(emulator.url + "/_emulator/stats").json().get("POST /v1/images/generations", 0)
+        < 2
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     duplicate = httpx.post(url, json=body, headers={"Idempotency-Key": "k2"})
@@ -168,5 +212,7 @@ def test_idempotency_replay_mismatch_and_conflict(server: Any, openai_env: Any) 
 
 def test_provider_errors_map_to_openai_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.images.generate(model="openai:gpt-image-2", prompt="forbidden-content here", size="256x256")
+        client.images.generate(
+            model="openai:gpt-image-2", prompt="forbidden-content here", size="256x256"
+        )
     assert info.value.code == "content_policy"

@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-from _server_fixtures import start_server  # noqa: F401
 
+from _server_fixtures import server_starter  # noqa: F401
 from limner import errors
 from limner.fetch import SafeFetcher, check_address
 from limner.server.settings import ServerSettings
@@ -42,7 +42,12 @@ def test_internal_addresses_are_refused_in_every_form(ip: str) -> None:
 def test_fetcher_refuses_obfuscated_hosts_ports_and_userinfo() -> None:
     fetcher = SafeFetcher(allowed_ports=frozenset({80, 443}), allow_http=True)
     with httpx.Client() as client:
-        for url in ("http://2130706433/", "http://0x7f.1/", "http://0177.1/x.png", "http://[::ffff:7f00:1]/"):
+        for url in (
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://0177.1/x.png",
+            "http://[::ffff:7f00:1]/",
+        ):
             with pytest.raises(errors.InputImageError, match="loopback"):
                 fetcher.fetch(client, url)
         with pytest.raises(errors.InputImageError, match="port 6379"):
@@ -58,7 +63,10 @@ def test_fetcher_connects_to_the_checked_address(openai_env: Any) -> None:
     fetcher = SafeFetcher(allow_loopback=True)
     with httpx.Client() as client:
         fetched = fetcher.fetch(client, f"http://localhost:{emulator.port}/_emulator/stats")
-    assert fetched.data.startswith(b"{") and fetcher.resolved["localhost"][0] in ("127.0.0.1", "::1")
+    assert fetched.data.startswith(b"{") and fetcher.resolved["localhost"][0] in (
+        "127.0.0.1",
+        "::1",
+    )
 
 
 def test_redirect_to_an_internal_address_is_refused(openai_env: Any) -> None:
@@ -68,21 +76,32 @@ def test_redirect_to_an_internal_address_is_refused(openai_env: Any) -> None:
 
     from limner.emulators.common import EmulatorServer
 
-    app = Starlette(routes=[Route("/r", lambda request: RedirectResponse("http://169.254.169.254/latest"))])
-    with EmulatorServer(app) as redirector:
-        with httpx.Client() as client, pytest.raises(errors.InputImageError, match="169.254.169.254"):
-            SafeFetcher(allow_loopback=True).fetch(client, redirector.url + "/r")
+    app = Starlette(
+        routes=[Route("/r", lambda request: RedirectResponse("http://169.254.169.254/latest"))]
+    )
+    with (
+        EmulatorServer(app) as redirector,
+        httpx.Client() as client,
+        pytest.raises(errors.InputImageError, match=r"169\.254\.169\.254"),
+    ):
+        SafeFetcher(allow_loopback=True).fetch(client, redirector.url + "/r")
 
 
-def test_foreign_host_header_and_cross_origin_post_are_refused(openai_env: Any, start_server: Any) -> None:  # noqa: F811
+def test_foreign_host_header_and_cross_origin_post_are_refused(
+    openai_env: Any, start_server: Any
+) -> None:
     server = start_server()
     rebound = httpx.get(server.url + "/v1/models", headers={"host": "attacker.example"})
     assert rebound.status_code == 421
-    csrf = httpx.post(server.url + "/v1/jobs", json={"prompt": "x"}, headers={"origin": "http://attacker.example"})
+    csrf = httpx.post(
+        server.url + "/v1/jobs", json={"prompt": "x"}, headers={"origin": "http://attacker.example"}
+    )
     assert csrf.status_code == 403 and csrf.json()["error"]["code"] == "cross_origin"
 
 
-def test_per_key_rate_limit_answers_429_with_retry_after(openai_env: Any, start_server: Any) -> None:  # noqa: F811
+def test_per_key_rate_limit_answers_429_with_retry_after(
+    openai_env: Any, start_server: Any
+) -> None:
     from limner.server.auth import KeyRing
     from limner.store import Store
 
@@ -97,7 +116,9 @@ def test_per_key_rate_limit_answers_429_with_retry_after(openai_env: Any, start_
     assert int(limited.headers["retry-after"]) >= 1
 
 
-def test_unexpected_errors_hide_the_traceback(openai_env: Any, start_server: Any, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+def test_unexpected_errors_hide_the_traceback(
+    openai_env: Any, start_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     server = start_server()
     app = server.app
 

@@ -154,6 +154,20 @@ def _transport_error(provider: str, exc: httpx.TransportError) -> errors.Provide
     )
 
 
+@dataclass
+class _Resume:
+    outcome: Any = None
+    throw: BaseException | None = None
+    cancelling: bool = False
+
+
+class _Done(Exception):
+    """Raised by _advance when the flow has returned its output."""
+
+    def __init__(self, output: ProviderOutput) -> None:
+        self.output = output
+
+
 class _RunnerBase:
     def __init__(
         self,
@@ -194,6 +208,25 @@ class _RunnerBase:
         output.requests = self.requests
         return output
 
+    def _advance(self, flow: Flow, state: _Resume) -> Any:
+        """Resume ``flow`` with the last outcome; return its next step, or raise _Done.
+
+        Once the deadline has passed, DeadlineExceeded is thrown in (once) so the flow can
+        cancel its remote job before giving up.
+        """
+        while True:
+            try:
+                step = flow.throw(state.throw) if state.throw else flow.send(state.outcome)
+            except StopIteration as stop:
+                raise _Done(self._finish(stop.value)) from None
+            except DeadlineExceeded as exc:
+                raise self._timeout_error() from exc
+            state.throw, state.outcome = None, None
+            if self._expired() and not state.cancelling:
+                state.cancelling, state.throw = True, DeadlineExceeded()
+                continue
+            return step
+
 
 class FlowRunner(_RunnerBase):
     """Drive a flow with a blocking ``httpx.Client``."""
@@ -203,24 +236,16 @@ class FlowRunner(_RunnerBase):
         self.client = client
 
     def run(self, flow: Flow) -> ProviderOutput:
-        outcome: Any = None
-        throw: BaseException | None = None
-        cancelling = False
+        state = _Resume()
         while True:
             try:
-                step = flow.throw(throw) if throw else flow.send(outcome)
-            except StopIteration as stop:
-                return self._finish(stop.value)
-            except DeadlineExceeded as exc:
-                raise self._timeout_error() from exc
-            throw, outcome = None, None
-            if self._expired() and not cancelling:
-                cancelling, throw = True, DeadlineExceeded()
-                continue
+                step = self._advance(flow, state)
+            except _Done as done:
+                return done.output
             try:
-                outcome = self._do(step)
+                state.outcome = self._do(step)
             except errors.LimnerError as exc:
-                throw = exc
+                state.throw = exc
 
     def _do(self, step: Any) -> Any:
         if isinstance(step, Send):
@@ -265,24 +290,16 @@ class AsyncFlowRunner(_RunnerBase):
         self.client = client
 
     async def run(self, flow: Flow) -> ProviderOutput:
-        outcome: Any = None
-        throw: BaseException | None = None
-        cancelling = False
+        state = _Resume()
         while True:
             try:
-                step = flow.throw(throw) if throw else flow.send(outcome)
-            except StopIteration as stop:
-                return self._finish(stop.value)
-            except DeadlineExceeded as exc:
-                raise self._timeout_error() from exc
-            throw, outcome = None, None
-            if self._expired() and not cancelling:
-                cancelling, throw = True, DeadlineExceeded()
-                continue
+                step = self._advance(flow, state)
+            except _Done as done:
+                return done.output
             try:
-                outcome = await self._do(step)
+                state.outcome = await self._do(step)
             except errors.LimnerError as exc:
-                throw = exc
+                state.throw = exc
 
     async def _do(self, step: Any) -> Any:
         if isinstance(step, Send):

@@ -23,11 +23,20 @@ def _need_fastapi() -> None:
 @click.command()
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default 8000).")
-@click.option("--public-url", default=None, help="URL clients use to reach this server (for url results).")
+@click.option(
+    "--public-url", default=None, help="URL clients use to reach this server (for url results)."
+)
 @click.option("--workers", type=int, default=None, help="Jobs run at once by this process.")
 @click.option("--no-worker", is_flag=True, help="Serve the API only; run no jobs in this process.")
 @click.option("--log-level", default="info", show_default=True)
-def serve(host: str | None, port: int | None, public_url: str | None, workers: int | None, no_worker: bool, log_level: str) -> None:
+def serve(
+    host: str | None,
+    port: int | None,
+    public_url: str | None,
+    workers: int | None,
+    no_worker: bool,
+    log_level: str,
+) -> None:
     """Serve the OpenAI- and A1111-compatible APIs, the job queue and the gallery."""
     _need_fastapi()
     import uvicorn
@@ -58,9 +67,18 @@ def server_keys() -> None:
 
 @server_keys.command("create")
 @click.argument("name")
-@click.option("--scope", "scopes", multiple=True, default=("generate", "read"), show_default=True,
-              type=click.Choice(["generate", "read", "admin"]), help="Repeat for several scopes.")
-@click.option("--rate", type=int, default=None, help="Requests per minute allowed (default: no limit).")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    default=("generate", "read"),
+    show_default=True,
+    type=click.Choice(["generate", "read", "admin"]),
+    help="Repeat for several scopes.",
+)
+@click.option(
+    "--rate", type=int, default=None, help="Requests per minute allowed (default: no limit)."
+)
 @json_option
 def create_key(name: str, scopes: tuple[str, ...], rate: int | None, as_json: bool) -> None:
     """Create a key; its secret is printed once and never stored."""
@@ -76,7 +94,10 @@ def create_key(name: str, scopes: tuple[str, ...], rate: int | None, as_json: bo
         emit_json({"id": key_id, "key": secret, "scopes": sorted(scopes)})
     else:
         click.echo(secret)
-        click.echo(f"Key {key_id} ({', '.join(sorted(scopes))}). Store it now: it is not shown again.", err=True)
+        click.echo(
+            f"Key {key_id} ({', '.join(sorted(scopes))}). Store it now: it is not shown again.",
+            err=True,
+        )
 
 
 @server_keys.command("list")
@@ -96,7 +117,9 @@ def list_keys(as_json: bool) -> None:
         return
     for key in keys:
         state = "revoked" if key["revoked"] else "active"
-        click.echo(f"{key['id']}  {key['prefix']}…  {key['name']}  {','.join(key['scopes'])}  {state}")
+        click.echo(
+            f"{key['id']}  {key['prefix']}…  {key['name']}  {','.join(key['scopes'])}  {state}"
+        )
 
 
 @server_keys.command("revoke")
@@ -110,7 +133,9 @@ def revoke_key(key_id: str) -> None:
     store = Store()
     try:
         if not KeyRing(store).revoke(key_id):
-            raise errors.UserError(f"No active key {key_id!r}.", hint="See `limner server-keys list`.")
+            raise errors.UserError(
+                f"No active key {key_id!r}.", hint="See `limner server-keys list`."
+            )
     finally:
         store.close()
     click.echo(f"Revoked {key_id}.")

@@ -156,7 +156,7 @@ def create_app(state: EmulatorState | None = None) -> Any:
 
     def check_key(request: Request) -> str:
         header = request.headers.get("authorization", "")
-        if not header.startswith("Key ") or len(header) < 6:
+        if not header.startswith("Key ") or not header[4:].strip():
             raise APIError(401, "Missing or invalid authorization header: use 'Authorization: Key <FAL_KEY>'.")
         return header[4:]
 

@@ -66,7 +66,11 @@ class QualityGateError(errors.LimnerError):
 
 
 def recommended_alternatives(client: Limner, spec: ModelSpec, op: Operation, needs_text: bool) -> list[str]:
-    """Other usable models for ``op``: active, with a key (or keyless), best text first if needed."""
+    """Other cloud models for ``op`` whose provider has a key: active ones, the same provider
+    first, the best text renderers first when text is required.
+
+    Keyless providers (the local engine, ComfyUI) are left out: whether their weights or server
+    are there is not known without trying. Name them in ``alternatives`` to use them."""
     from limner.providers import get_provider_class
 
     candidates = []
@@ -77,11 +81,11 @@ def recommended_alternatives(client: Limner, spec: ModelSpec, op: Operation, nee
             cls = get_provider_class(other.provider)
         except errors.LimnerError:
             continue
-        if cls.needs_key and not (other.provider in client.keys or client._has_key_for(other.provider)):
+        if not cls.needs_key or not (other.provider in client.keys or client._has_key_for(other.provider)):
             continue
         candidates.append(other)
-    if needs_text:
-        candidates.sort(key=lambda s: TEXT_RANK.get(s.text_rendering, 5))
+    text_rank = (lambda s: TEXT_RANK.get(s.text_rendering, 5)) if needs_text else (lambda s: 0)
+    candidates.sort(key=lambda s: (s.provider != spec.provider, text_rank(s)))
     return [c.ref for c in candidates]
 
 

@@ -66,8 +66,11 @@ class FalProvider(Provider):
         return self.base_url
 
     # -- request building ----------------------------------------------------------------------
-    def endpoint(self, op: Operation, spec: ModelSpec) -> str:
+    def endpoint(self, op: Operation, spec: ModelSpec, request: ImageRequest | None = None) -> str:
         endpoints: dict[str, str] = spec.wire.get("endpoints", {})
+        if op == Operation.GENERATE and request is not None and request.references:
+            # Text-to-image endpoints take no images: references go to the edit endpoint.
+            return endpoints.get("style-reference") or endpoints.get("edit") or endpoints.get("generate") or spec.id
         return endpoints.get(op.value) or endpoints.get("generate") or spec.id
 
     def _input(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
@@ -127,7 +130,7 @@ class FalProvider(Provider):
         return mode
 
     def _submit(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> httpx.Request:
-        endpoint = self.endpoint(op, spec)
+        endpoint = self.endpoint(op, spec, request)
         headers = self._headers()
         start_timeout = {**self.options, **request.provider_options}.get("start_timeout")
         if start_timeout is not None:

@@ -83,6 +83,10 @@ class MidjourneyProvider(Provider):
     default_base_url = "http://localhost:8080"
     needs_key = False  # a proxy without a secret is valid (loopback deployments)
 
+    def __init__(self, *, api_key: str | None = None, base_url: str | None = None, **options: Any):
+        # The secret is optional, so core does not look it up (needs_key is False): do it here.
+        super().__init__(api_key=api_key or type(self).resolve_key(), base_url=base_url, **options)
+
     def _headers(self) -> dict[str, str]:
         return {"mj-api-secret": self.api_key} if self.api_key else {}
 
@@ -159,18 +163,18 @@ class MidjourneyProvider(Provider):
         warnings: list[str] = []
         action = self._task_action(op, request)
         if action:
-            task_id = yield from self._submit_action(*action)
+            task_id = yield from self._submit_action(*action, pause=self._interval(request))
         elif op == Operation.VARIATION:
             if not 2 <= len(request.images) <= 5:
                 raise errors.InvalidRequestError(
                     "Midjourney blends two to five images, or varies a cell of an earlier task (task_id, index).",
                     param="image",
                 )
-            task_id = yield from self._submit("/mj/submit/blend", self._blend_body(request))
+            task_id = yield from self._submit("/mj/submit/blend", self._blend_body(request), self._interval(request))
         else:
             urls = (yield from self._upload([r.image for r in request.references])) if request.references else []
             body, warnings = self._imagine_body(request, spec, urls)
-            task_id = yield from self._submit("/mj/submit/imagine", body)
+            task_id = yield from self._submit("/mj/submit/imagine", body, self._interval(request))
         task = yield from self._wait(task_id, request)
         fetched: Fetched = yield Download(task["imageUrl"])  # image hosts (Discord CDN) get no secret
         image = image_from_bytes(fetched.data, revised_prompt=task.get("promptEn") or task.get("prompt"))
@@ -178,13 +182,17 @@ class MidjourneyProvider(Provider):
         images = [image] if single else split_grid(image)[: max(request.n, 1)]
         return ProviderOutput(images=images, request_id=task_id, warnings=warnings, raw={"task": task})
 
-    def _submit(self, path: str, body: dict[str, Any]) -> Any:
+    def _interval(self, request: ImageRequest | None) -> float:
+        opts = request.provider_options if request else {}
+        return float(opts.get("poll_interval", self.options.get("poll_interval", 3.0)))
+
+    def _submit(self, path: str, body: dict[str, Any], pause: float = 1.0) -> Any:
         response: httpx.Response = yield self._post(path, body)
         for _ in range(RATE_LIMIT_RETRIES):
             # A 429 or a full queue (code 23) means nothing was queued, so resubmitting is safe.
             if response.status_code != 429 and _code(response) != QUEUE_FULL_CODE:
                 break
-            yield Sleep(parse_retry_after(response.headers) or 1.0)
+            yield Sleep(parse_retry_after(response.headers) or pause)
             response = yield self._post(path, body)
         if response.status_code >= 400:
             raise self._http_error(response)
@@ -220,7 +228,7 @@ class MidjourneyProvider(Provider):
             )
         return [str(u) for u in urls]
 
-    def _submit_action(self, kind: str, task_id: str, index: int) -> Any:
+    def _submit_action(self, kind: str, task_id: str, index: int, pause: float = 1.0) -> Any:
         task = yield from self._fetch(task_id)
         prefix = f"{ACTION_PREFIX[kind]}{index}::" if kind != "reroll" else ACTION_PREFIX[kind]
         custom = next((b["customId"] for b in task.get("buttons") or [] if str(b.get("customId", "")).startswith(prefix)), None)
@@ -230,7 +238,7 @@ class MidjourneyProvider(Provider):
                 param="provider_options.task_id",
                 hint="Use the request_id of a finished imagine, variation or reroll.",
             )
-        return (yield from self._submit("/mj/submit/action", {"customId": custom, "taskId": task_id}))
+        return (yield from self._submit("/mj/submit/action", {"customId": custom, "taskId": task_id}, pause))
 
     def _fetch(self, task_id: str) -> Any:
         response: httpx.Response = yield Send(httpx.Request("GET", f"{self.base_url}/mj/task/{task_id}/fetch", headers=self._headers()))
@@ -248,7 +256,7 @@ class MidjourneyProvider(Provider):
 
     def _wait(self, task_id: str, request: ImageRequest) -> Any:
         opts = request.provider_options
-        interval = float(opts.get("poll_interval", self.options.get("poll_interval", 3.0)))
+        interval = self._interval(request)
         timeout = float(opts.get("poll_timeout", self.options.get("poll_timeout", 600.0)))
         started = time.monotonic()
         while True:
@@ -276,7 +284,7 @@ class MidjourneyProvider(Provider):
 
     def describe_flow(self, image: ImageInput, request: ImageRequest | None = None) -> Flow:
         """Four prompt suggestions for ``image`` (``output.raw["descriptions"]``)."""
-        task_id = yield from self._submit("/mj/submit/describe", {"base64": _data_url(image)})
+        task_id = yield from self._submit("/mj/submit/describe", {"base64": _data_url(image)}, self._interval(request))
         task = yield from self._wait(task_id, request or ImageRequest())
         text = str((task.get("properties") or {}).get("finalPrompt") or task.get("prompt") or "")
         lines = [line.strip() for line in text.splitlines() if line.strip()]

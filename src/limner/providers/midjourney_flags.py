@@ -145,7 +145,7 @@ def midjourney_prompt(
     elif request.style:
         raise errors.InvalidRequestError(f"Midjourney style {request.style!r} is not supported.", param="style", hint="Use raw.")
     for key, spec in FLAG_OPTIONS.items():
-        if key not in options or key == "raw" or options[key] in (None, False):
+        if key not in options or key == "raw" or options[key] is None or options[key] is False:
             continue
         if spec is None:
             add(f"--{key}")

@@ -29,7 +29,17 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 
-SAMPLERS = ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE", "DDIM", "UniPC", "LMS", "Heun"]
+SAMPLERS = [
+    "Euler a",
+    "Euler",
+    "DPM++ 2M",
+    "DPM++ 2M Karras",
+    "DPM++ SDE",
+    "DDIM",
+    "UniPC",
+    "LMS",
+    "Heun",
+]
 
 
 class Txt2ImgBody(BaseModel):
@@ -74,11 +84,19 @@ def _options(ctx: ServerContext) -> dict[str, Any]:
     return options
 
 
-def _image_request(ctx: ServerContext, body: Txt2ImgBody, **extra: Any) -> tuple[ImageRequest, ModelSpec, dict[str, Any]]:
-    model = body.override_settings.get("sd_model_checkpoint") or _options(ctx)["sd_model_checkpoint"]
+def _image_request(
+    ctx: ServerContext, body: Txt2ImgBody, **extra: Any
+) -> tuple[ImageRequest, ModelSpec, dict[str, Any]]:
+    model = (
+        body.override_settings.get("sd_model_checkpoint") or _options(ctx)["sd_model_checkpoint"]
+    )
     spec = ctx.resolve(model)
     unused: dict[str, Any] = {}
-    fields: dict[str, Any] = {"prompt": body.prompt, "model": spec.ref, "n": body.batch_size * body.n_iter}
+    fields: dict[str, Any] = {
+        "prompt": body.prompt,
+        "model": spec.ref,
+        "n": body.batch_size * body.n_iter,
+    }
     fields["size"] = f"{body.width}x{body.height}"
     for flag, name, value in (
         (spec.steps, "steps", body.steps),
@@ -99,7 +117,11 @@ def _image_request(ctx: ServerContext, body: Txt2ImgBody, **extra: Any) -> tuple
 
 def _info(body: Txt2ImgBody, request: ImageRequest, result: Result, unused: dict[str, Any]) -> str:
     seeds = [img.seed if img.seed is not None else -1 for img in result.images]
-    width, height = (result.images[0].width, result.images[0].height) if result.images else (body.width, body.height)
+    width, height = (
+        (result.images[0].width, result.images[0].height)
+        if result.images
+        else (body.width, body.height)
+    )
     sampler = body.sampler_name or body.sampler_index or "Euler a"
     infotexts = []
     for seed in seeds:
@@ -129,7 +151,13 @@ def _info(body: Txt2ImgBody, request: ImageRequest, result: Result, unused: dict
     return json.dumps(info)
 
 
-async def _run(ctx: ServerContext, op: Operation, body: Txt2ImgBody, request: ImageRequest, unused: dict[str, Any]) -> dict[str, Any]:
+async def _run(
+    ctx: ServerContext,
+    op: Operation,
+    body: Txt2ImgBody,
+    request: ImageRequest,
+    unused: dict[str, Any],
+) -> dict[str, Any]:
     state = ctx.progress.setdefault("a1111", {"active": 0, "progress": 0.0, "started": 0.0})
     state["active"] += 1
     state["started"] = time.time()
@@ -142,13 +170,21 @@ async def _run(ctx: ServerContext, op: Operation, body: Txt2ImgBody, request: Im
     finally:
         state["active"] -= 1
         state["progress"] = 0.0
-    images = [base64.b64encode(img.data).decode() for img in result.images] if body.send_images else []
-    return {"images": images, "parameters": body.model_dump(), "info": _info(body, request, result, unused)}
+    images = (
+        [base64.b64encode(img.data).decode() for img in result.images] if body.send_images else []
+    )
+    return {
+        "images": images,
+        "parameters": body.model_dump(),
+        "info": _info(body, request, result, unused),
+    }
 
 
 @router.post("/txt2img")
 async def txt2img(
-    body: Txt2ImgBody, ctx: ServerContext = Depends(context), principal: Principal = Depends(needs("generate"))
+    body: Txt2ImgBody,
+    ctx: ServerContext = Depends(context),
+    principal: Principal = Depends(needs("generate")),
 ) -> dict[str, Any]:
     request, _, unused = _image_request(ctx, body)
     return await _run(ctx, Operation.GENERATE, body, request, unused)
@@ -156,16 +192,25 @@ async def txt2img(
 
 @router.post("/img2img")
 async def img2img(
-    body: Img2ImgBody, ctx: ServerContext = Depends(context), principal: Principal = Depends(needs("generate"))
+    body: Img2ImgBody,
+    ctx: ServerContext = Depends(context),
+    principal: Principal = Depends(needs("generate")),
 ) -> dict[str, Any]:
     if not body.init_images:
-        raise errors.InvalidRequestError("img2img needs at least one image in 'init_images'.", param="init_images")
+        raise errors.InvalidRequestError(
+            "img2img needs at least one image in 'init_images'.", param="init_images"
+        )
     limit = ctx.settings.max_upload_bytes
-    images = [image_from_b64(v, name=f"init_images[{i}]", max_bytes=limit) for i, v in enumerate(body.init_images)]
+    images = [
+        image_from_b64(v, name=f"init_images[{i}]", max_bytes=limit)
+        for i, v in enumerate(body.init_images)
+    ]
     mask = image_from_b64(body.mask, name="mask", max_bytes=limit) if body.mask else None
     if mask is not None and body.inpainting_mask_invert:
         mask = _inverted(mask)
-    request, _, unused = _image_request(ctx, body, images=images, mask=mask, strength=body.denoising_strength)
+    request, _, unused = _image_request(
+        ctx, body, images=images, mask=mask, strength=body.denoising_strength
+    )
     op = Operation.INPAINT if mask is not None else Operation.EDIT
     return await _run(ctx, op, body, request, unused)
 
@@ -184,9 +229,18 @@ def _inverted(mask: Any) -> Any:
 
 
 @router.get("/sd-models")
-async def sd_models(ctx: ServerContext = Depends(context), principal: Principal = Depends(needs("read"))) -> list[dict[str, Any]]:
+async def sd_models(
+    ctx: ServerContext = Depends(context), principal: Principal = Depends(needs("read"))
+) -> list[dict[str, Any]]:
     return [
-        {"title": s.ref, "model_name": s.ref, "hash": None, "sha256": None, "filename": s.ref, "config": None}
+        {
+            "title": s.ref,
+            "model_name": s.ref,
+            "hash": None,
+            "sha256": None,
+            "filename": s.ref,
+            "config": None,
+        }
         for s in ctx.catalog.filter(capability="generate", include_retired=False)
     ]
 
@@ -197,7 +251,9 @@ async def samplers(principal: Principal = Depends(needs("read"))) -> list[dict[s
 
 
 @router.get("/options")
-async def get_options(ctx: ServerContext = Depends(context), principal: Principal = Depends(needs("read"))) -> dict[str, Any]:
+async def get_options(
+    ctx: ServerContext = Depends(context), principal: Principal = Depends(needs("read"))
+) -> dict[str, Any]:
     options = dict(_options(ctx))
     if not options["sd_model_checkpoint"]:
         try:
@@ -209,7 +265,9 @@ async def get_options(ctx: ServerContext = Depends(context), principal: Principa
 
 @router.post("/options")
 async def set_options(
-    body: dict[str, Any], ctx: ServerContext = Depends(context), principal: Principal = Depends(needs("admin"))
+    body: dict[str, Any],
+    ctx: ServerContext = Depends(context),
+    principal: Principal = Depends(needs("admin")),
 ) -> dict[str, Any]:
     options = _options(ctx)
     if "sd_model_checkpoint" in body:
@@ -221,7 +279,9 @@ async def set_options(
 
 
 @router.get("/progress")
-async def progress(ctx: ServerContext = Depends(context), principal: Principal = Depends(needs("read"))) -> dict[str, Any]:
+async def progress(
+    ctx: ServerContext = Depends(context), principal: Principal = Depends(needs("read"))
+) -> dict[str, Any]:
     state = ctx.progress.get("a1111", {"active": 0, "progress": 0.0, "started": 0.0})
     active = state["active"] > 0
     return {

@@ -59,7 +59,9 @@ class KeyRing:
     _any_cached: tuple[float, bool] = (0.0, False)
 
     # -- management ----------------------------------------------------------------------------
-    def create(self, name: str, scopes: list[str], rate_per_minute: int | None = None) -> tuple[str, str]:
+    def create(
+        self, name: str, scopes: list[str], rate_per_minute: int | None = None
+    ) -> tuple[str, str]:
         """Create a key; return (id, secret). The secret is shown once and never stored."""
         unknown = set(scopes) - set(SCOPES)
         if unknown or not scopes:

@@ -160,4 +160,3 @@ class ServerContext:
             return False
         mac = hmac.new(self._secret, f"{sha256}.{expires}".encode(), hashlib.sha256).digest()
         return hmac.compare_digest(base64.urlsafe_b64encode(mac[:18]).decode(), sig)
-

@@ -29,7 +29,9 @@ def _static(name: str) -> bytes:
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def page() -> HTMLResponse:
-    return HTMLResponse(_static("gallery.html").decode(), headers={"Content-Security-Policy": PAGE_CSP})
+    return HTMLResponse(
+        _static("gallery.html").decode(), headers={"Content-Security-Policy": PAGE_CSP}
+    )
 
 
 @router.get("/static/{name}", include_in_schema=False)
@@ -73,7 +75,11 @@ async def items(
 
 
 @router.get("/v1/gallery/items/{item_id}", tags=["gallery"])
-async def item(item_id: str, ctx: ServerContext = Depends(context), principal: Principal = Depends(needs("read"))) -> dict[str, Any]:
+async def item(
+    item_id: str,
+    ctx: ServerContext = Depends(context),
+    principal: Principal = Depends(needs("read")),
+) -> dict[str, Any]:
     entry = await asyncio.to_thread(ctx.store.get, item_id)
     if entry is None:
         raise ApiError(404, f"No generation {item_id!r}.", code="not_found")
@@ -81,13 +87,21 @@ async def item(item_id: str, ctx: ServerContext = Depends(context), principal: P
 
 
 @router.delete("/v1/gallery/items/{item_id}", tags=["gallery"])
-async def delete_item(item_id: str, ctx: ServerContext = Depends(context), principal: Principal = Depends(needs("admin"))) -> dict[str, Any]:
+async def delete_item(
+    item_id: str,
+    ctx: ServerContext = Depends(context),
+    principal: Principal = Depends(needs("admin")),
+) -> dict[str, Any]:
     """Remove a generation from the log. Its image files stay while other rows may share them."""
 
     def remove() -> int:
         with ctx.store.engine.begin() as conn:
-            conn.execute(db.generation_images.delete().where(db.generation_images.c.generation_id == item_id))
-            return int(conn.execute(db.generations.delete().where(db.generations.c.id == item_id)).rowcount)
+            conn.execute(
+                db.generation_images.delete().where(db.generation_images.c.generation_id == item_id)
+            )
+            return int(
+                conn.execute(db.generations.delete().where(db.generations.c.id == item_id)).rowcount
+            )
 
     if not await asyncio.to_thread(remove):
         raise ApiError(404, f"No generation {item_id!r}.", code="not_found")

@@ -55,7 +55,9 @@ def image_from_b64(value: str, *, name: str, max_bytes: int) -> ImageInput:
     return _load(data, name)
 
 
-async def image_from_url(url: str, *, name: str, max_bytes: int, client: httpx.AsyncClient) -> ImageInput:
+async def image_from_url(
+    url: str, *, name: str, max_bytes: int, client: httpx.AsyncClient
+) -> ImageInput:
     fetcher = SafeFetcher(
         max_bytes=max_bytes, max_redirects=URL_MAX_REDIRECTS, timeout=URL_FETCH_TIMEOUT_S,
         allowed_ports=frozenset({80, 443}),
@@ -66,11 +68,15 @@ async def image_from_url(url: str, *, name: str, max_bytes: int, client: httpx.A
         # A failed download of the client's URL is the client's input problem, not ours.
         raise errors.InputImageError(f"{name}: {exc.message}") from exc
     except httpx.HTTPError as exc:
-        raise errors.InputImageError(f"{name}: could not download {url!r} ({type(exc).__name__}).") from exc
+        raise errors.InputImageError(
+            f"{name}: could not download {url!r} ({type(exc).__name__})."
+        ) from exc
     return await asyncio.to_thread(_load, fetched.data, name)
 
 
-async def image_from_value(value: str, *, name: str, max_bytes: int, client: httpx.AsyncClient) -> ImageInput:
+async def image_from_value(
+    value: str, *, name: str, max_bytes: int, client: httpx.AsyncClient
+) -> ImageInput:
     """A JSON image field: an http(s) URL, a data: URL or bare base64."""
     if value.startswith(("http://", "https://")):
         return await image_from_url(value, name=name, max_bytes=max_bytes, client=client)

@@ -12,6 +12,7 @@ that cannot prove the outcome it ends ``uncertain`` instead of being sent (and p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -49,7 +50,9 @@ REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray"
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    operation: Literal["generate", "edit", "inpaint", "variation", "upscale", "remove-background"] = "generate"
+    operation: Literal[
+        "generate", "edit", "inpaint", "variation", "upscale", "remove-background"
+    ] = "generate"
     prompt: str = Field("", max_length=32000)
     model: str | None = None
     n: int = Field(1, ge=1, le=10)
@@ -64,7 +67,9 @@ class JobSpec(BaseModel):
     output_format: Literal["png", "jpeg", "webp"] | None = None
     background: Literal["transparent", "opaque", "auto"] | None = None
     strength: float | None = Field(None, ge=0, le=1)
-    images: list[str] = Field(default_factory=list, max_length=16, description="URLs, data: URLs or base64")
+    images: list[str] = Field(
+        default_factory=list, max_length=16, description="URLs, data: URLs or base64"
+    )
     mask: str | None = None
     tags: list[str] = Field(default_factory=list, max_length=32)
     project: str | None = None
@@ -102,7 +107,9 @@ class _Observer:
             raise _LeaseLost(self.job_id)
 
     async def after_submit(self, response: httpx.Response) -> None:
-        request_id = next((response.headers[h] for h in REQUEST_ID_HEADERS if h in response.headers), None)
+        request_id = next(
+            (response.headers[h] for h in REQUEST_ID_HEADERS if h in response.headers), None
+        )
         await asyncio.to_thread(
             self.queue.update, self.job_id, submit_state="submitted", provider_request_id=request_id
         )
@@ -130,7 +137,11 @@ class JobQueue:
             self._loop_task.cancel()
         for task in list(self.running.values()):
             task.cancel()
-        await asyncio.gather(*self.running.values(), *( [self._loop_task] if self._loop_task else []), return_exceptions=True)
+        await asyncio.gather(
+            *self.running.values(),
+            *([self._loop_task] if self._loop_task else []),
+            return_exceptions=True,
+        )
 
     async def _loop(self) -> None:
         last_beat = 0.0
@@ -146,10 +157,8 @@ class JobQueue:
             except Exception:  # the loop must outlive a database hiccup
                 log.exception("job loop iteration failed")
             self.wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=0.25)
-            except TimeoutError:
-                pass
 
     # -- database ------------------------------------------------------------------------------
     def update(self, job_id: str, **values: Any) -> bool:
@@ -169,7 +178,9 @@ class JobQueue:
         with self.engine.begin() as conn:
             conn.execute(
                 server_jobs.update()
-                .where(server_jobs.c.lease_owner == self.worker_id, server_jobs.c.status == "running")
+                .where(
+                    server_jobs.c.lease_owner == self.worker_id, server_jobs.c.status == "running"
+                )
                 .values(lease_expires=time.time() + self.ctx.settings.lease_s)
             )
 
@@ -196,7 +207,14 @@ class JobQueue:
         pool = list(queued)
         while pool and len(picked) < free:
             pool.sort(key=lambda r: per_owner[r.owner])
-            row = next((r for r in pool if per_provider[r.provider] < self.ctx.settings.provider_concurrency), None)
+            row = next(
+                (
+                    r
+                    for r in pool
+                    if per_provider[r.provider] < self.ctx.settings.provider_concurrency
+                ),
+                None,
+            )
             if row is None:
                 break
             pool.remove(row)
@@ -215,7 +233,9 @@ class JobQueue:
                     )
                 ).rowcount  # fmt: skip
                 if got:
-                    claimed.append(dict(conn.execute(sa.select(t).where(t.c.id == row.id)).one()._mapping))
+                    claimed.append(
+                        dict(conn.execute(sa.select(t).where(t.c.id == row.id)).one()._mapping)
+                    )
         return claimed
 
     def recover(self) -> None:
@@ -230,11 +250,17 @@ class JobQueue:
 
     def _reconcile(self, job: Any) -> None:
         t, now = server_jobs, time.time()
-        fence = sa.and_(t.c.id == job.id, t.c.status == "running", t.c.lease_owner == job.lease_owner)
+        fence = sa.and_(
+            t.c.id == job.id, t.c.status == "running", t.c.lease_owner == job.lease_owner
+        )
         with self.engine.begin() as conn:
             if job.submit_state == "none":
                 # Nothing left this server for the provider: running it again costs nothing twice.
-                conn.execute(t.update().where(fence).values(status="queued", lease_owner=None, lease_expires=None, updated_at=now))
+                conn.execute(
+                    t.update()
+                    .where(fence)
+                    .values(status="queued", lease_owner=None, lease_expires=None, updated_at=now)
+                )
                 return
             generation = self._find_generation(conn, job)
             if generation is not None:
@@ -243,7 +269,11 @@ class JobQueue:
                     result=self._result_for(conn, generation),
                 ))  # fmt: skip
                 return
-            rid = f" (provider request id {job.provider_request_id})" if job.provider_request_id else ""
+            rid = (
+                f" (provider request id {job.provider_request_id})"
+                if job.provider_request_id
+                else ""
+            )
             conn.execute(t.update().where(fence).values(
                 status="uncertain", lease_owner=None, updated_at=now,
                 error={
@@ -323,23 +353,32 @@ class JobQueue:
 
     def _cancelled(self, job_id: str) -> None:
         with self.engine.connect() as conn:
-            wanted = conn.scalar(sa.select(server_jobs.c.cancel_requested).where(server_jobs.c.id == job_id))
+            wanted = conn.scalar(
+                sa.select(server_jobs.c.cancel_requested).where(server_jobs.c.id == job_id)
+            )
         if wanted:
             self.update(job_id, status="cancelled", lease_owner=None)
 
     def _failed(self, job_id: str, exc: Exception) -> None:
+        error: dict[str, str | None]
         if isinstance(exc, errors.LimnerError):
             error = {"code": exc.code, "type": type(exc).__name__, "message": str(exc)}
         elif isinstance(exc, ApiError):
             error = {"code": exc.code, "type": exc.type, "message": exc.message}
         else:
-            error = {"code": "internal_error", "type": "server_error", "message": "Internal error; see the server log."}
+            error = {
+                "code": "internal_error",
+                "type": "server_error",
+                "message": "Internal error; see the server log.",
+            }
         self.update(job_id, status="failed", error=error, lease_owner=None)
 
     def _request_for(self, job: dict[str, Any]) -> tuple[Operation, ImageRequest]:
         data = dict(job["request"])
         op = Operation(data.pop("operation"))
-        images = [self._asset_input(sha, f"image{i}.png") for i, sha in enumerate(data.pop("images", []))]
+        images = [
+            self._asset_input(sha, f"image{i}.png") for i, sha in enumerate(data.pop("images", []))
+        ]
         mask_sha = data.pop("mask", None)
         mask = self._asset_input(mask_sha, "mask.png") if mask_sha else None
         return op, ImageRequest(**data, images=images, mask=mask)
@@ -347,13 +386,17 @@ class JobQueue:
     def _asset_input(self, sha: str, name: str) -> ImageInput:
         found = self.ctx.store.read_asset(sha)
         if found is None:
-            raise errors.InputImageError(f"The job's input image {sha[:12]} is missing from the store.")
+            raise errors.InputImageError(
+                f"The job's input image {sha[:12]} is missing from the store."
+            )
         from limner.images import load_image
 
         return load_image(found[0], name=name)
 
     # -- submission ----------------------------------------------------------------------------
-    async def submit(self, specs: list[JobSpec], principal: Principal, batch_id: str | None) -> list[dict[str, Any]]:
+    async def submit(
+        self, specs: list[JobSpec], principal: Principal, batch_id: str | None
+    ) -> list[dict[str, Any]]:
         queued = await asyncio.to_thread(self._queued_count, principal.id)
         if queued + len(specs) > self.ctx.settings.max_queued_per_key:
             raise ApiError(
@@ -368,13 +411,20 @@ class JobQueue:
     def _queued_count(self, owner: str) -> int:
         t = server_jobs
         with self.engine.connect() as conn:
-            return int(conn.scalar(sa.select(sa.func.count()).where(t.c.owner == owner, t.c.status == "queued")) or 0)
+            return int(
+                conn.scalar(
+                    sa.select(sa.func.count()).where(t.c.owner == owner, t.c.status == "queued")
+                )
+                or 0
+            )
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         with self.engine.begin() as conn:
             conn.execute(server_jobs.insert(), rows)
 
-    async def _row(self, spec: JobSpec, principal: Principal, batch_id: str | None) -> dict[str, Any]:
+    async def _row(
+        self, spec: JobSpec, principal: Principal, batch_id: str | None
+    ) -> dict[str, Any]:
         images = [await self._input(v, f"images[{i}]") for i, v in enumerate(spec.images)]
         mask = await self._input(spec.mask, "mask") if spec.mask else None
         fields = spec.model_dump(exclude={"operation", "images", "mask"})
@@ -384,7 +434,9 @@ class JobQueue:
             op = Operation.INPAINT
         # Check everything checkable now: a job that cannot run is refused, not queued.
         plan = await asyncio.to_thread(self.ctx.limner().plan, op, request)
-        stored = [await asyncio.to_thread(self._put, img) for img in [*images, *([mask] if mask else [])]]
+        stored = [
+            await asyncio.to_thread(self._put, img) for img in [*images, *([mask] if mask else [])]
+        ]
         data = {
             **plan.request.model_dump(mode="json", exclude={"images", "mask", "references"}),
             "operation": op.value, "images": stored[: len(images)],
@@ -409,7 +461,9 @@ class JobQueue:
         )
 
     def _put(self, image: ImageInput) -> str:
-        return self.ctx.store.put_asset(image.data, image.media_type, image.width, image.height).sha256
+        return self.ctx.store.put_asset(
+            image.data, image.media_type, image.width, image.height
+        ).sha256
 
     # -- reading -------------------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -417,7 +471,9 @@ class JobQueue:
             row = conn.execute(sa.select(server_jobs).where(server_jobs.c.id == job_id)).first()
         return dict(row._mapping) if row else None
 
-    def list(self, owner: str | None, batch_id: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
+    def list(
+        self, owner: str | None, batch_id: str | None, status: str | None, limit: int
+    ) -> list[dict[str, Any]]:
         t = server_jobs
         stmt = sa.select(t).order_by(t.c.created_at.desc()).limit(limit)
         for column, value in ((t.c.owner, owner), (t.c.batch_id, batch_id), (t.c.status, status)):
@@ -453,8 +509,16 @@ class JobQueue:
     def cancel(self, job_id: str) -> None:
         t, now = server_jobs, time.time()
         with self.engine.begin() as conn:
-            conn.execute(t.update().where(t.c.id == job_id, t.c.status == "queued").values(status="cancelled", updated_at=now))
-            conn.execute(t.update().where(t.c.id == job_id, t.c.status == "running").values(cancel_requested=True, updated_at=now))
+            conn.execute(
+                t.update()
+                .where(t.c.id == job_id, t.c.status == "queued")
+                .values(status="cancelled", updated_at=now)
+            )
+            conn.execute(
+                t.update()
+                .where(t.c.id == job_id, t.c.status == "running")
+                .values(cancel_requested=True, updated_at=now)
+            )
         task = self.running.get(job_id)
         if task is not None:
             task.cancel()
@@ -497,7 +561,10 @@ async def submit_jobs(
     specs = body.jobs if isinstance(body, BatchSpec) else [body]
     batch_id = new_id() if isinstance(body, BatchSpec) else None
     rows = await queue.submit(specs, principal, batch_id)
-    views = [queue.view(row | {"provider_request_id": None, "result": None, "error": None}) for row in rows]
+    views = [
+        queue.view(row | {"provider_request_id": None, "result": None, "error": None})
+        for row in rows
+    ]
     payload = {"batch_id": batch_id, "jobs": views} if batch_id else views[0]
     return JSONResponse(payload, status_code=202)
 
@@ -518,7 +585,9 @@ async def list_jobs(
 
 @router.get("/v1/jobs/{job_id}", tags=["jobs"])
 async def get_job(
-    job_id: str, ctx: ServerContext = Depends(context), principal: Principal = Depends(needs("read"))
+    job_id: str,
+    ctx: ServerContext = Depends(context),
+    principal: Principal = Depends(needs("read")),
 ) -> dict[str, Any]:
     queue = _queue(ctx)
     return queue.view(_own(await asyncio.to_thread(queue.get, job_id), principal, job_id))
@@ -526,7 +595,9 @@ async def get_job(
 
 @router.post("/v1/jobs/{job_id}/cancel", tags=["jobs"])
 async def cancel_job(
-    job_id: str, ctx: ServerContext = Depends(context), principal: Principal = Depends(needs("generate"))
+    job_id: str,
+    ctx: ServerContext = Depends(context),
+    principal: Principal = Depends(needs("generate")),
 ) -> dict[str, Any]:
     queue = _queue(ctx)
     _own(await asyncio.to_thread(queue.get, job_id), principal, job_id)
@@ -536,18 +607,26 @@ async def cancel_job(
 
 @router.post("/v1/jobs/{job_id}/retry", tags=["jobs"])
 async def retry_job(
-    job_id: str, ctx: ServerContext = Depends(context), principal: Principal = Depends(needs("generate"))
+    job_id: str,
+    ctx: ServerContext = Depends(context),
+    principal: Principal = Depends(needs("generate")),
 ) -> dict[str, Any]:
     queue = _queue(ctx)
     job = _own(await asyncio.to_thread(queue.get, job_id), principal, job_id)
     if not await asyncio.to_thread(queue.retry, job_id):
-        raise ApiError(409, f"Job {job_id} is {job['status']}; only failed, cancelled or uncertain jobs can be retried.", code="not_retryable")
+        raise ApiError(
+            409,
+            f"Job {job_id} is {job['status']}; only failed, cancelled or uncertain jobs can be retried.",
+            code="not_retryable",
+        )
     return queue.view(_own(await asyncio.to_thread(queue.get, job_id), principal, job_id))
 
 
 @router.get("/v1/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse)
 async def job_events(
-    job_id: str, ctx: ServerContext = Depends(context), principal: Principal = Depends(needs("read"))
+    job_id: str,
+    ctx: ServerContext = Depends(context),
+    principal: Principal = Depends(needs("read")),
 ) -> StreamingResponse:
     """Server-sent events: a ``job`` event whenever the job changes, until it ends."""
     queue = _queue(ctx)
@@ -569,4 +648,6 @@ async def job_events(
                 return
             await asyncio.sleep(0.25)
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+    )

@@ -46,14 +46,26 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _json_error(send: Send, status: int, message: str, code: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _json_error(
+    send: Send,
+    status: int,
+    message: str,
+    code: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     kind = "invalid_request_error" if status < 500 else "server_error"
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+    body = json.dumps(
+        {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    ).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -82,7 +94,10 @@ class GuardMiddleware:
         length = _header(scope, b"content-length")
         if length and length.isdigit() and int(length) > self.max_body:
             await _json_error(
-                send, 413, f"The request body is larger than {self.max_body // 2**20} MiB.", "body_too_large"
+                send,
+                413,
+                f"The request body is larger than {self.max_body // 2**20} MiB.",
+                "body_too_large",
             )
             return
         seen = 0
@@ -103,7 +118,12 @@ class GuardMiddleware:
         try:
             await self.app(scope, counted, with_headers)
         except _BodyTooLarge:
-            await _json_error(send, 413, f"The request body is larger than {self.max_body // 2**20} MiB.", "body_too_large")
+            await _json_error(
+                send,
+                413,
+                f"The request body is larger than {self.max_body // 2**20} MiB.",
+                "body_too_large",
+            )
 
 
 class _BodyTooLarge(Exception):
@@ -140,7 +160,9 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         if not 1 <= len(key) <= 255:
-            await _json_error(send, 400, "Idempotency-Key must be 1 to 255 characters.", "invalid_idempotency_key")
+            await _json_error(
+                send, 400, "Idempotency-Key must be 1 to 255 characters.", "invalid_idempotency_key"
+            )
             return
         body = await _read_body(receive)
         if body is None:
@@ -169,7 +191,9 @@ class IdempotencyMiddleware:
         try:
             await self.app(scope, replay, capture)
         finally:
-            media = next((v.decode() for k, v in headers if k.lower() == b"content-type"), "application/json")
+            media = next(
+                (v.decode() for k, v in headers if k.lower() == b"content-type"), "application/json"
+            )
             await asyncio.to_thread(self._finish, owner, key, status, media, b"".join(chunks))
 
     def _claim(self, owner: str, key: str, fingerprint: str) -> Any:
@@ -187,13 +211,19 @@ class IdempotencyMiddleware:
             with self.store.engine.begin() as conn:
                 conn.execute(
                     table.insert().values(
-                        scope=owner, key=key, fingerprint=fingerprint, state="in_progress", created_at=now
+                        scope=owner,
+                        key=key,
+                        fingerprint=fingerprint,
+                        state="in_progress",
+                        created_at=now,
                     )
                 )
             return None
         except IntegrityError:
             with self.store.engine.connect() as conn:
-                return conn.execute(sa.select(table).where(table.c.scope == owner, table.c.key == key)).first()
+                return conn.execute(
+                    sa.select(table).where(table.c.scope == owner, table.c.key == key)
+                ).first()
 
     def _finish(self, owner: str, key: str, status: int, media: str, body: bytes) -> None:
         table = idempotency_keys
@@ -203,15 +233,27 @@ class IdempotencyMiddleware:
                 # A server failure is not an answer to keep: the client may retry with the key.
                 conn.execute(table.delete().where(where))
             else:
-                conn.execute(table.update().where(where).values(state="done", status_code=status, media_type=media, body=body))
+                conn.execute(
+                    table.update()
+                    .where(where)
+                    .values(state="done", status_code=status, media_type=media, body=body)
+                )
 
     async def _answer_existing(self, send: Send, row: Any, fingerprint: str) -> None:
         if row is None:
-            await _json_error(send, 409, "A request with this Idempotency-Key is still in progress.", "idempotency_conflict")
+            await _json_error(
+                send,
+                409,
+                "A request with this Idempotency-Key is still in progress.",
+                "idempotency_conflict",
+            )
             return
         if row.fingerprint != fingerprint:
             await _json_error(
-                send, 422, "This Idempotency-Key was already used with a different request body.", "idempotency_mismatch"
+                send,
+                422,
+                "This Idempotency-Key was already used with a different request body.",
+                "idempotency_mismatch",
             )
             return
         if row.state != "done":

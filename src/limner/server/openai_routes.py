@@ -93,7 +93,9 @@ def to_image_request(body: _Common, prompt: str = "", **extra: Any) -> ImageRequ
     )  # fmt: skip
 
 
-def images_payload(ctx: ServerContext, result: Result, response_format: str | None) -> dict[str, Any]:
+def images_payload(
+    ctx: ServerContext, result: Result, response_format: str | None
+) -> dict[str, Any]:
     data = []
     for image in result.images:
         item: dict[str, Any] = {}
@@ -143,10 +145,14 @@ async def _form(request: Request, ctx: ServerContext) -> FormData:
             max_files=ctx.settings.max_images + 1, max_fields=64, max_part_size=64 * 1024
         )
     except Exception as exc:  # multipart parse errors of every kind are the client's
-        raise ApiError(400, f"The multipart body could not be parsed: {exc}.", code="invalid_multipart") from None
+        raise ApiError(
+            400, f"The multipart body could not be parsed: {exc}.", code="invalid_multipart"
+        ) from None
 
 
-async def _split_form(form: FormData, ctx: ServerContext) -> tuple[dict[str, Any], list[ImageInput], ImageInput | None]:
+async def _split_form(
+    form: FormData, ctx: ServerContext
+) -> tuple[dict[str, Any], list[ImageInput], ImageInput | None]:
     fields: dict[str, Any] = {}
     images: list[ImageInput] = []
     mask: ImageInput | None = None
@@ -155,8 +161,12 @@ async def _split_form(form: FormData, ctx: ServerContext) -> tuple[dict[str, Any
         if isinstance(value, UploadFile):
             if key in ("image", "image[]"):
                 if len(images) >= ctx.settings.max_images:
-                    raise errors.InputImageError(f"At most {ctx.settings.max_images} images per request.")
-                images.append(await image_from_upload(value, name=f"image {len(images) + 1}", max_bytes=limit))
+                    raise errors.InputImageError(
+                        f"At most {ctx.settings.max_images} images per request."
+                    )
+                images.append(
+                    await image_from_upload(value, name=f"image {len(images) + 1}", max_bytes=limit)
+                )
             elif key == "mask":
                 mask = await image_from_upload(value, name="mask", max_bytes=limit)
             else:
@@ -164,7 +174,9 @@ async def _split_form(form: FormData, ctx: ServerContext) -> tuple[dict[str, Any
         elif key in ("tags", "tags[]"):
             fields.setdefault("tags", []).append(value)
         elif key in ("image", "image[]", "mask"):
-            raise errors.InputImageError(f"{key!r} must be a file upload.", hint="Send it as a multipart file part.")
+            raise errors.InputImageError(
+                f"{key!r} must be a file upload.", hint="Send it as a multipart file part."
+            )
         else:
             fields[key] = value
     return fields, images, mask
@@ -179,7 +191,9 @@ def _parse_fields(model: type[_Common], fields: dict[str, Any]) -> Any:
         if first["type"] == "extra_forbidden":
             raise errors.InvalidRequestError(f"Unknown field {name!r}.", param=name) from None
         if first["type"] == "missing":
-            raise errors.InvalidRequestError(f"Missing required field {name!r}.", param=name) from None
+            raise errors.InvalidRequestError(
+                f"Missing required field {name!r}.", param=name
+            ) from None
         raise errors.InvalidRequestError(f"Invalid {name}: {first['msg']}.", param=name) from None
 
 
@@ -193,7 +207,9 @@ async def edits(
     body = _parse_fields(EditFields, fields)
     if not images:
         raise errors.InvalidRequestError("Missing required file 'image'.", param="image")
-    image_request = to_image_request(body, body.prompt, images=images, mask=mask, strength=body.strength)
+    image_request = to_image_request(
+        body, body.prompt, images=images, mask=mask, strength=body.strength
+    )
     op = Operation.INPAINT if mask is not None else Operation.EDIT
     result = await ctx.run(op, image_request)
     return JSONResponse(images_payload(ctx, result, body.response_format))
@@ -208,7 +224,9 @@ async def variations(
     fields, images, mask = await _split_form(await _form(request, ctx), ctx)
     body = _parse_fields(VariationFields, fields)
     if len(images) != 1 or mask is not None:
-        raise errors.InvalidRequestError("Send exactly one 'image' file and no mask.", param="image")
+        raise errors.InvalidRequestError(
+            "Send exactly one 'image' file and no mask.", param="image"
+        )
     result = await ctx.run(Operation.VARIATION, to_image_request(body, "", images=images))
     return JSONResponse(images_payload(ctx, result, body.response_format))
 

@@ -1,0 +1,206 @@
+"""Batch throughput under a provider rate limit, and crash safety under ``kill -9``.
+
+Against the OpenAI emulator with 2 s latency and a 60 requests/minute limit (429 beyond it):
+
+1. a clean run of N prompts: wall time against the bound the limit sets (N / rpm minutes),
+   and the 429s the provider sent;
+2. the same with ``kill -9`` at random moments and re-runs until done: items lost, items
+   recorded twice, and requests the provider received twice (the in-flight window), for the
+   default ``--uncertain resubmit`` and for ``--uncertain park``.
+
+    .venv/bin/python benchmarks/batch.py --prompts 120 --rpm 60 --latency 2 --kills 3
+
+The full benchmark is ``--prompts 1000`` (about 17 minutes per phase).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from limner.emulators import create_app
+from limner.emulators.common import EmulatorServer
+from limner.store import db
+
+RESULTS = Path(__file__).parent / "results" / "batch.json"
+PATH = "POST /v1/images/generations"
+
+
+def _cli(args: list[str]) -> list[str]:
+    return [sys.executable, "-c", "from limner.cli import main; main()", "batch", *args]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.server = EmulatorServer(create_app("openai")).start()
+        self.root = self.server.url
+        self.tmp = Path(tempfile.mkdtemp(prefix="limner-bench-"))
+
+    def reset_emulator(self) -> None:
+        # A fresh app per phase would need a new port; clearing the counters is enough.
+        state = self.server.app.state.emulator
+        state.stats.clear()
+        httpx.post(f"{self.root}/_emulator/settings", json={"latency": self.args.latency, "rpm": self.args.rpm})
+
+    def env(self, home: Path) -> dict[str, str]:
+        return {**os.environ, "LIMNER_HOME": str(home), "OPENAI_API_KEY": "sk-bench",
+                "LIMNER_OPENAI_BASE_URL": f"{self.root}/v1"}  # fmt: skip
+
+    def batch_args(self, name: str, extra: list[str] | None = None) -> tuple[list[str], Path]:
+        path = self.tmp / f"{name}.txt"
+        path.write_text("".join(f"{name} prompt {i}\n" for i in range(self.args.prompts)))
+        args = [str(path), "-m", "openai:gpt-image-2", "--size", "256x256", "--quality", "low",
+                "--rpm", str(self.args.rpm), "--concurrency", str(self.args.concurrency),
+                "--no-progress", "--json", "-o", str(self.tmp / f"{name}_out"), *(extra or [])]  # fmt: skip
+        return args, path
+
+    def stats(self) -> dict[str, int]:
+        return dict(httpx.get(f"{self.root}/_emulator/stats").json())
+
+    def clean_run(self) -> dict[str, Any]:
+        self.reset_emulator()
+        home = self.tmp / "home-clean"
+        args, _ = self.batch_args("clean")
+        started = time.perf_counter()
+        proc = subprocess.run(_cli(args), env=self.env(home), capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        summary = json.loads(proc.stdout)
+        stats = self.stats()
+        bound = self.args.prompts / self.args.rpm * 60
+        return {
+            "prompts": self.args.prompts, "done": summary["done"], "failed": summary["failed"],
+            "wall_s": round(wall, 2), "batch_wall_s": summary["wall_s"], "bound_s": round(bound, 2),
+            "ratio": round(wall / bound, 4), "provider_429": stats.get("rate_limited", 0),
+            "client_saw_429": summary["rate_limited"], "requests": stats.get(PATH, 0),
+        }  # fmt: skip
+
+    def chaos_run(self, mode: str, rng: random.Random) -> dict[str, Any]:
+        self.reset_emulator()
+        home = self.tmp / f"home-{mode}"
+        args, _ = self.batch_args(f"chaos-{mode}", ["--uncertain", mode])
+        kills, in_flight_at_kills = 0, []
+        started = time.perf_counter()
+        while kills < self.args.kills:
+            proc = subprocess.Popen(_cli(args), env=self.env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                proc.wait(timeout=rng.uniform(2.0, self.args.kill_window))
+                break  # it finished before the kill
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                in_flight_at_kills.append(_count_status(home, "running"))
+        summary = self.run_to_end(args, home)
+        parked = summary["uncertain"]
+        requests_before_release = self.provider_requests()
+        if parked:
+            summary = self.run_to_end([*args, "--retry-uncertain"], home)
+        wall = time.perf_counter() - started
+        logged = _logged_prompts(home)
+        stats = self.stats()
+        requests = self.provider_requests()
+        return {
+            "mode": mode, "prompts": self.args.prompts, "kills": kills,
+            "in_flight_at_kills": in_flight_at_kills, "done": summary["done"],
+            "items_lost": self.args.prompts - len(logged),
+            "items_recorded_twice": sum(1 for c in logged.values() if c > 1),
+            "parked_uncertain": parked,
+            "provider_generated_twice_before_release": max(requests_before_release - (self.args.prompts - parked), 0) if parked else None,
+            "provider_requests": requests,
+            "provider_generated_twice": max(requests - self.args.prompts, 0),
+            "provider_429": stats.get("rate_limited", 0), "wall_s": round(wall, 2),
+        }  # fmt: skip
+
+    def run_to_end(self, args: list[str], home: Path) -> dict[str, Any]:
+        proc = subprocess.run(_cli(args), env=self.env(home), capture_output=True, text=True)
+        return dict(json.loads(proc.stdout))
+
+    def provider_requests(self) -> int:
+        stats = self.stats()
+        return stats.get(PATH, 0) - stats.get("rate_limited", 0)
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+def _count_status(home: Path, status: str) -> int:
+    from limner.store.batch_schema import batch_items
+
+    engine = db.create_engine(home)
+    try:
+        with engine.connect() as conn:
+            return int(conn.scalar(sa.select(sa.func.count()).select_from(batch_items).where(batch_items.c.status == status)) or 0)
+    finally:
+        engine.dispose()
+
+
+def _logged_prompts(home: Path) -> Counter[str]:
+    engine = db.create_engine(home)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(db.generations.c.prompt).where(db.generations.c.status == "ok")).scalars().all()
+    finally:
+        engine.dispose()
+    return Counter(rows)
+
+
+def _table(clean: dict[str, Any], chaos: list[dict[str, Any]]) -> str:
+    lines = [
+        "| run | prompts | wall s | bound s | wall/bound | 429s | lost | recorded twice | provider generated twice | kills |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| clean | {clean['prompts']} | {clean['wall_s']} | {clean['bound_s']} | {clean['ratio']} | {clean['provider_429']} | {clean['prompts'] - clean['done']} | 0 | 0 | 0 |",
+    ]
+    for c in chaos:
+        lines.append(
+            f"| kill -9, {c['mode']} | {c['prompts']} | {c['wall_s']} | - | - | {c['provider_429']} | {c['items_lost']} | "
+            f"{c['items_recorded_twice']} | {c['provider_generated_twice']} (in flight at kills: {c['in_flight_at_kills']}) | {c['kills']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=120, help="Prompts per run (1000 for the full benchmark).")
+    parser.add_argument("--rpm", type=int, default=60)
+    parser.add_argument("--latency", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--kills", type=int, default=3, help="kill -9s per chaos run.")
+    parser.add_argument("--kill-window", type=float, default=20.0, help="Kill within 2..N s of each start.")
+    parser.add_argument("--modes", default="resubmit,park", help="Chaos runs to do (empty for none).")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    bench = Bench(args)
+    rng = random.Random(args.seed)
+    try:
+        clean = bench.clean_run()
+        print(json.dumps(clean), flush=True)
+        chaos = []
+        for mode in filter(None, args.modes.split(",")):
+            chaos.append(bench.chaos_run(mode, rng))
+            print(json.dumps(chaos[-1]), flush=True)
+    finally:
+        bench.close()
+    table = _table(clean, chaos)
+    print(table)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/batch.py " + " ".join(sys.argv[1:])
+    RESULTS.write_text(json.dumps({"command": command, "settings": vars(args), "clean": clean, "chaos": chaos, "table": table}, indent=2))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
