@@ -35,7 +35,7 @@ WORKER = textwrap.dedent(
     from limner.errors import BudgetExceededError
     from limner.types import ImageRequest
 
-    home, count, start_at, model, size = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+    home, count, start_at, model, size, threads = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])
     spent = threading.local()  # the guards run in the thread that calls client.run
 
     class TimedGuard:
@@ -70,18 +70,25 @@ WORKER = textwrap.dedent(
         return outcome, time.perf_counter() - started, spent.seconds
 
     time.sleep(max(start_at - time.time(), 0))
-    with ThreadPoolExecutor(count) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         print(json.dumps(list(pool.map(one, range(count)))))
     """
 )
 
 
-def _run(processes: int, per_process: int, cap: float | None, base_url: str) -> dict[str, Any]:
+def _run(
+    processes: int, per_process: int, cap: float | None, base_url: str, threads: int | None = None
+) -> dict[str, Any]:
     home = tempfile.mkdtemp(prefix="limner-bench-")
     from limner.store import Store
 
     Store(Path(home)).close()  # create the schema once, before the processes open it
-    env = {**os.environ, "LIMNER_HOME": home, "OPENAI_API_KEY": "sk-bench", "LIMNER_OPENAI_BASE_URL": base_url}
+    env = {
+        **os.environ,
+        "LIMNER_HOME": home,
+        "OPENAI_API_KEY": "sk-bench",
+        "LIMNER_OPENAI_BASE_URL": base_url,
+    }
     env.pop("LIMNER_BUDGET_MONTHLY_USD", None)
     env.pop("LIMNER_BUDGET_DAILY_USD", None)
     if cap is not None:
@@ -89,7 +96,7 @@ def _run(processes: int, per_process: int, cap: float | None, base_url: str) -> 
     start_at = time.time() + 4.0  # every process has imported limner by then
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, home, str(per_process), str(start_at), MODEL, SIZE],
+            [sys.executable, "-c", WORKER, home, str(per_process), str(start_at), MODEL, SIZE, str(threads or per_process)],
             env=env, stdout=subprocess.PIPE, text=True,
         )
         for _ in range(processes)
@@ -137,25 +144,35 @@ def main() -> None:
         url = base_url("openai", server.url)
         capped = _run(args.processes, per_process, cap, url)
         baseline = _run(args.processes, per_process, None, url)
+        # One request at a time: the reservation's own cost, without queueing behind others.
+        serial = _run(1, args.admit + 10, cap, url, threads=1)
     result = {
         "benchmark": "budget_contention",
         "model": MODEL, "size": SIZE, "price_usd": PRICE,
         "processes": args.processes, "requests_per_process": per_process,
         "expected_admitted": args.admit,
-        "capped": capped, "uncapped": baseline,
-        "cap_respected": capped["spend_usd_logged"] <= cap + 1e-9,
+        "capped": capped, "uncapped": baseline, "serial_capped": serial,
+        "cap_respected": capped["spend_usd_logged"] <= cap + 1e-9 and serial["spend_usd_logged"] <= cap + 1e-9,
+        "load_average_at_end": os.getloadavg(),
         "cpu_count": os.cpu_count(),
         "unix_time": time.time(),
     }  # fmt: skip
     out = Path(__file__).parent / "results" / "budget_contention.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{args.processes} processes x {per_process} concurrent requests, cap ${cap:.4f} (admits {args.admit} at ${PRICE})")
-    print(f"{'run':10} {'admitted':>8} {'refused':>8} {'spend $':>9} {'guard p50/p95/max ms':>22} {'request p50/p95 ms':>20}")
-    for name, run in (("capped", capped), ("uncapped", baseline)):
+    print(
+        f"{args.processes} processes x {per_process} concurrent requests, cap ${cap:.4f} (admits {args.admit} at ${PRICE})"
+    )
+    print(
+        f"{'run':10} {'admitted':>8} {'refused':>8} {'spend $':>9} {'guard p50/p95/max ms':>22} {'request p50/p95 ms':>20}"
+    )
+    for name, run in (("capped", capped), ("uncapped", baseline), ("serial", serial)):
         g, r = run["guard_ms"], run["request_ms"]
         print(f"{name:10} {run['admitted']:>8} {run['refused']:>8} {run['spend_usd_logged']:>9.4f} "
               f"{g['p50']:>7.2f}/{g['p95']:.2f}/{g['max']:.2f} {r['p50']:>11.1f}/{r['p95']:.1f}")  # fmt: skip
+    print(
+        "capped/uncapped: all requests at once; serial: one process, one request at a time, same cap"
+    )
     print(f"cap respected: {result['cap_respected']}; results in {out}")
 
 

@@ -22,7 +22,9 @@ def photo(name: str, size: int | None = None) -> Any:
     img = Image.fromarray(getattr(data, name)()).convert("RGB")
     if size:
         factor = size / max(img.size)
-        img = img.resize((round(img.width * factor), round(img.height * factor)), Image.Resampling.LANCZOS)
+        img = img.resize(
+            (round(img.width * factor), round(img.height * factor)), Image.Resampling.LANCZOS
+        )
     return img
 
 
@@ -33,7 +35,10 @@ def png_bytes(img: Any) -> bytes:
 
 
 def superres_dir() -> Path:
-    candidates = [os.environ.get("LIMNER_TEST_SUPERRES_DIR"), str(REPO_ROOT.parent / "shared" / "models" / "superres")]
+    candidates = [
+        os.environ.get("LIMNER_TEST_SUPERRES_DIR"),
+        str(REPO_ROOT.parent / "shared" / "models" / "superres"),
+    ]
     for candidate in candidates:
         if candidate and (Path(candidate) / "FSRCNN_x2.pb").is_file():
             return Path(candidate)
@@ -44,22 +49,31 @@ def superres_dir() -> Path:
 
 
 def png_bomb(width: int, height: int) -> bytes:
-    """A real PNG bomb: a grey image of ``width x height`` zero pixels, compressed (~0.1% size)."""
+    """A real PNG bomb: ``width x height`` grey zero pixels in a valid, tiny zlib stream.
+
+    Rows are compressed once per block with a full flush, which makes every block's deflate
+    output identical, so the stream is built by repetition in milliseconds.
+    """
     import struct
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
-    compressor = zlib.compressobj(9)
     row = bytes(width + 1)  # filter byte + zero pixels
-    parts = []
-    rows_per_chunk = max(1, 4_000_000 // len(row))
-    block = row * rows_per_chunk
-    done = 0
-    while done < height:
-        count = min(rows_per_chunk, height - done)
-        parts.append(compressor.compress(block if count == rows_per_chunk else row * count))
-        done += count
-    parts.append(compressor.flush())
+    rows_per_block = max(1, 4_000_000 // len(row))
+    blocks, rest = divmod(height, rows_per_block)
+    block = row * rows_per_block
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    segment = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    adler = 1
+    for _ in range(blocks):
+        adler = zlib.adler32(block, adler)
+    adler = zlib.adler32(row * rest, adler)
+    tail = compressor.compress(row * rest) + compressor.flush(zlib.Z_FINISH)
+    stream = b"\x78\xda" + segment * blocks + tail + struct.pack(">I", adler)
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
+    )

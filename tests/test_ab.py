@@ -29,7 +29,10 @@ def test_ab_variants_models_seeds_sheet_report_and_pick(openai_env: Any, tmp_pat
     cells = data["cells"]
     assert len(cells) == 2 * 2 * 2 and all(c["status"] == "done" for c in cells)
     prompts = {c["prompt"] for c in cells}
-    assert prompts == {"landing page hero image, minimalist, blue gradient", "landing page hero image, dark theme, neon accents"}
+    assert prompts == {
+        "landing page hero image, minimalist, blue gradient",
+        "landing page hero image, dark theme, neon accents",
+    }
     assert {c["params"]["model"] for c in cells} == set(MODELS)
     assert {c["params"]["seed"] for c in cells} == {1, 2}
     sheet = Image.open(out / "contact_sheet.png")
@@ -62,7 +65,9 @@ def test_grid_xyz_over_any_parameters(openai_env: Any, tmp_path: Path) -> None:
     assert len(data["cells"]) == 8 and len(data["sheets"]) == 2
     wide = [c for c in data["cells"] if c["z"] == "512x256"]
     assert all(Image.open(c["file"]).size == (512, 256) for c in wide)
-    costs = {c["y"]: c["cost_usd"] for c in data["cells"] if c["x"] == MODELS[0] and c["z"] == "256x256"}
+    costs = {
+        c["y"]: c["cost_usd"] for c in data["cells"] if c["x"] == MODELS[0] and c["z"] == "256x256"
+    }
     assert costs["high"] > costs["low"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest) == 8 and {"x", "y", "z", "scores"} <= set(manifest[0])
@@ -77,7 +82,17 @@ def test_grid_and_ab_bad_input(openai_env: Any, tmp_path: Path) -> None:
     nan = runner.invoke(cli, ["grid", "p", "--x", "seed=one,two"])
     assert nan.exit_code == 2 and "not a number" in nan.output
     assert runner.invoke(cli, ["grid", "p"]).exit_code == 2
-    huge = runner.invoke(cli, ["grid", "p", "--x", "seed=" + ",".join(map(str, range(30))), "--y", "steps=" + ",".join(map(str, range(1, 30)))])
+    huge = runner.invoke(
+        cli,
+        [
+            "grid",
+            "p",
+            "--x",
+            "seed=" + ",".join(map(str, range(30))),
+            "--y",
+            "steps=" + ",".join(map(str, range(1, 30))),
+        ],
+    )
     assert huge.exit_code == 2 and "maximum" in huge.output
     missing = runner.invoke(cli, ["ab", "pick", "nope"])
     assert missing.exit_code == 2 and "No generation" in missing.output

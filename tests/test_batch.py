@@ -40,7 +40,10 @@ def _batch(args: list[str]) -> Any:
 
 # -- reading files ---------------------------------------------------------------------------
 def test_jsonl_reports_malformed_lines_with_numbers(tmp_path: Path) -> None:
-    path = _write(tmp_path / "b.jsonl", '{"prompt": "a"}\n{oops\n\n{"prompt": "b", "sizee": "1x1"}\n["x"]\n"just a prompt"\n')
+    path = _write(
+        tmp_path / "b.jsonl",
+        '{"prompt": "a"}\n{oops\n\n{"prompt": "b", "sizee": "1x1"}\n["x"]\n"just a prompt"\n',
+    )
     parsed = parse_batch_file(path, {"model": MODEL})
     assert [line.request.prompt for line in parsed.lines] == ["a", "just a prompt"]
     assert all(line.request.model == MODEL for line in parsed.lines)
@@ -54,7 +57,10 @@ def test_jsonl_reports_malformed_lines_with_numbers(tmp_path: Path) -> None:
 def test_csv_columns_are_parameters_and_unknown_column_is_named(tmp_path: Path) -> None:
     good = _write(tmp_path / "b.csv", "prompt,seed,tags\nfox,3,a;b\nowl,,\n,,\n")
     parsed = parse_batch_file(good)
-    assert [(x.request.prompt, x.request.seed, x.request.tags) for x in parsed.lines] == [("fox", 3, ["a", "b"]), ("owl", None, [])]
+    assert [(x.request.prompt, x.request.seed, x.request.tags) for x in parsed.lines] == [
+        ("fox", 3, ["a", "b"]),
+        ("owl", None, []),
+    ]
     bad = _write(tmp_path / "bad.csv", "prompt,colour\nfox,red\n")
     with pytest.raises(BatchInputError, match="Unknown CSV column 'colour'"):
         parse_batch_file(bad)
@@ -63,7 +69,10 @@ def test_csv_columns_are_parameters_and_unknown_column_is_named(tmp_path: Path) 
 
 
 def test_text_templates_expand_and_bad_templates_are_reported(tmp_path: Path) -> None:
-    path = _write(tmp_path / "p.txt", "# comment\na {red|blue} {fox|owl}\nplain prompt\n{|}\n" + "x {a|b|c|d} {a|b|c|d}\n")
+    path = _write(
+        tmp_path / "p.txt",
+        "# comment\na {red|blue} {fox|owl}\nplain prompt\n{|}\n" + "x {a|b|c|d} {a|b|c|d}\n",
+    )
     parsed = parse_batch_file(path, max_expansions=10)
     prompts = [x.request.prompt for x in parsed.lines]
     assert prompts[:5] == ["a red fox", "a red owl", "a blue fox", "a blue owl", "plain prompt"]
@@ -84,7 +93,22 @@ def test_batch_runs_writes_manifest_and_resumes(openai_env: Any, tmp_path: Path)
     _, url = openai_env
     path = _write(tmp_path / "p.txt", "a fox\na {red|blue} owl\na fox\n")
     out = tmp_path / "out"
-    result = _batch([str(path), "-m", MODEL, "--size", "256x256", "--project", "zoo", "--tag", "t1", "-o", str(out), "--json"])
+    result = _batch(
+        [
+            str(path),
+            "-m",
+            MODEL,
+            "--size",
+            "256x256",
+            "--project",
+            "zoo",
+            "--tag",
+            "t1",
+            "-o",
+            str(out),
+            "--json",
+        ]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert (summary["total"], summary["done"], summary["sent"]) == (4, 4, 4)
@@ -95,16 +119,30 @@ def test_batch_runs_writes_manifest_and_resumes(openai_env: Any, tmp_path: Path)
         assert (out / row["file"]).is_file()
         assert row["model"] == MODEL and row["project"] == "zoo" and row["tags"] == ["t1"]
         assert row["cost_usd"] > 0 and row["time"]
-    assert (out / "manifest.csv").read_text().splitlines()[0].startswith("index,status,model,prompt,revised_prompt,file")
-    again = json.loads(_batch([str(path), "-m", MODEL, "--size", "256x256", "-o", str(out), "--json"]).stdout)
+    assert (
+        (out / "manifest.csv")
+        .read_text()
+        .splitlines()[0]
+        .startswith("index,status,model,prompt,revised_prompt,file")
+    )
+    again = json.loads(
+        _batch([str(path), "-m", MODEL, "--size", "256x256", "-o", str(out), "--json"]).stdout
+    )
     assert (again["done"], again["sent"], again["skipped_done"]) == (4, 0, 4)
     assert _generations(url) == 4
 
 
-def test_failures_are_reported_with_reasons_and_retried_on_rerun(openai_env: Any, tmp_path: Path) -> None:
+def test_failures_are_reported_with_reasons_and_retried_on_rerun(
+    openai_env: Any, tmp_path: Path
+) -> None:
     _, url = openai_env
-    path = _write(tmp_path / "p.jsonl", f'{{"prompt": "ok one"}}\n{{"prompt": "a {BLOCKED_WORD} scene"}}\n{{"prompt": "bad size", "size": "7x7"}}\n')
-    result = _batch([str(path), "-m", MODEL, "--size", "256x256", "-o", str(tmp_path / "o"), "--json"])
+    path = _write(
+        tmp_path / "p.jsonl",
+        f'{{"prompt": "ok one"}}\n{{"prompt": "a {BLOCKED_WORD} scene"}}\n{{"prompt": "bad size", "size": "7x7"}}\n',
+    )
+    result = _batch(
+        [str(path), "-m", MODEL, "--size", "256x256", "-o", str(tmp_path / "o"), "--json"]
+    )
     assert result.exit_code == 1
     summary = json.loads(result.stdout)
     assert (summary["done"], summary["failed"]) == (1, 2)
@@ -114,7 +152,11 @@ def test_failures_are_reported_with_reasons_and_retried_on_rerun(openai_env: Any
     rows = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert {r["line"]: r["status"] for r in rows} == {1: "done", 2: "failed", 3: "failed"}
     before = _generations(url)
-    rerun = json.loads(_batch([str(path), "-m", MODEL, "--size", "256x256", "-o", str(tmp_path / "o"), "--json"]).stdout)
+    rerun = json.loads(
+        _batch(
+            [str(path), "-m", MODEL, "--size", "256x256", "-o", str(tmp_path / "o"), "--json"]
+        ).stdout
+    )
     assert rerun["sent"] == 1  # only the refused prompt is resent; the invalid one never leaves
     assert _generations(url) == before + 1
 
@@ -126,7 +168,16 @@ def test_nothing_runnable_exits_2_and_strict_stops(openai_env: Any, tmp_path: Pa
     mixed = _write(tmp_path / "m.jsonl", '{"prompt": "x"}\n{nope\n')
     strict = CliRunner().invoke(cli, ["batch", str(mixed), "-m", MODEL, "--strict"])
     assert strict.exit_code == 2 and "line 2" in strict.output
-    unknown = CliRunner().invoke(cli, ["batch", str(_write(tmp_path / "u.txt", "fox\n")), "-m", "openai:no-such-model"])
+    lenient = CliRunner().invoke(
+        cli, ["batch", str(mixed), "-m", MODEL, "--size", "256x256", "--json"]
+    )
+    assert lenient.exit_code == 1  # the good line ran; the skipped one still counts
+    summary = json.loads(lenient.stdout)
+    assert summary["done"] == 1 and summary["malformed"] == 1
+    assert [p["line"] for p in summary["problems"] if p["status"] == "malformed"] == [2]
+    unknown = CliRunner().invoke(
+        cli, ["batch", str(_write(tmp_path / "u.txt", "fox\n")), "-m", "openai:no-such-model"]
+    )
     assert unknown.exit_code == 2 and "Nothing" in unknown.output
     assert CliRunner().invoke(cli, ["batch", str(_write(tmp_path / "e.csv", ""))]).exit_code == 2
 
@@ -134,9 +185,25 @@ def test_nothing_runnable_exits_2_and_strict_stops(openai_env: Any, tmp_path: Pa
 def test_provider_429_is_followed_and_counted(openai_env: Any, tmp_path: Path) -> None:
     _, url = openai_env
     root = url.rsplit("/v1", 1)[0]
-    httpx.post(f"{root}/_emulator/faults", json={"status": 429, "retry_after": 0.2, "count": 1, "path": "/v1/images"})
+    httpx.post(
+        f"{root}/_emulator/faults",
+        json={"status": 429, "retry_after": 0.2, "count": 1, "path": "/v1/images"},
+    )
     path = _write(tmp_path / "p.txt", "one\ntwo\n")
-    result = _batch([str(path), "-m", MODEL, "--size", "256x256", "--concurrency", "1", "-o", str(tmp_path / "o"), "--json"])
+    result = _batch(
+        [
+            str(path),
+            "-m",
+            MODEL,
+            "--size",
+            "256x256",
+            "--concurrency",
+            "1",
+            "-o",
+            str(tmp_path / "o"),
+            "--json",
+        ]
+    )
     summary = json.loads(result.stdout)
     assert summary["done"] == 2 and summary["rate_limited"] == 1
 
@@ -145,15 +212,34 @@ def test_emulator_rpm_limit_and_headers_are_followed(openai_env: Any, tmp_path: 
     _, url = openai_env
     root = url.rsplit("/v1", 1)[0]
     httpx.post(f"{root}/_emulator/settings", json={"rpm": 3})
-    headers = httpx.post(f"{url}/images/generations", json={"model": "gpt-image-2", "prompt": "x", "size": "256x256"}, headers={"authorization": "Bearer k"}).headers
-    assert headers["x-ratelimit-limit-requests"] == "3" and headers["x-ratelimit-remaining-requests"] == "2"
+    headers = httpx.post(
+        f"{url}/images/generations",
+        json={"model": "gpt-image-2", "prompt": "x", "size": "256x256"},
+        headers={"authorization": "Bearer k"},
+    ).headers
+    assert (
+        headers["x-ratelimit-limit-requests"] == "3"
+        and headers["x-ratelimit-remaining-requests"] == "2"
+    )
     limiter = RateLimiter()
     bucket = limiter.add("openai", url, rpm=None)
-    response = httpx.post(f"{url}/images/generations", json={"model": "gpt-image-2", "prompt": "y", "size": "256x256"}, headers={"authorization": "Bearer k"})
+    response = httpx.post(
+        f"{url}/images/generations",
+        json={"model": "gpt-image-2", "prompt": "y", "size": "256x256"},
+        headers={"authorization": "Bearer k"},
+    )
     limiter.observe(f"{url}/images/generations", response)
     assert bucket.rpm == 3  # learned from the provider's header
-    httpx.post(f"{url}/images/generations", json={"model": "gpt-image-2", "prompt": "z", "size": "256x256"}, headers={"authorization": "Bearer k"})
-    refused = httpx.post(f"{url}/images/generations", json={"model": "gpt-image-2", "prompt": "w", "size": "256x256"}, headers={"authorization": "Bearer k"})
+    httpx.post(
+        f"{url}/images/generations",
+        json={"model": "gpt-image-2", "prompt": "z", "size": "256x256"},
+        headers={"authorization": "Bearer k"},
+    )
+    refused = httpx.post(
+        f"{url}/images/generations",
+        json={"model": "gpt-image-2", "prompt": "w", "size": "256x256"},
+        headers={"authorization": "Bearer k"},
+    )
     assert refused.status_code == 429 and float(refused.headers["retry-after"]) > 50
     assert _stats(url)["rate_limited"] == 1
 
@@ -193,8 +279,12 @@ class _CapGuard:
 
 
 def test_guards_run_for_each_item(openai_env: Any, tmp_path: Path) -> None:
-    parsed = parse_batch_file(_write(tmp_path / "p.txt", "one\ntwo\nthree\n"), {"model": MODEL, "size": "256x256"})
-    with BatchRunner(BatchOptions(concurrency=1), client_kwargs={"guards": [_CapGuard(2)]}) as runner:
+    parsed = parse_batch_file(
+        _write(tmp_path / "p.txt", "one\ntwo\nthree\n"), {"model": MODEL, "size": "256x256"}
+    )
+    with BatchRunner(
+        BatchOptions(concurrency=1), client_kwargs={"guards": [_CapGuard(2)]}
+    ) as runner:
         rows = runner.plan_items(parsed.lines)
         summary = runner.run(batch_id_for("batch", "cap"), rows)
     assert (summary.done, summary.failed) == (2, 1)

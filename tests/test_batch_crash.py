@@ -33,9 +33,12 @@ def _engine() -> sa.Engine:
 
 
 def _status_counts(engine: sa.Engine) -> Counter[str]:
+    """Items by status; ``sent`` counts running items whose request had left."""
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(batch_items.c.status)).scalars().all()
-    return Counter(rows)
+        rows = conn.execute(sa.select(batch_items.c.status, batch_items.c.sent_at)).all()
+    counts = Counter(status for status, _ in rows)
+    counts["sent"] = sum(1 for status, sent_at in rows if status == "running" and sent_at)
+    return counts
 
 
 def _generations(url: str) -> int:
@@ -43,8 +46,9 @@ def _generations(url: str) -> int:
     return int(stats.get("POST /v1/images/generations", 0))
 
 
-def _start_and_kill(args: list[str], engine: sa.Engine, after_done: int) -> int:
-    """Start a batch, SIGKILL it once ``after_done`` items are done; return the items in flight."""
+def _start_and_kill(args: list[str], engine: sa.Engine, after_done: int) -> tuple[int, int]:
+    """Start a batch, SIGKILL it once ``after_done`` items are done; return the items claimed
+    and the items whose request had been sent when it died."""
     proc = subprocess.Popen(_cli(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     try:
@@ -59,13 +63,16 @@ def _start_and_kill(args: list[str], engine: sa.Engine, after_done: int) -> int:
     finally:
         proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
-    return _status_counts(engine)["running"]
+    counts = _status_counts(engine)
+    return counts["running"], counts["sent"]
 
 
 def _logged_per_item(engine: sa.Engine) -> Counter[str]:
     gens = db.generations
     with engine.connect() as conn:
-        prompts = conn.execute(sa.select(gens.c.prompt).where(gens.c.status == "ok")).scalars().all()
+        prompts = (
+            conn.execute(sa.select(gens.c.prompt).where(gens.c.status == "ok")).scalars().all()
+        )
     return Counter(prompts)
 
 
@@ -73,15 +80,29 @@ def _setup(tmp_path: Path, url: str) -> tuple[Path, list[str]]:
     httpx.post(url.rsplit("/v1", 1)[0] + "/_emulator/settings", json={"latency": 0.2})
     path = tmp_path / "crash.txt"
     path.write_text("".join(f"crash test prompt {i}\n" for i in range(ITEMS)))
-    return path, [str(path), "-m", MODEL, "--size", "256x256", "--concurrency", "2", "--no-progress", "-o", str(tmp_path / "out"), "--json"]
+    return path, [
+        str(path),
+        "-m",
+        MODEL,
+        "--size",
+        "256x256",
+        "--concurrency",
+        "2",
+        "--no-progress",
+        "-o",
+        str(tmp_path / "out"),
+        "--json",
+    ]
 
 
 @pytest.mark.slow
-def test_kill9_then_rerun_loses_nothing_and_records_nothing_twice(openai_env: Any, tmp_path: Path) -> None:
+def test_kill9_then_rerun_loses_nothing_and_records_nothing_twice(
+    openai_env: Any, tmp_path: Path
+) -> None:
     _, url = openai_env
     _, args = _setup(tmp_path, url)
     engine = _engine()
-    in_flight = _start_and_kill(args, engine, after_done=4)
+    claimed, in_flight = _start_and_kill(args, engine, after_done=4)
     sent_before = _generations(url)
     assert 4 <= sent_before < ITEMS
     rerun = subprocess.run(_cli(args), capture_output=True, text=True, timeout=60)
@@ -92,7 +113,9 @@ def test_kill9_then_rerun_loses_nothing_and_records_nothing_twice(openai_env: An
     assert len(logged) == ITEMS and set(logged.values()) == {1}  # none lost, none recorded twice
     # Requests sent twice: at most the ones the kill caught in flight (the documented window).
     assert ITEMS <= _generations(url) <= ITEMS + in_flight
-    assert summary["recovered"]["resent"] + summary["recovered"]["adopted"] == in_flight
+    recovered = summary["recovered"]
+    assert recovered["resent"] + recovered["adopted"] == in_flight
+    assert recovered["unsent"] == claimed - in_flight
     final = subprocess.run(_cli(args), capture_output=True, text=True, timeout=60)
     assert json.loads(final.stdout)["sent"] == 0
     assert _generations(url) <= ITEMS + in_flight
@@ -104,12 +127,16 @@ def test_park_mode_holds_in_flight_items_until_asked(openai_env: Any, tmp_path: 
     _, url = openai_env
     _, args = _setup(tmp_path, url)
     engine = _engine()
-    in_flight = _start_and_kill(args, engine, after_done=2)
-    parked = subprocess.run(_cli([*args, "--uncertain", "park"]), capture_output=True, text=True, timeout=60)
+    _, in_flight = _start_and_kill(args, engine, after_done=2)
+    parked = subprocess.run(
+        _cli([*args, "--uncertain", "park"]), capture_output=True, text=True, timeout=60
+    )
     summary = json.loads(parked.stdout)
     assert summary["uncertain"] == in_flight - summary["recovered"]["adopted"]
     assert parked.returncode == (1 if summary["uncertain"] else 0)
-    released = subprocess.run(_cli([*args, "--retry-uncertain"]), capture_output=True, text=True, timeout=60)
+    released = subprocess.run(
+        _cli([*args, "--retry-uncertain"]), capture_output=True, text=True, timeout=60
+    )
     assert released.returncode == 0 and json.loads(released.stdout)["done"] == ITEMS
     assert set(_logged_per_item(engine).values()) == {1}
     engine.dispose()

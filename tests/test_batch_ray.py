@@ -29,10 +29,26 @@ def local_ray() -> Iterator[None]:
 def test_batch_on_local_ray(openai_env: Any, local_ray: None, tmp_path: Path) -> None:
     _, url = openai_env
     root = url.rsplit("/v1", 1)[0]
-    httpx.post(f"{root}/_emulator/faults", json={"status": 429, "retry_after": 0.2, "count": 1, "path": "/v1/images"})
+    httpx.post(
+        f"{root}/_emulator/faults",
+        json={"status": 429, "retry_after": 0.2, "count": 1, "path": "/v1/images"},
+    )
     path = tmp_path / "p.txt"
     path.write_text("".join(f"ray prompt {i}\n" for i in range(6)))
-    args = ["batch", str(path), "-m", "openai:gpt-image-2", "--size", "256x256", "--ray", "--rpm", "600", "-o", str(tmp_path / "o"), "--json"]
+    args = [
+        "batch",
+        str(path),
+        "-m",
+        "openai:gpt-image-2",
+        "--size",
+        "256x256",
+        "--ray",
+        "--rpm",
+        "600",
+        "-o",
+        str(tmp_path / "o"),
+        "--json",
+    ]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

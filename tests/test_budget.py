@@ -36,7 +36,7 @@ def _client(home: Path) -> Limner:
 
 
 def test_daily_cap_refuses_with_the_cap_the_spend_and_the_cost(openai_env, tmp_path, monkeypatch):
-    server, url = openai_env
+    server, _url = openai_env
     monkeypatch.setenv("LIMNER_BUDGET_DAILY_USD", "0.04")
     with _client(tmp_path) as client:
         client.run("generate", _request())
@@ -63,7 +63,9 @@ def _log(home: Path) -> list:
 def test_reservation_is_released_when_the_provider_fails(openai_env, tmp_path, monkeypatch):
     server, _ = openai_env
     monkeypatch.setenv("LIMNER_BUDGET_DAILY_USD", "0.02")
-    httpx.post(server.url + "/_emulator/faults", json={"status": 500, "count": 10, "path": "/v1/images"})
+    httpx.post(
+        server.url + "/_emulator/faults", json={"status": 500, "count": 10, "path": "/v1/images"}
+    )
     with Limner(home=tmp_path, retry=RetryPolicy(max_attempts=1)) as client:
         with pytest.raises(ProviderError):
             client.run("generate", _request())
@@ -134,12 +136,16 @@ def test_bad_env_budget_is_a_user_error(tmp_path, monkeypatch):
 def test_budget_cli_set_show_and_bad_input(tmp_path, monkeypatch):
     runner = CliRunner()
     assert runner.invoke(cli, ["budget", "set", "--daily", "5", "--monthly", "50"]).exit_code == 0
-    assert runner.invoke(cli, ["budget", "set", "--tag", "client-a", "--monthly", "20"]).exit_code == 0
+    assert (
+        runner.invoke(cli, ["budget", "set", "--tag", "client-a", "--monthly", "20"]).exit_code == 0
+    )
     shown = runner.invoke(cli, ["budget", "show", "--json"])
     assert shown.exit_code == 0, shown.output
     rows = json.loads(shown.output)
     assert {(r["scope"], r["tag"], r["limit_usd"]) for r in rows} == {
-        ("daily", None, 5.0), ("monthly", None, 50.0), ("monthly", "client-a", 20.0)
+        ("daily", None, 5.0),
+        ("monthly", None, 50.0),
+        ("monthly", "client-a", 20.0),
     }
     bad = runner.invoke(cli, ["budget", "set", "--daily", "-2"])
     assert bad.exit_code == 2 and "positive number" in bad.output
@@ -172,13 +178,18 @@ WORKER = textwrap.dedent(
 
 
 def test_concurrent_processes_never_exceed_the_cap(openai_env, tmp_path, monkeypatch):
-    _, url = openai_env
+    _, _url = openai_env
     admit = 4
     cap = PRICE * admit + 0.001
     Store(tmp_path).close()  # create the schema once, before the processes race to open it
     env = {**os.environ, "LIMNER_BUDGET_DAILY_USD": str(cap), "LIMNER_HOME": str(tmp_path)}
     workers = [
-        subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path), "3"], env=env, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(tmp_path), "3"],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(3)
     ]
     outcomes = [o for w in workers for o in json.loads(w.communicate(timeout=120)[0])]
@@ -186,3 +197,32 @@ def test_concurrent_processes_never_exceed_the_cap(openai_env, tmp_path, monkeyp
     assert outcomes.count("ok") == admit
     assert outcomes.count("refused") == 9 - admit
     assert sum(e.cost_usd or 0 for e in _log(tmp_path)) <= cap
+
+
+async def test_concurrent_async_requests_in_one_process_respect_the_cap(
+    openai_env, tmp_path, monkeypatch
+):
+    import asyncio
+
+    monkeypatch.setenv("LIMNER_BUDGET_DAILY_USD", str(PRICE * 3 + 0.001))
+    with _client(tmp_path) as client:
+        assert client.store  # open it first: Limner.store is created lazily, not under a lock
+        outcomes = await asyncio.gather(
+            *(client.arun("generate", _request(prompt=f"boat {i}")) for i in range(8)),
+            return_exceptions=True,
+        )
+    assert sum(not isinstance(o, BaseException) for o in outcomes) == 3
+    assert all(isinstance(o, BudgetExceededError) for o in outcomes if isinstance(o, BaseException))
+
+
+def test_metered_models_reserve_a_margin(openai_env, tmp_path, monkeypatch):
+    # gpt-image-1-mini low lists at $0.002 but is billed by tokens; 25% margin -> $0.0025 reserved.
+    monkeypatch.setenv("LIMNER_BUDGET_DAILY_USD", "0.0024")
+    request = ImageRequest(
+        prompt="a moth", model="openai:gpt-image-1-mini", quality="low", size="1024x1024"
+    )
+    with _client(tmp_path) as client:
+        with pytest.raises(BudgetExceededError, match=r"would cost \$0\.0025"):
+            client.run("generate", request)
+        UserConfig(tmp_path).set("budget", {"metered_margin": 0})
+        assert client.run("generate", request).cost_usd is not None

@@ -212,3 +212,30 @@ def test_demo_runs_without_key(tmp_path) -> None:
     assert len(paths) == 2
     with Image.open(paths[0]) as first:
         assert first.size == (1024, 1024)
+
+
+def test_emulate_serves_on_loopback_in_a_subprocess(tmp_path) -> None:
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "limner", "emulate", "openai", "--port", str(port)],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        for _ in range(100):
+            try:
+                response = httpx.post(url + "/images/generations", json={"model": "gpt-image-2", "prompt": "x", "size": "256x256"},
+                                      headers={"authorization": "Bearer k"})  # fmt: skip
+                break
+            except httpx.ConnectError:
+                time.sleep(0.1)
+        assert response.status_code == 200 and len(response.json()["data"]) == 1
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert f"LIMNER_OPENAI_BASE_URL=http://127.0.0.1:{port}/v1" in err

@@ -12,7 +12,16 @@ from click.testing import CliRunner
 from limner import Limner
 from limner.catalog import Catalog, ModelSpec, get_catalog
 from limner.cli import cli
-from limner.cost import estimate, parse_mix, parse_since, parse_volume, plan_scenario, plan_scenarios, report, report_totals
+from limner.cost import (
+    estimate,
+    parse_mix,
+    parse_since,
+    parse_volume,
+    plan_scenario,
+    plan_scenarios,
+    report,
+    report_totals,
+)
 from limner.errors import InvalidRequestError, UnknownModelError, UserError
 from limner.store import Store
 from limner.types import ImageRequest
@@ -32,7 +41,12 @@ def test_estimate_uses_the_catalog_price_table():
 
 
 def _generate(client: Limner, **fields: object) -> None:
-    client.run("generate", ImageRequest(**{"prompt": "a kite", "model": "openai:dall-e-2", "size": "256x256", **fields}))
+    client.run(
+        "generate",
+        ImageRequest(
+            **{"prompt": "a kite", "model": "openai:dall-e-2", "size": "256x256", **fields}
+        ),
+    )
 
 
 def test_report_from_the_log_with_cache_savings(openai_env, tmp_path):
@@ -78,7 +92,9 @@ def test_report_by_bad_grouping(tmp_path):
 def _priced(ref: str, price: float | dict) -> ModelSpec:
     provider, _, ident = ref.partition(":")
     table = price if isinstance(price, dict) else {"kind": "per_image", "per_image": price}
-    return ModelSpec.model_validate({"id": ident, "provider": provider, "operations": ["generate"], "price": table})
+    return ModelSpec.model_validate(
+        {"id": ident, "provider": provider, "operations": ["generate"], "price": table}
+    )
 
 
 def test_scenarios_are_priced_from_the_catalog():
@@ -89,7 +105,9 @@ def test_scenarios_are_priced_from_the_catalog():
         _priced("ideogram:ideogram-v3", 0.06),
         _priced("openai:gpt-image-2", 0.006),
     ])  # fmt: skip
-    plans = {p.name: p for p in plan_scenarios(catalog=catalog, gpu_hourly=0.5, gpu_images_per_hour=250)}
+    plans = {
+        p.name: p for p in plan_scenarios(catalog=catalog, gpu_hourly=0.5, gpu_images_per_hour=250)
+    }
     assert set(plans) == {"hobbyist", "creator", "agency", "enterprise"}
     assert plans["hobbyist"].api_usd == pytest.approx(0.3)  # 100 x FLUX Schnell
     assert plans["creator"].api_usd == pytest.approx(30 + 250 * 0.03)  # Midjourney Standard + FLUX
@@ -118,10 +136,30 @@ def test_custom_mix_and_volume():
 
 def test_cli_cost_commands(openai_env, tmp_path, monkeypatch):
     runner = CliRunner()
-    out = runner.invoke(cli, ["cost", "estimate", "-m", "gpt-image-2", "-n", "100", "--size", "1024x1024", "--quality", "medium", "--json"])
+    out = runner.invoke(
+        cli,
+        [
+            "cost",
+            "estimate",
+            "-m",
+            "gpt-image-2",
+            "-n",
+            "100",
+            "--size",
+            "1024x1024",
+            "--quality",
+            "medium",
+            "--json",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["total_usd"] == pytest.approx(5.3)
-    assert runner.invoke(cli, ["cost", "estimate", "-m", "gpt-image-2", "--quality", "ultra"]).exit_code == 2
+    assert (
+        runner.invoke(
+            cli, ["cost", "estimate", "-m", "gpt-image-2", "--quality", "ultra"]
+        ).exit_code
+        == 2
+    )
     with Limner() as client:
         _generate(client)
     out = runner.invoke(cli, ["cost", "report", "--by", "provider", "--json"])

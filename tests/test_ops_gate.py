@@ -31,11 +31,19 @@ def test_failed_attempts_move_to_other_models_and_are_linked(openai_env: Any) ->
     request = ImageRequest(prompt="a lighthouse", model="openai:gpt-image-2", size="1024x1024")
     with Limner() as client:
         with pytest.raises(QualityGateError) as info:
-            run_with_gate(client, Operation.GENERATE, request, Checks(min_size=(2048, 2048), **PIXELS_OFF), max_attempts=3)
+            run_with_gate(
+                client,
+                Operation.GENERATE,
+                request,
+                Checks(min_size=(2048, 2048), **PIXELS_OFF),
+                max_attempts=3,
+            )
         attempts = info.value.attempts
         entries = [client.store.get(a.generation_id or "") for a in attempts]
     assert len(attempts) == 3 and not any(a.passed for a in attempts)
-    assert len({a.model for a in attempts}) == 3  # gpt-image-2 takes no seed: the next models were tried
+    assert (
+        len({a.model for a in attempts}) == 3
+    )  # gpt-image-2 takes no seed: the next models were tried
     assert all(e is not None for e in entries)
     first = entries[0]
     assert first is not None and first.parent_id is None
@@ -45,9 +53,21 @@ def test_failed_attempts_move_to_other_models_and_are_linked(openai_env: Any) ->
 
 def test_a_seeded_model_retries_with_new_seeds(emulator: Callable[[str], Any]) -> None:
     _, url = emulator("bfl")
-    request = ImageRequest(prompt="a fox", model="bfl:flux-2-pro", size="256x256", seed=7, provider_options=FAST)
-    with Limner(keys={"bfl": "bfl-test-key"}, base_urls={"bfl": url}) as client, pytest.raises(QualityGateError) as info:
-        run_with_gate(client, Operation.GENERATE, request, Checks(min_size=(512, 512), **PIXELS_OFF), max_attempts=2, seed=1)
+    request = ImageRequest(
+        prompt="a fox", model="bfl:flux-2-pro", size="256x256", seed=7, provider_options=FAST
+    )
+    with (
+        Limner(keys={"bfl": "bfl-test-key"}, base_urls={"bfl": url}) as client,
+        pytest.raises(QualityGateError) as info,
+    ):
+        run_with_gate(
+            client,
+            Operation.GENERATE,
+            request,
+            Checks(min_size=(512, 512), **PIXELS_OFF),
+            max_attempts=2,
+            seed=1,
+        )
     attempts = info.value.attempts
     assert [a.model for a in attempts] == ["bfl:flux-2-pro"] * 2
     assert attempts[0].seed == 7 and attempts[1].seed not in (None, 7)

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _ops_photos import photo, png_bytes
 from PIL import Image, ImageDraw
 
+from _ops_photos import photo, png_bytes
 from limner import errors
 from limner.ops import masks
 from limner.ops.outpaint import Padding, build_canvas, outpaint, padding_for_aspect
@@ -85,7 +85,12 @@ def test_outpaint_canvas_follows_the_recipe() -> None:
 
 def test_padding_for_aspect() -> None:
     pad = padding_for_aspect(300, 300, "16:9")
-    assert (pad.left, pad.right, pad.top, pad.bottom) == (116, 117, 0, 0)  # 300 + 233 = 533 = 300 * 16 / 9
+    assert (pad.left, pad.right, pad.top, pad.bottom) == (
+        116,
+        117,
+        0,
+        0,
+    )  # 300 + 233 = 533 = 300 * 16 / 9
     pad = padding_for_aspect(1600, 300, "16:9")
     assert pad.top + pad.bottom == 600
     with pytest.raises(errors.InvalidRequestError, match="W:H"):
@@ -97,8 +102,13 @@ def test_outpaint_runs_on_an_inpainting_model(openai_env: Any) -> None:
 
     server, _ = openai_env
     with Limner() as client:
-        result = outpaint(client, png_bytes(photo("coffee", 256)), model="openai:gpt-image-2",
-                          prompt="more of the table", to_aspect="16:9")
+        result = outpaint(
+            client,
+            png_bytes(photo("coffee", 256)),
+            model="openai:gpt-image-2",
+            prompt="more of the table",
+            to_aspect="16:9",
+        )
         entry = client.store.get(result.generation_id or "")
     assert result.operation.value == "inpaint" and result.images
     assert entry is not None and entry.params.get("mask")

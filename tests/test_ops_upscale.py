@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from _ops_photos import photo, png_bytes, superres_dir
 from PIL import Image
 
+from _ops_photos import photo, png_bytes, superres_dir
 from limner import errors
 from limner.ops.upscale import run_tiled, upscale, upscale_image
 from limner.store import Store
@@ -54,7 +55,9 @@ def test_tiles_meet_without_seams(models: Path) -> None:
 
 def test_run_tiled_places_every_tile() -> None:
     array = np.arange(50 * 70, dtype=np.float32).reshape(50, 70)
-    out = run_tiled(array, 2, lambda part: np.kron(part, np.ones((2, 2), np.float32)), tile=16, overlap=3)
+    out = run_tiled(
+        array, 2, lambda part: np.kron(part, np.ones((2, 2), np.float32)), tile=16, overlap=3
+    )
     assert np.array_equal(out, np.kron(array, np.ones((2, 2), np.float32)))
 
 
@@ -74,9 +77,11 @@ def test_pickle_checkpoints_are_refused(tmp_path: Path, name: str) -> None:
         upscale_image(photo("coffee", 32), 2, str(path))
 
 
-def test_missing_named_model_says_where_to_put_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_named_model_says_where_to_put_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("LIMNER_SUPERRES_DIR", str(tmp_path))
-    with pytest.raises(errors.InvalidRequestError, match="FSRCNN_x2.pb") as info:
+    with pytest.raises(errors.InvalidRequestError, match=r"FSRCNN_x2\.pb") as info:
         upscale_image(photo("coffee", 32), 2, "fsrcnn")
     assert "LIMNER_SUPERRES_DIR" in (info.value.hint or "")
 
@@ -93,3 +98,19 @@ def test_result_is_stored_and_logged(models: Path, tmp_path: Path) -> None:
     assert entry is not None and entry.operation == "upscale" and entry.model == "espcn_x2"
     assert entry.images[0].path.read_bytes() == result.image.data
     assert (result.image.width, result.image.height) == (120, 80)
+
+
+def test_cloud_upscaler_runs_through_the_client(
+    emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from limner.client import Limner
+
+    server, url = emulator("recraft")
+    monkeypatch.setenv("RECRAFT_API_TOKEN", "rc-test")
+    monkeypatch.setenv("LIMNER_RECRAFT_BASE_URL", url)
+    with Limner() as client:
+        result = upscale(png_bytes(photo("coffee", 64)), model="recraft:recraftv4_1", client=client)
+        entry = client.store.get(result.generation_id or "")
+    assert result.images and entry is not None
+    assert entry.operation == "upscale" and entry.provider == "recraft"
+    assert any("crispUpscale" in key for key in server.app.state.emulator.stats)

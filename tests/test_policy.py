@@ -50,15 +50,21 @@ def test_commercial_only_refuses_non_commercial_models(openai_env, tmp_path, mon
     restricted = spec.model_copy(update={"commercial_use": False, "licence": "research only"})
     catalog = get_catalog([restricted])
     monkeypatch.setenv("LIMNER_COMMERCIAL_ONLY", "1")
-    with Limner(home=tmp_path, catalog=catalog) as client:
-        with pytest.raises(UsagePolicyError, match="research only"):
-            client.run("generate", _request())
+    with (
+        Limner(home=tmp_path, catalog=catalog) as client,
+        pytest.raises(UsagePolicyError, match="research only"),
+    ):
+        client.run("generate", _request())
     assert _sent(server) == 0
     assert _statuses(tmp_path) == [("refused", "UsagePolicyError")]
 
 
 def test_check_licence_names_the_licence():
-    spec = get_catalog().resolve("openai:gpt-image-2").model_copy(update={"commercial_use": False, "licence": "FLUX.1 [dev] Non-Commercial"})
+    spec = (
+        get_catalog()
+        .resolve("openai:gpt-image-2")
+        .model_copy(update={"commercial_use": False, "licence": "FLUX.1 [dev] Non-Commercial"})
+    )
     with pytest.raises(UsagePolicyError, match="Non-Commercial"):
         check_licence(spec, commercial=True)
     check_licence(spec, commercial=False)
@@ -115,7 +121,9 @@ def test_moderation_endpoint_flags_and_is_never_followed_by_a_send(openai_env, t
 def test_moderation_route_shape(openai_env):
     _, url = openai_env
     headers = {"Authorization": "Bearer sk-test"}
-    body = httpx.post(url + "/moderations", json={"input": ["fine", f"x {BLOCKED_WORD}"]}, headers=headers).json()
+    body = httpx.post(
+        url + "/moderations", json={"input": ["fine", f"x {BLOCKED_WORD}"]}, headers=headers
+    ).json()
     assert [r["flagged"] for r in body["results"]] == [False, True]
     assert body["results"][1]["categories"]["violence"] is True
     assert httpx.post(url + "/moderations", json={"input": "x"}).status_code == 401
@@ -125,7 +133,6 @@ def test_moderation_route_shape(openai_env):
 async def test_async_run_is_guarded_too(openai_env, tmp_path):
     server, _ = openai_env
     UserConfig(tmp_path).set("policy", {"deny": ["harpoon"]})
-    with Limner(home=tmp_path) as client:
-        with pytest.raises(UsagePolicyError):
-            await client.arun("generate", _request("harpoon"))
+    with Limner(home=tmp_path) as client, pytest.raises(UsagePolicyError):
+        await client.arun("generate", _request("harpoon"))
     assert _sent(server) == 0

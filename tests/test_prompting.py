@@ -12,9 +12,17 @@ from limner.catalog import ModelSpec, get_catalog
 from limner.cli import cli
 from limner.errors import InvalidRequestError, UserError
 from limner.prompting import (
-    PromptParts, build_prompt, combine_negative, count_variants, dialect_for, expand, keywords,
-    lint_prompt, load_library, translate,
-)  # fmt: skip
+    PromptParts,
+    build_prompt,
+    combine_negative,
+    count_variants,
+    dialect_for,
+    expand,
+    keywords,
+    lint_prompt,
+    load_library,
+    translate,
+)
 from limner.prompting.wildcards import WildcardError
 from limner.types import ImageRequest
 
@@ -42,7 +50,9 @@ def test_build_joins_parts_in_the_guide_order():
 
 
 def test_style_preset_fills_empty_parts_and_adds_its_negatives():
-    built = build_prompt(PromptParts(subject="a teapot", style="product", lighting="candlelight"), negative="steam")
+    built = build_prompt(
+        PromptParts(subject="a teapot", style="product", lighting="candlelight"), negative="steam"
+    )
     assert built.preset == "product"
     assert "product photography" in built.prompt
     assert "candlelight" in built.prompt and "softbox" not in built.prompt  # the user's part wins
@@ -80,7 +90,10 @@ def test_user_library_files_extend_the_bundled_ones(tmp_path: Path):
     assert natural[0] == "golden hour" and natural[-1] == "dappled light"
     assert keywords("lighting", "underwater", library) == ["caustics"]
     assert library.negative("hands") == ["six fingers"]
-    assert "venetian" in build_prompt(PromptParts(subject="a detective", style="noir"), library=library).prompt
+    assert (
+        "venetian"
+        in build_prompt(PromptParts(subject="a detective", style="noir"), library=library).prompt
+    )
 
 
 def test_unknown_category_is_a_user_error():
@@ -91,14 +104,18 @@ def test_unknown_category_is_a_user_error():
 # -- translation ---------------------------------------------------------------------------------
 def test_natural_language_folds_the_negative_with_a_warning():
     spec = get_catalog().resolve("openai:gpt-image-2")
-    fields, warnings = translate(ImageRequest(prompt="a cat, (fluffy:1.3)", negative_prompt="dogs"), spec)
+    fields, warnings = translate(
+        ImageRequest(prompt="a cat, (fluffy:1.3)", negative_prompt="dogs"), spec
+    )
     assert fields["prompt"] == "a cat, fluffy. Avoid: dogs."
     assert any("negative prompt" in w for w in warnings) and any("weights" in w for w in warnings)
 
 
 def test_flux_has_no_negative_and_a_guidance():
     spec = _spec(provider="bfl", family="flux", guidance=True, seed=True)
-    fields, warnings = translate(ImageRequest(prompt="a fox", negative_prompt="blur", seed=3, aspect_ratio="16:9"), spec)
+    fields, warnings = translate(
+        ImageRequest(prompt="a fox", negative_prompt="blur", seed=3, aspect_ratio="16:9"), spec
+    )
     assert "negative_prompt" not in fields
     assert fields["guidance"] == 3.5 and fields["seed"] == 3 and fields["aspect_ratio"] == "16:9"
     assert any("literally" in w for w in warnings)
@@ -108,32 +125,53 @@ def test_flux_has_no_negative_and_a_guidance():
 
 def test_stable_diffusion_keeps_negative_and_cfg_in_range():
     spec = _spec(provider="stability", family="sd3.5", negative_prompt=True, steps=True, seed=True)
-    fields, warnings = translate(ImageRequest(prompt="a lion", negative_prompt="blurry", seed=1), spec)
+    fields, warnings = translate(
+        ImageRequest(prompt="a lion", negative_prompt="blurry", seed=1), spec
+    )
     assert fields["negative_prompt"] == "blurry"
     assert 4 <= fields["cfg_scale"] <= 7 and fields["steps"] == 28
     assert warnings == []
     _, warnings = translate(ImageRequest(prompt="a lion", guidance=12), spec)
-    assert any("CFG scale 12" in w for w in warnings) and any("negative-preset" in w for w in warnings)
+    assert any("CFG scale 12" in w for w in warnings) and any(
+        "negative-preset" in w for w in warnings
+    )
 
 
 def test_ideogram_enums():
     legacy = _spec(provider="ideogram", id="V_2", family="ideogram")
-    fields, _ = translate(ImageRequest(prompt="a logo with the text 'FAION'", aspect_ratio="16:9", negative_prompt="blur"), legacy)
+    fields, _ = translate(
+        ImageRequest(
+            prompt="a logo with the text 'FAION'", aspect_ratio="16:9", negative_prompt="blur"
+        ),
+        legacy,
+    )
     assert fields["aspect_ratio"] == "ASPECT_16_9"
     assert fields["style_type"] == "DESIGN" and fields["magic_prompt"] == "AUTO"
     assert fields["negative_prompt"] == "blur"
     v3 = _spec(provider="ideogram", id="ideogram-v3", family="ideogram")
-    fields, _ = translate(ImageRequest(prompt="a cat", aspect_ratio="3:2", style="realistic", provider_options={"magic_prompt": "off"}), v3)
-    assert (fields["aspect_ratio"], fields["style_type"], fields["magic_prompt"]) == ("3x2", "REALISTIC", "OFF")
+    fields, _ = translate(
+        ImageRequest(
+            prompt="a cat",
+            aspect_ratio="3:2",
+            style="realistic",
+            provider_options={"magic_prompt": "off"},
+        ),
+        v3,
+    )
+    assert (fields["aspect_ratio"], fields["style_type"], fields["magic_prompt"]) == (
+        "3x2",
+        "REALISTIC",
+        "OFF",
+    )
     with pytest.raises(InvalidRequestError, match="style type"):
         translate(ImageRequest(prompt="a cat", style="baroque"), v3)
 
 
 def test_midjourney_flags():
-    spec = _spec(provider="midjourney", family="midjourney")
+    spec = _spec(provider="midjourney", family="midjourney", wire={"version": "6.1"})
     request = ImageRequest(
-        prompt="portrait of a scientist", aspect_ratio="3:4", negative_prompt="blur, watermark", seed=42, style="raw",
-        provider_options={"stylize": 750, "chaos": 20, "tile": True, "q": 1, "v": "6.1",
+        prompt="portrait of a scientist", aspect_ratio="3:4", negative_prompt="blur, watermark", seed=42, style="raw", quality="1",
+        provider_options={"stylize": 750, "chaos": 20, "tile": True,
                           "cref": "https://x.test/c.png", "cw": 50, "sref": "https://x.test/s.png", "sw": 500},
     )  # fmt: skip
     fields, _ = translate(request, spec)
@@ -161,7 +199,11 @@ def test_expand_all_combinations_in_order():
 
 
 def test_nested_and_empty_alternatives():
-    assert expand("a {red|{dark|light} blue} car") == ["a red car", "a dark blue car", "a light blue car"]
+    assert expand("a {red|{dark|light} blue} car") == [
+        "a red car",
+        "a dark blue car",
+        "a light blue car",
+    ]
     assert expand("a {|shiny} car") == ["a car", "a shiny car"]
     assert expand(r"literal \{braces\}") == ["literal {braces}"]
 
@@ -180,7 +222,11 @@ def test_wildcard_files(tmp_path: Path):
     folder.mkdir(parents=True)
     (folder / "warm.txt").write_text("# warm colours\nred\n\n{amber|orange}\n")
     (tmp_path / "wildcards" / "self.txt").write_text("__self__\n")
-    assert expand("a __colors/warm__ door", home=tmp_path) == ["a red door", "a amber door", "a orange door"]
+    assert expand("a __colors/warm__ door", home=tmp_path) == [
+        "a red door",
+        "a amber door",
+        "a orange door",
+    ]
     assert count_variants("__colors/warm__ {a|b}", home=tmp_path) == 6
     with pytest.raises(WildcardError, match="No wildcard file"):
         expand("__nope__", home=tmp_path)
@@ -203,16 +249,29 @@ def test_too_many_combinations_needs_random():
 # -- lint ----------------------------------------------------------------------------------------
 def test_lint_quoted_text_on_weak_model_suggests_text_models():
     catalog = get_catalog()
-    issues = lint_prompt('a shop sign saying "OPEN ALL NIGHT"', _spec(text_rendering="weak"), catalog=catalog)
+    issues = lint_prompt(
+        'a shop sign saying "OPEN ALL NIGHT"', _spec(text_rendering="weak"), catalog=catalog
+    )
     text = [i for i in issues if i.code == "weak-text-rendering"]
     assert text and "gpt-image" in text[0].suggestion
-    assert "weak-text-rendering" not in _codes(lint_prompt('a sign saying "OPEN"', catalog.resolve("gpt-image-2")))
+    assert "weak-text-rendering" not in _codes(
+        lint_prompt('a sign saying "OPEN"', catalog.resolve("gpt-image-2"))
+    )
 
 
 def test_lint_length_weights_flags_and_conflicts():
     spec = _spec(max_prompt_tokens=10, max_prompt_chars=60)
-    issues = lint_prompt("a photorealistic watercolor of a (castle:1.4) on a hill at dawn --ar 16:9 with many towers", spec)
-    assert {"too-long", "too-many-tokens", "ignored-weights", "midjourney-flags", "conflicting-styles"} <= _codes(issues)
+    issues = lint_prompt(
+        "a photorealistic watercolor of a (castle:1.4) on a hill at dawn --ar 16:9 with many towers",
+        spec,
+    )
+    assert {
+        "too-long",
+        "too-many-tokens",
+        "ignored-weights",
+        "midjourney-flags",
+        "conflicting-styles",
+    } <= _codes(issues)
     assert issues[0].level == "error"
     local = _spec(provider="local", family="sdxl", negative_prompt=True)
     assert "ignored-weights" not in _codes(lint_prompt("a (castle:1.4)", local))
@@ -226,11 +285,24 @@ def test_cli_build_keywords_for_expand_lint():
                               "modern glass office", "--style", "corporate", "--negative-preset", "anatomy", "--json"])  # fmt: skip
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
-    assert data["prompt"].startswith("A professional businesswoman, in a modern glass office, corporate photography style")
+    assert data["prompt"].startswith(
+        "A professional businesswoman, in a modern glass office, corporate photography style"
+    )
     assert "bad anatomy" in data["negative_prompt"]
     listing = json.loads(runner.invoke(cli, ["prompt", "keywords", "--json"]).output)
-    assert {"subject", "style", "lighting", "composition", "camera", "quality", "presets", "negative"} <= set(listing)
-    out = runner.invoke(cli, ["prompt", "for", "gpt-image-2", "a cat", "--negative", "dogs", "--json"])
+    assert {
+        "subject",
+        "style",
+        "lighting",
+        "composition",
+        "camera",
+        "quality",
+        "presets",
+        "negative",
+    } <= set(listing)
+    out = runner.invoke(
+        cli, ["prompt", "for", "gpt-image-2", "a cat", "--negative", "dogs", "--json"]
+    )
     assert json.loads(out.output)["fields"]["prompt"] == "a cat. Avoid: dogs."
     out = runner.invoke(cli, ["prompt", "expand", "{a|b} {c|d}", "--json"])
     assert json.loads(out.output) == ["a c", "a d", "b c", "b d"]

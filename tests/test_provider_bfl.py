@@ -27,7 +27,9 @@ def bfl(emulator: Emulator) -> Iterator[tuple[Limner, EmulatorServer, str]]:
     client.close()
 
 
-def _png(width: int, height: int, colour: tuple[int, int, int] = (200, 40, 40), mode: str = "RGB") -> bytes:
+def _png(
+    width: int, height: int, colour: tuple[int, int, int] = (200, 40, 40), mode: str = "RGB"
+) -> bytes:
     buf = io.BytesIO()
     Image.new(mode, (width, height), colour if mode == "RGB" else 255).save(buf, format="PNG")
     return buf.getvalue()
@@ -42,9 +44,13 @@ def _request(model: str, **kw: object) -> ImageRequest:
     return ImageRequest(model=model, provider_options=options, **kw)  # type: ignore[arg-type]
 
 
-def test_generate_polls_downloads_and_records_reported_cost(bfl: tuple[Limner, EmulatorServer, str]) -> None:
+def test_generate_polls_downloads_and_records_reported_cost(
+    bfl: tuple[Limner, EmulatorServer, str],
+) -> None:
     client, server, _ = bfl
-    result = client.run(Operation.GENERATE, _request("bfl:flux-2-pro", prompt="a red fox", size="256x256", seed=7))
+    result = client.run(
+        Operation.GENERATE, _request("bfl:flux-2-pro", prompt="a red fox", size="256x256", seed=7)
+    )
     image = result.images[0]
     assert (image.width, image.height) == (256, 256)
     assert image.media_type == "image/jpeg"
@@ -77,12 +83,16 @@ def test_key_goes_to_api_host_only(bfl: tuple[Limner, EmulatorServer, str]) -> N
 def test_transient_task_not_found_is_tolerated(bfl: tuple[Limner, EmulatorServer, str]) -> None:
     client, server, _ = bfl
     httpx.post(server.url + "/_emulator/jobs", json={"not_found_polls": 1, "polls": 0})
-    result = client.run(Operation.GENERATE, _request("bfl:flux-2-pro", prompt="a boat", size="128x128"))
+    result = client.run(
+        Operation.GENERATE, _request("bfl:flux-2-pro", prompt="a boat", size="128x128")
+    )
     assert result.images[0].width == 128
     assert _stats(server)["GET /v1/get_result"] == 2
 
 
-def test_edit_sends_images_and_references_as_input_images(bfl: tuple[Limner, EmulatorServer, str]) -> None:
+def test_edit_sends_images_and_references_as_input_images(
+    bfl: tuple[Limner, EmulatorServer, str],
+) -> None:
     client, _, _ = bfl
     image = load_image(_png(192, 128))
     ref = ReferenceImage(image=load_image(_png(64, 64, (0, 0, 255))), kind="style")
@@ -97,10 +107,15 @@ def test_edit_sends_images_and_references_as_input_images(bfl: tuple[Limner, Emu
     assert result.cost_usd is not None and result.cost_usd > 0.03
 
 
-def test_kontext_takes_aspect_ratio_from_size_with_warning(bfl: tuple[Limner, EmulatorServer, str]) -> None:
+def test_kontext_takes_aspect_ratio_from_size_with_warning(
+    bfl: tuple[Limner, EmulatorServer, str],
+) -> None:
     client, _, _ = bfl
     image = load_image(_png(64, 64))
-    result = client.run(Operation.EDIT, _request("bfl:flux-kontext-pro", prompt="a hat", images=[image], size="1600x900"))
+    result = client.run(
+        Operation.EDIT,
+        _request("bfl:flux-kontext-pro", prompt="a hat", images=[image], size="1600x900"),
+    )
     assert any("16:9" in w for w in result.warnings)
     assert result.images[0].width > result.images[0].height
     assert result.cost_usd == pytest.approx(0.04)
@@ -129,35 +144,53 @@ def test_inpaint_sends_white_mask(bfl: tuple[Limner, EmulatorServer, str]) -> No
 def test_outpaint_pads_to_target_size(bfl: tuple[Limner, EmulatorServer, str]) -> None:
     client, _, _ = bfl
     image = load_image(_png(64, 64))
-    result = client.run(Operation.OUTPAINT, _request("flux-expand", prompt="more sky", images=[image], size="128x96"))
+    result = client.run(
+        Operation.OUTPAINT,
+        _request("flux-expand", prompt="more sky", images=[image], size="128x96"),
+    )
     assert (result.images[0].width, result.images[0].height) == (128, 96)
     with pytest.raises(errors.InvalidRequestError, match="larger than the image"):
-        client.run(Operation.OUTPAINT, _request("flux-expand", prompt="x", images=[image], size="64x64"))
+        client.run(
+            Operation.OUTPAINT, _request("flux-expand", prompt="x", images=[image], size="64x64")
+        )
 
 
 def test_moderated_status_is_content_policy_error(bfl: tuple[Limner, EmulatorServer, str]) -> None:
     client, _, _ = bfl
     with pytest.raises(errors.ContentPolicyError, match="Moderated"):
-        client.run(Operation.GENERATE, _request("bfl:flux-2-pro", prompt=f"a {BLOCKED_WORD}", size="128x128"))
+        client.run(
+            Operation.GENERATE,
+            _request("bfl:flux-2-pro", prompt=f"a {BLOCKED_WORD}", size="128x128"),
+        )
 
 
 def test_429_is_retried(bfl: tuple[Limner, EmulatorServer, str]) -> None:
     client, server, _ = bfl
-    httpx.post(server.url + "/_emulator/faults", json={"status": 429, "retry_after": 0, "count": 1, "path": "/v1/flux-2-pro"})
-    result = client.run(Operation.GENERATE, _request("bfl:flux-2-pro", prompt="a cat", size="128x128"))
+    httpx.post(
+        server.url + "/_emulator/faults",
+        json={"status": 429, "retry_after": 0, "count": 1, "path": "/v1/flux-2-pro"},
+    )
+    result = client.run(
+        Operation.GENERATE, _request("bfl:flux-2-pro", prompt="a cat", size="128x128")
+    )
     assert result.images
     assert _stats(server)["POST /v1/flux-2-pro"] == 2
 
 
 def test_active_task_limit_answers_429(emulator: Emulator) -> None:
-    server, url = emulator("bfl")
+    _, url = emulator("bfl")
     headers = {"x-key": "k"}
     body = {"prompt": "x", "aspect_ratio": "1:1"}
-    codes = [httpx.post(url + "/flux-kontext-max", json=body, headers=headers).status_code for _ in range(7)]
+    codes = [
+        httpx.post(url + "/flux-kontext-max", json=body, headers=headers).status_code
+        for _ in range(7)
+    ]
     assert codes == [200] * 6 + [429]
 
 
-def test_402_and_403_are_mapped(bfl: tuple[Limner, EmulatorServer, str], emulator: Emulator) -> None:
+def test_402_and_403_are_mapped(
+    bfl: tuple[Limner, EmulatorServer, str], emulator: Emulator
+) -> None:
     client, server, url = bfl
     httpx.post(server.url + "/_emulator/jobs", json={"credits": 1})
     with pytest.raises(errors.InsufficientCreditsError, match="Insufficient credits"):
@@ -170,17 +203,35 @@ def test_402_and_403_are_mapped(bfl: tuple[Limner, EmulatorServer, str], emulato
     assert isinstance(BFLProvider()._error(response, None), errors.AuthenticationError)
 
 
-def test_invalid_field_is_provider_rejected_with_message(bfl: tuple[Limner, EmulatorServer, str]) -> None:
+def test_invalid_field_is_provider_rejected_with_message(
+    bfl: tuple[Limner, EmulatorServer, str],
+) -> None:
     client, _, _ = bfl
     with pytest.raises(errors.ProviderRejectedError, match="safety_tolerance"):
-        client.run(Operation.GENERATE, _request("bfl:flux-2-pro", prompt="a cat", size="128x128", provider_options={"safety_tolerance": 9}))
+        client.run(
+            Operation.GENERATE,
+            _request(
+                "bfl:flux-2-pro",
+                prompt="a cat",
+                size="128x128",
+                provider_options={"safety_tolerance": 9},
+            ),
+        )
 
 
 def test_poll_deadline_from_provider_options(bfl: tuple[Limner, EmulatorServer, str]) -> None:
     client, server, _ = bfl
     httpx.post(server.url + "/_emulator/jobs", json={"polls": 1000})
     with pytest.raises(errors.ProviderTimeoutError):
-        client.run(Operation.GENERATE, _request("bfl:flux-2-pro", prompt="slow", size="128x128", provider_options={"deadline_s": 0.1}))
+        client.run(
+            Operation.GENERATE,
+            _request(
+                "bfl:flux-2-pro",
+                prompt="slow",
+                size="128x128",
+                provider_options={"deadline_s": 0.1},
+            ),
+        )
 
 
 def test_expired_sample_url_is_an_error(emulator: Emulator) -> None:
@@ -194,6 +245,19 @@ def test_expired_sample_url_is_an_error(emulator: Emulator) -> None:
 
 async def test_async_generate(bfl: tuple[Limner, EmulatorServer, str]) -> None:
     client, _, _ = bfl
-    result = await client.arun(Operation.GENERATE, _request("bfl:flux-pro-1.1", prompt="a bird", size="256x256"))
+    result = await client.arun(
+        Operation.GENERATE, _request("bfl:flux-pro-1.1", prompt="a bird", size="256x256")
+    )
     assert (result.images[0].width, result.images[0].height) == (256, 256)
     assert result.cost_usd == pytest.approx(0.04)
+
+
+def test_style_reference_becomes_image_prompt(bfl: tuple[Limner, EmulatorServer, str]) -> None:
+    client, _, _ = bfl
+    style = load_image(_png(64, 64, (0, 200, 0)))
+    request = _request("bfl:flux-pro-1.1", prompt="a tower", images=[style], size="256x256")
+    spec = client.resolve("bfl:flux-pro-1.1")
+    native = client.provider("bfl").native_request(Operation.STYLE_REFERENCE, request, spec)
+    assert native["json"]["image_prompt"].startswith("<base64")
+    result = client.run(Operation.STYLE_REFERENCE, request)
+    assert (result.images[0].width, result.images[0].height) == (256, 256)

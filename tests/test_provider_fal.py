@@ -57,7 +57,10 @@ def test_queue_submit_status_result(fal: Env) -> None:
     client, server, _ = fal
     messages: list[str] = []
     client.on_progress = lambda _f, m: messages.append(m)
-    result = client.run(Operation.GENERATE, _request("fal-ai/flux/schnell", prompt="a fox", size="256x192", n=2, seed=3))
+    result = client.run(
+        Operation.GENERATE,
+        _request("fal-ai/flux/schnell", prompt="a fox", size="256x192", n=2, seed=3),
+    )
     assert [(i.width, i.height) for i in result.images] == [(256, 192)] * 2
     assert [i.seed for i in result.images] == [3, 4]
     stats = _stats(server)
@@ -66,7 +69,9 @@ def test_queue_submit_status_result(fal: Env) -> None:
     # Status: IN_QUEUE (202), IN_PROGRESS (202), COMPLETED (200) on the truncated app path.
     assert stats[f"GET /queue/fal-ai/flux/requests/{rid}/status"] == 3
     assert stats[f"GET /queue/fal-ai/flux/requests/{rid}"] == 1
-    assert any(m.startswith("queued") for m in messages) and any(m.startswith("running") for m in messages)
+    assert any(m.startswith("queued") for m in messages) and any(
+        m.startswith("running") for m in messages
+    )
     # Per-megapixel price: 2 images of 0.05 MP, each billed at least one megapixel.
     assert result.cost_usd == pytest.approx(0.006)
     entry = client.store.get(result.generation_id or "")
@@ -77,7 +82,9 @@ def test_subpath_endpoint_uses_urls_from_submit(fal: Env) -> None:
     client, server, _ = fal
     image = load_image(_png(64, 48))
     request = _request("fal-ai/flux/dev", prompt="oil painting", images=[image], strength=0.6)
-    native = client.provider("fal").native_request(Operation.EDIT, request, client.resolve(request.model))
+    native = client.provider("fal").native_request(
+        Operation.EDIT, request, client.resolve(request.model)
+    )
     assert native["url"].endswith("/queue/fal-ai/flux/dev/image-to-image")
     assert native["json"]["strength"] == 0.6 and native["json"]["image_url"].startswith("<data URL")
     result = client.run(Operation.EDIT, request)
@@ -87,7 +94,12 @@ def test_subpath_endpoint_uses_urls_from_submit(fal: Env) -> None:
 
 def test_sync_mode_is_one_request(fal: Env) -> None:
     client, server, _ = fal
-    request = _request("fal-ai/flux/schnell", prompt="a cup", aspect_ratio="16:9", provider_options={"mode": "sync", "sync_mode": True})
+    request = _request(
+        "fal-ai/flux/schnell",
+        prompt="a cup",
+        aspect_ratio="16:9",
+        provider_options={"mode": "sync", "sync_mode": True},
+    )
     result = client.run(Operation.GENERATE, request)
     assert (result.images[0].width, result.images[0].height) == (1024, 576)
     stats = _stats(server)
@@ -101,13 +113,39 @@ def test_operations_map_to_endpoints(fal: Env) -> None:
     mask.paste(255, (0, 0, 32, 32))
     buf = io.BytesIO()
     mask.save(buf, format="PNG")
-    client.run(Operation.INPAINT, _request("fal-ai/flux-pro/v1/fill", prompt="a star", images=[image], mask=load_image(buf.getvalue())))
-    client.run(Operation.CONTROLNET, _request("fal-ai/flux-pro/v1/canny", prompt="a city", images=[image], size="256x256"))
-    client.run(Operation.VARIATION, _request("fal-ai/flux-pro/v1.1/redux", images=[image], size="256x256"))
+    client.run(
+        Operation.INPAINT,
+        _request(
+            "fal-ai/flux-pro/v1/fill",
+            prompt="a star",
+            images=[image],
+            mask=load_image(buf.getvalue()),
+        ),
+    )
+    client.run(
+        Operation.CONTROLNET,
+        _request("fal-ai/flux-pro/v1/canny", prompt="a city", images=[image], size="256x256"),
+    )
+    client.run(
+        Operation.VARIATION, _request("fal-ai/flux-pro/v1.1/redux", images=[image], size="256x256")
+    )
     ref = ReferenceImage(image=image, kind="character")
-    client.run(Operation.GENERATE, _request("fal-ai/nano-banana-pro", prompt="the same cat, skiing", references=[ref], aspect_ratio="4:3"))
+    client.run(
+        Operation.GENERATE,
+        _request(
+            "fal-ai/nano-banana-pro",
+            prompt="the same cat, skiing",
+            references=[ref],
+            aspect_ratio="4:3",
+        ),
+    )
     stats = _stats(server)
-    for path in ("fal-ai/flux-pro/v1/fill", "fal-ai/flux-pro/v1/canny", "fal-ai/flux-pro/v1.1/redux", "fal-ai/nano-banana-pro/edit"):
+    for path in (
+        "fal-ai/flux-pro/v1/fill",
+        "fal-ai/flux-pro/v1/canny",
+        "fal-ai/flux-pro/v1.1/redux",
+        "fal-ai/nano-banana-pro/edit",
+    ):
         assert stats[f"POST /queue/{path}"] == 1
 
 
@@ -115,7 +153,15 @@ def test_deadline_cancels_the_queued_request(fal: Env) -> None:
     client, server, _ = fal
     httpx.post(server.url + "/_emulator/jobs", json={"queue_polls": 1000})
     with pytest.raises(errors.ProviderTimeoutError):
-        client.run(Operation.GENERATE, _request("fal-ai/flux/schnell", prompt="x", size="64x64", provider_options={"deadline_s": 0.1}))
+        client.run(
+            Operation.GENERATE,
+            _request(
+                "fal-ai/flux/schnell",
+                prompt="x",
+                size="64x64",
+                provider_options={"deadline_s": 0.1},
+            ),
+        )
     stats = _stats(server)
     assert stats["cancelled"] == 1
     assert sum(v for k, v in stats.items() if k.startswith("PUT /queue/fal-ai/flux/requests/")) == 1
@@ -124,24 +170,39 @@ def test_deadline_cancels_the_queued_request(fal: Env) -> None:
 def test_nsfw_flagged_images_are_a_policy_error(fal: Env) -> None:
     client, _, _ = fal
     with pytest.raises(errors.ContentPolicyError, match="safety checker"):
-        client.run(Operation.GENERATE, _request("fal-ai/flux/schnell", prompt=f"a {BLOCKED_WORD}", size="64x64"))
+        client.run(
+            Operation.GENERATE,
+            _request("fal-ai/flux/schnell", prompt=f"a {BLOCKED_WORD}", size="64x64"),
+        )
 
 
 def test_429_retry_and_queue_limit(fal: Env) -> None:
     client, server, url = fal
-    httpx.post(server.url + "/_emulator/faults", json={"status": 429, "retry_after": 0, "count": 1, "path": "/queue/fal-ai/flux/schnell"})
-    assert client.run(Operation.GENERATE, _request("fal-ai/flux/schnell", prompt="x", size="64x64")).images
+    httpx.post(
+        server.url + "/_emulator/faults",
+        json={"status": 429, "retry_after": 0, "count": 1, "path": "/queue/fal-ai/flux/schnell"},
+    )
+    assert client.run(
+        Operation.GENERATE, _request("fal-ai/flux/schnell", prompt="x", size="64x64")
+    ).images
     assert _stats(server)["POST /queue/fal-ai/flux/schnell"] == 2
     httpx.post(server.url + "/_emulator/jobs", json={"max_in_flight": 0})
-    response = httpx.post(url + "/fal-ai/flux/schnell", json={"prompt": "x"}, headers={"Authorization": "Key k"})
+    response = httpx.post(
+        url + "/fal-ai/flux/schnell", json={"prompt": "x"}, headers={"Authorization": "Key k"}
+    )
     assert response.status_code == 429
 
 
 def test_401_422_and_exhausted_balance_are_mapped(fal: Env) -> None:
     client, server, url = fal
     with pytest.raises(errors.ProviderRejectedError, match="image_size"):
-        client.run(Operation.GENERATE, _request("fal-ai/flux/schnell", prompt="x", provider_options={"image_size": "huge"}))
-    body = {"detail": "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."}
+        client.run(
+            Operation.GENERATE,
+            _request("fal-ai/flux/schnell", prompt="x", provider_options={"image_size": "huge"}),
+        )
+    body = {
+        "detail": "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
+    }
     httpx.post(server.url + "/_emulator/faults", json={"status": 403, "count": 1, "body": body})
     with pytest.raises(errors.InsufficientCreditsError, match="Exhausted balance"):
         client.run(Operation.GENERATE, _request("fal-ai/flux/schnell", prompt="x", size="64x64"))
@@ -155,7 +216,9 @@ def test_401_422_and_exhausted_balance_are_mapped(fal: Env) -> None:
 
 async def test_async_queue_flow(fal: Env) -> None:
     client, _, _ = fal
-    result = await client.arun(Operation.GENERATE, _request("fal-ai/flux-2-pro", prompt="a kite", size="128x128"))
+    result = await client.arun(
+        Operation.GENERATE, _request("fal-ai/flux-2-pro", prompt="a kite", size="128x128")
+    )
     assert result.images[0].width == 128 and result.cost_usd == pytest.approx(0.03)
 
 
@@ -170,16 +233,29 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
@@ -189,8 +265,15 @@ def tls_fal(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
     cert, key = _self_signed(tmp_path)
     server = EmulatorServer(create_app("fal"))
-    config = uvicorn.Config(server.app, host=server.host, port=server.port, log_level="warning",
-                            lifespan="off", ssl_certfile=str(cert), ssl_keyfile=str(key))
+    config = uvicorn.Config(
+        server.app,
+        host=server.host,
+        port=server.port,
+        log_level="warning",
+        lifespan="off",
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(key),
+    )
     server.server = uvicorn.Server(config)
     server.thread = threading.Thread(target=server.server.run, daemon=True)
     server.start()
@@ -229,10 +312,15 @@ def test_official_sdk_drives_the_emulator(tls_fal: tuple[str, Path], tmp_path: P
     script = tmp_path / "sdk.py"
     script.write_text(f"IMAGE = {image!r}\n" + SDK_SCRIPT)
     env = {
-        **os.environ, "FAL_KEY": "sdk-key", "FAL_RUN_HOST": f"{host}/run", "FAL_QUEUE_RUN_HOST": f"{host}/queue",
+        **os.environ,
+        "FAL_KEY": "sdk-key",
+        "FAL_RUN_HOST": f"{host}/run",
+        "FAL_QUEUE_RUN_HOST": f"{host}/queue",
         "SSL_CERT_FILE": str(cert),
     }
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["count"] == 2 and report["size"] == [48, 32]

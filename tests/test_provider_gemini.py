@@ -21,7 +21,9 @@ EmulatorFactory = Callable[[str], tuple[EmulatorServer, str]]
 
 
 @pytest.fixture
-def gemini(emulator: EmulatorFactory, monkeypatch: pytest.MonkeyPatch) -> tuple[EmulatorServer, str]:
+def gemini(
+    emulator: EmulatorFactory, monkeypatch: pytest.MonkeyPatch
+) -> tuple[EmulatorServer, str]:
     server, url = emulator("gemini")
     monkeypatch.setenv("GEMINI_API_KEY", "AIza-test")
     monkeypatch.setenv("LIMNER_GEMINI_BASE_URL", url)
@@ -38,16 +40,24 @@ def _stats(server: EmulatorServer) -> dict[str, int]:
     return dict(httpx.get(server.url + "/_emulator/stats").json())
 
 
-def test_generate_sends_aspect_and_size_and_costs_by_tokens(gemini: tuple[EmulatorServer, str]) -> None:
+def test_generate_sends_aspect_and_size_and_costs_by_tokens(
+    gemini: tuple[EmulatorServer, str],
+) -> None:
     result = limner.generate(
-        "a red kite over dunes", model="gemini:gemini-3.1-flash-image", aspect_ratio="16:9", quality="2K", seed=7
+        "a red kite over dunes",
+        model="gemini:gemini-3.1-flash-image",
+        aspect_ratio="16:9",
+        quality="2K",
+        seed=7,
     )
     image = result.images[0]
     assert image.width > image.height  # 16:9 honoured
     assert result.usage.output_image_tokens == 1680  # the 2K token count
-    assert result.cost_usd == pytest.approx(1680 * 60 / 1e6 + result.usage.input_text_tokens * 0.5 / 1e6, abs=1e-6)
+    assert result.cost_usd == pytest.approx(
+        1680 * 60 / 1e6 + (result.usage.input_text_tokens or 0) * 0.5 / 1e6, abs=1e-6
+    )
     assert image.revised_prompt and "red kite" in image.revised_prompt
-    entry = Store(limner.Limner().home).get(result.generation_id)
+    entry = Store(limner.Limner().home).get(str(result.generation_id))
     assert entry is not None and entry.cost_usd == pytest.approx(result.cost_usd)
 
 
@@ -65,13 +75,17 @@ def test_n_above_one_is_split_into_calls(gemini: tuple[EmulatorServer, str]) -> 
 
 
 def test_thought_images_are_not_results(gemini: tuple[EmulatorServer, str]) -> None:
-    result = limner.generate("a poster saying HELLO", model="gemini:gemini-3-pro-image", quality="4K")
+    result = limner.generate(
+        "a poster saying HELLO", model="gemini:gemini-3-pro-image", quality="4K"
+    )
     assert len(result.images) == 1
     assert result.usage.output_image_tokens == 2000
     assert result.cost_usd is not None and result.cost_usd > 0.24
 
 
-def test_edit_sends_input_and_reference_images_as_inline_parts(gemini: tuple[EmulatorServer, str]) -> None:
+def test_edit_sends_input_and_reference_images_as_inline_parts(
+    gemini: tuple[EmulatorServer, str],
+) -> None:
     plain = limner.generate("make it blue", model="gemini:gemini-3.1-flash-image", seed=1)
     edited = limner.edit(_png(), "make it blue", model="gemini:gemini-3.1-flash-image", seed=1)
     assert edited.usage.input_image_tokens == 258
@@ -91,7 +105,9 @@ def test_native_request_shows_generate_content_body() -> None:
 
     spec = get_catalog().resolve("gemini:gemini-3.1-flash-image")
     native = GeminiProvider(api_key="k").native_request(
-        Operation.GENERATE, ImageRequest(prompt="p", aspect_ratio="21:9", quality="4K", seed=3), spec
+        Operation.GENERATE,
+        ImageRequest(prompt="p", aspect_ratio="21:9", quality="4K", seed=3),
+        spec,
     )
     assert native["path"] == "/models/gemini-3.1-flash-image-preview:generateContent"
     config = native["json"]["generationConfig"]
@@ -106,7 +122,10 @@ def test_safety_block_is_a_content_policy_error(gemini: tuple[EmulatorServer, st
 
 def test_prompt_block_reason_is_a_content_policy_error(gemini: tuple[EmulatorServer, str]) -> None:
     server, _ = gemini
-    body = {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}, "usageMetadata": {"promptTokenCount": 3}}
+    body = {
+        "promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+        "usageMetadata": {"promptTokenCount": 3},
+    }
     httpx.post(server.url + "/_emulator/faults", json={"status": 200, "body": body})
     with pytest.raises(errors.ContentPolicyError, match="PROHIBITED_CONTENT"):
         limner.generate("anything", model="gemini:gemini-3.1-flash-image")
@@ -114,9 +133,15 @@ def test_prompt_block_reason_is_a_content_policy_error(gemini: tuple[EmulatorSer
 
 def test_errors_are_mapped(gemini: tuple[EmulatorServer, str]) -> None:
     server, _ = gemini
-    with pytest.raises(errors.InvalidRequestError, match="imageSize|quality"):
+    with pytest.raises(errors.InvalidRequestError, match="quality"):
         limner.generate("x", model="gemini:gemini-3-pro-image", quality="512")
-    httpx.post(server.url + "/_emulator/faults", json={"status": 400, "body": {"error": {"code": 400, "message": "Bad thing", "status": "INVALID_ARGUMENT"}}})
+    httpx.post(
+        server.url + "/_emulator/faults",
+        json={
+            "status": 400,
+            "body": {"error": {"code": 400, "message": "Bad thing", "status": "INVALID_ARGUMENT"}},
+        },
+    )
     with pytest.raises(errors.ProviderRejectedError, match="Bad thing"):
         limner.generate("x", model="gemini:gemini-3.1-flash-image")
     httpx.post(server.url + "/_emulator/faults", json={"status": 403, "count": 1})
@@ -127,7 +152,9 @@ def test_errors_are_mapped(gemini: tuple[EmulatorServer, str]) -> None:
     assert len(result.images) == 1
 
 
-def test_missing_key_is_refused_before_sending(emulator: EmulatorFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_key_is_refused_before_sending(
+    emulator: EmulatorFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server, url = emulator("gemini")
     monkeypatch.setenv("LIMNER_GEMINI_BASE_URL", url)
     with pytest.raises(errors.MissingKeyError, match="GEMINI_API_KEY"):
@@ -153,7 +180,10 @@ def test_google_genai_sdk_drives_the_emulator(gemini: tuple[EmulatorServer, str]
     client = genai.Client(api_key="AIza-test", http_options=types.HttpOptions(base_url=server.url))
     response = client.models.generate_content(
         model="gemini-3.1-flash-image-preview",
-        contents=["a lighthouse at dawn", types.Part.from_bytes(data=_png(), mime_type="image/png")],
+        contents=[
+            "a lighthouse at dawn",
+            types.Part.from_bytes(data=_png(), mime_type="image/png"),
+        ],
         config=types.GenerateContentConfig(
             response_modalities=["TEXT", "IMAGE"],
             image_config=types.ImageConfig(aspect_ratio="16:9", image_size="1K"),
@@ -166,3 +196,18 @@ def test_google_genai_sdk_drives_the_emulator(gemini: tuple[EmulatorServer, str]
     with pytest.raises(genai.errors.ClientError) as caught:
         client.models.generate_content(model="gemini-9-unknown", contents="x")
     assert caught.value.code == 404
+
+
+def test_google_api_key_is_read_too_and_the_emulator_checks_auth(
+    emulator: EmulatorFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, url = emulator("gemini")
+    monkeypatch.setenv("LIMNER_GEMINI_BASE_URL", url)
+    monkeypatch.setenv("GOOGLE_API_KEY", "AIza-google")
+    assert len(limner.generate("a pear", model="gemini:gemini-3.1-flash-image").images) == 1
+    anonymous = httpx.post(
+        url + "/models/gemini-3.1-flash-image-preview:generateContent", json={"contents": []}
+    )
+    assert (
+        anonymous.status_code == 403 and anonymous.json()["error"]["status"] == "PERMISSION_DENIED"
+    )

@@ -21,10 +21,13 @@ from limner.store import Store
 from limner.types import ImageRequest, Operation, ReferenceImage
 
 EmulatorFactory = Callable[[str], tuple[EmulatorServer, str]]
+FAST = {"poll_interval": 0.01}
 
 
 @pytest.fixture
-def ideogram(emulator: EmulatorFactory, monkeypatch: pytest.MonkeyPatch) -> tuple[EmulatorServer, str]:
+def ideogram(
+    emulator: EmulatorFactory, monkeypatch: pytest.MonkeyPatch
+) -> tuple[EmulatorServer, str]:
     server, url = emulator("ideogram")
     monkeypatch.setenv("IDEOGRAM_API_KEY", "ideo-test")
     monkeypatch.setenv("LIMNER_IDEOGRAM_BASE_URL", url)
@@ -60,11 +63,13 @@ def _multipart_fields(request: httpx.Request) -> dict[str, list[bytes]]:
     fields: dict[str, list[bytes]] = {}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        fields.setdefault(str(name), []).append(part.get_payload(decode=True))
+        fields.setdefault(str(name), []).append(bytes(part.get_payload(decode=True)))
     return fields
 
 
-def test_v3_generate_with_style_magic_prompt_palette_seed(ideogram: tuple[EmulatorServer, str]) -> None:
+def test_v3_generate_with_style_magic_prompt_palette_seed(
+    ideogram: tuple[EmulatorServer, str],
+) -> None:
     server, _ = ideogram
     result = limner.generate(
         "a poster that says OPEN LATE",
@@ -80,7 +85,9 @@ def test_v3_generate_with_style_magic_prompt_palette_seed(ideogram: tuple[Emulat
     assert len(result.images) == 2
     assert [i.seed for i in result.images] == [42, 43]
     assert result.images[0].width > result.images[0].height
-    assert result.images[0].revised_prompt and result.images[0].revised_prompt.startswith("a poster that says OPEN LATE,")
+    assert result.images[0].revised_prompt and result.images[0].revised_prompt.startswith(
+        "a poster that says OPEN LATE,"
+    )
     assert result.cost_usd == pytest.approx(0.06)  # 2 x turbo, from the catalog
     assert _stats(server)["POST /v1/ideogram-v3/generate"] == 1
 
@@ -98,58 +105,86 @@ def test_v3_request_fields_are_multipart_in_ideogram_spelling() -> None:
             ReferenceImage(image=load_image(_png()), kind="character"),
         ],
     )
-    built = IdeogramProvider(api_key="k", base_url="http://127.0.0.1:1")._http_request(Operation.GENERATE, request, spec)
+    built = IdeogramProvider(api_key="k", base_url="http://127.0.0.1:1")._http_request(
+        Operation.GENERATE, request, spec
+    )
     fields = _multipart_fields(built)
     assert built.headers["api-key"] == "k"
     assert fields["aspect_ratio"] == [b"4x5"] and fields["style_type"] == [b"FICTION"]
     assert fields["rendering_speed"] == [b"QUALITY"]
     assert fields["style_codes"] == [b"AABBCCDD", b"11223344"]
     assert json.loads(fields["color_palette"][0]) == {"members": [{"color_hex": "#ff0000"}]}
-    assert len(fields["style_reference_images"]) == 1 and len(fields["character_reference_images"]) == 1
+    assert (
+        len(fields["style_reference_images"]) == 1
+        and len(fields["character_reference_images"]) == 1
+    )
 
 
 def test_style_reference_images_reach_the_emulator(ideogram: tuple[EmulatorServer, str]) -> None:
     plain = limner.generate("a cat", model="ideogram:ideogram-v3", seed=1)
     styled = limner.generate(
-        "a cat", model="ideogram:ideogram-v3", seed=1, references=[ReferenceImage(image=load_image(_png()), kind="style")]
+        "a cat",
+        model="ideogram:ideogram-v3",
+        seed=1,
+        references=[ReferenceImage(image=load_image(_png()), kind="style")],
     )
     assert plain.images[0].to_pil().tobytes() != styled.images[0].to_pil().tobytes()
 
 
 def test_legacy_generate_uses_image_request_json(ideogram: tuple[EmulatorServer, str]) -> None:
     server, _ = ideogram
-    result = limner.generate("a logo", model="ideogram:ideogram-v2", aspect_ratio="3:2", style="render_3d", quality="turbo")
+    result = limner.generate(
+        "a logo",
+        model="ideogram:ideogram-v2",
+        aspect_ratio="3:2",
+        style="render_3d",
+        quality="turbo",
+    )
     assert result.cost_usd == pytest.approx(0.05)
     assert _stats(server)["POST /generate"] == 1
     native = IdeogramProvider(api_key="k").native_request(
-        Operation.GENERATE, ImageRequest(prompt="a logo", aspect_ratio="3:2", quality="turbo"), get_catalog().resolve("ideogram:ideogram-v2")
+        Operation.GENERATE,
+        ImageRequest(prompt="a logo", aspect_ratio="3:2", quality="turbo"),
+        get_catalog().resolve("ideogram:ideogram-v2"),
     )
-    assert native["json"]["image_request"] == {"prompt": "a logo", "aspect_ratio": "ASPECT_3_2", "model": "V_2_TURBO"}
+    assert native["json"]["image_request"] == {
+        "prompt": "a logo",
+        "aspect_ratio": "ASPECT_3_2",
+        "model": "V_2_TURBO",
+    }
 
 
 def test_v2_api_quotes_the_price_first_and_records_it(ideogram: tuple[EmulatorServer, str]) -> None:
     server, _ = ideogram
-    result = limner.generate("a mug on a table", model="ideogram:ideogram-4.5", quality="high", n=3, aspect_ratio="9:16")
+    result = limner.generate(
+        "a mug on a table", model="ideogram:ideogram-4.5", quality="high", n=3, aspect_ratio="9:16"
+    )
     assert len(result.images) == 3
     assert result.cost_usd == pytest.approx(0.30)  # the quote: 3 x 100,000 usd_micros
     assert _stats(server)["POST /v2/image/generate/ideogram-4-5"] == 2  # dry run + the real call
-    entry = Store(limner.Limner().home).get(result.generation_id)
+    entry = Store(limner.Limner().home).get(str(result.generation_id))
     assert entry is not None and entry.cost_usd == pytest.approx(0.30)
-    quiet = limner.generate("a mug", model="ideogram:ideogram-4.5", provider_options={"price_quote": False})
+    quiet = limner.generate(
+        "a mug", model="ideogram:ideogram-4.5", provider_options={"price_quote": False}
+    )
     assert quiet.cost_usd == pytest.approx(0.06)  # the catalog's medium price
     assert _stats(server)["POST /v2/image/generate/ideogram-4-5"] == 3
 
 
 def test_quote_flow_alone_generates_nothing(ideogram: tuple[EmulatorServer, str]) -> None:
-    from limner.http import FlowRunner
     from limner.fetch import SafeFetcher
+    from limner.http import FlowRunner
 
     server, url = ideogram
     spec = get_catalog().resolve("ideogram:ideogram-4.6")
     provider = IdeogramProvider(api_key="k", base_url=url)
     with httpx.Client() as http:
-        output = FlowRunner(http, "ideogram", fetcher=SafeFetcher(allow_loopback=True, allow_http=True)).run(
-            provider.quote_flow(Operation.GENERATE, ImageRequest(prompt="x", n=2, quality="low"), spec)
+        output = FlowRunner(
+            http, "ideogram", fetcher=SafeFetcher(allow_loopback=True, allow_http=True)
+        ).run(
+            provider.quote_flow(
+                Operation.GENERATE, ImageRequest(prompt="x", n=2, quality="low"), spec
+            )
         )
     assert output.cost_usd == pytest.approx(0.06) and output.images == []
     assert output.raw["quote"]["qualifier"] == "exact"
@@ -161,8 +196,12 @@ def test_inpaint_sends_black_marks_area_mask(ideogram: tuple[EmulatorServer, str
     result = limner.edit(_png(), "a window", mask=_white_left_mask(), model="ideogram:ideogram-v3")
     assert _stats(server)["POST /v1/ideogram-v3/edit"] == 1 and len(result.images) == 1
     spec = get_catalog().resolve("ideogram:ideogram-v3")
-    request = ImageRequest(prompt="p", images=[load_image(_png())], mask=load_image(_white_left_mask()))
-    fields = _multipart_fields(IdeogramProvider(api_key="k", base_url=url)._http_request(Operation.INPAINT, request, spec))
+    request = ImageRequest(
+        prompt="p", images=[load_image(_png())], mask=load_image(_white_left_mask())
+    )
+    fields = _multipart_fields(
+        IdeogramProvider(api_key="k", base_url=url)._http_request(Operation.INPAINT, request, spec)
+    )
     mask = Image.open(io.BytesIO(fields["mask"][0])).convert("L")
     assert mask.getpixel((5, 5)) == 0  # the area to change is black
     assert mask.getpixel((60, 5)) == 255
@@ -180,11 +219,36 @@ def test_remix_reframe_upscale_and_remove_background(ideogram: tuple[EmulatorSer
     server, _ = ideogram
     image = load_image(_png())
     with limner.Limner() as client:
-        client.run(Operation.EDIT, ImageRequest(prompt="as a sketch", model="ideogram:ideogram-4.5", images=[image], strength=0.7))
-        reframed = client.run(Operation.OUTPAINT, ImageRequest(prompt="wider", model="ideogram:ideogram-v3", images=[image], size="1344x768"))
-        upscaled = client.run(Operation.UPSCALE, ImageRequest(model="ideogram:ideogram-v3", images=[image], provider_options={"resemblance": 80}))
-        upscaled_v2 = client.run(Operation.UPSCALE, ImageRequest(model="ideogram:ideogram-4.6", images=[image], provider_options={"factor": 4}))
-        cut = client.run(Operation.REMOVE_BACKGROUND, ImageRequest(model="ideogram:ideogram-4.6", images=[image]))
+        client.run(
+            Operation.EDIT,
+            ImageRequest(
+                prompt="as a sketch", model="ideogram:ideogram-4.5", images=[image], strength=0.7
+            ),
+        )
+        reframed = client.run(
+            Operation.OUTPAINT,
+            ImageRequest(
+                prompt="wider", model="ideogram:ideogram-v3", images=[image], size="1344x768"
+            ),
+        )
+        upscaled = client.run(
+            Operation.UPSCALE,
+            ImageRequest(
+                model="ideogram:ideogram-v3", images=[image], provider_options={"resemblance": 80}
+            ),
+        )
+        upscaled_v2 = client.run(
+            Operation.UPSCALE,
+            ImageRequest(
+                model="ideogram:ideogram-4.6",
+                images=[image],
+                provider_options={"factor": 4, **FAST},
+            ),
+        )
+        cut = client.run(
+            Operation.REMOVE_BACKGROUND,
+            ImageRequest(model="ideogram:ideogram-4.6", images=[image], provider_options=FAST),
+        )
     stats = _stats(server)
     assert stats["POST /v2/image/remix/ideogram-4-5"] == 2
     assert stats["POST /v1/ideogram-v3/reframe"] == 1 and stats["POST /upscale"] == 1
@@ -205,12 +269,21 @@ def test_unsafe_results_are_a_content_policy_error(ideogram: tuple[EmulatorServe
     assert not any(k.startswith("GET /delivery") for k in _stats(server))
 
 
-def test_partly_unsafe_results_keep_the_safe_ones_with_a_warning(ideogram: tuple[EmulatorServer, str]) -> None:
+def test_partly_unsafe_results_keep_the_safe_ones_with_a_warning(
+    ideogram: tuple[EmulatorServer, str],
+) -> None:
     server, _ = ideogram
     with limner.Limner() as warm:
         url = warm.provider("ideogram").base_url
-    good = httpx.post(url + "/generate", headers={"Api-Key": "k"}, json={"image_request": {"prompt": "ok", "num_images": 1}}).json()
-    body = {"created": good["created"], "data": [good["data"][0], {"is_image_safe": False, "url": None, "seed": 2}]}
+    good = httpx.post(
+        url + "/generate",
+        headers={"Api-Key": "k"},
+        json={"image_request": {"prompt": "ok", "num_images": 1}},
+    ).json()
+    body = {
+        "created": good["created"],
+        "data": [good["data"][0], {"is_image_safe": False, "url": None, "seed": 2}],
+    }
     httpx.post(server.url + "/_emulator/faults", json={"status": 200, "body": body})
     result = limner.generate("two", model="ideogram:ideogram-v2", n=2)
     assert len(result.images) == 1
@@ -224,11 +297,19 @@ def test_errors_are_mapped(ideogram: tuple[EmulatorServer, str]) -> None:
     with pytest.raises(errors.InvalidRequestError, match="provider option"):
         limner.generate("x", model="ideogram:ideogram-v3", provider_options={"cfg": 3})
     with pytest.raises(errors.InvalidRequestError, match="colour palette"):
-        limner.generate("x", model="ideogram:ideogram-v3", provider_options={"color_palette": "neon"})
-    httpx.post(server.url + "/_emulator/faults", json={"status": 422, "body": {"detail": "Prompt failed the safety check"}})
+        limner.generate(
+            "x", model="ideogram:ideogram-v3", provider_options={"color_palette": "neon"}
+        )
+    httpx.post(
+        server.url + "/_emulator/faults",
+        json={"status": 422, "body": {"detail": "Prompt failed the safety check"}},
+    )
     with pytest.raises(errors.ContentPolicyError, match="safety check"):
         limner.generate("x", model="ideogram:ideogram-v3")
-    httpx.post(server.url + "/_emulator/faults", json={"status": 422, "body": {"detail": "num_images too large"}})
+    httpx.post(
+        server.url + "/_emulator/faults",
+        json={"status": 422, "body": {"detail": "num_images too large"}},
+    )
     with pytest.raises(errors.ProviderRejectedError, match="num_images too large"):
         limner.generate("x", model="ideogram:ideogram-v3")
     httpx.post(server.url + "/_emulator/faults", json={"status": 401})
@@ -240,6 +321,46 @@ def test_errors_are_mapped(ideogram: tuple[EmulatorServer, str]) -> None:
 
 def test_emulator_refuses_missing_key_and_bad_enums(ideogram: tuple[EmulatorServer, str]) -> None:
     _, url = ideogram
-    assert httpx.post(url + "/v1/ideogram-v3/generate", files={"prompt": (None, "x")}).status_code == 401
-    bad = httpx.post(url + "/v1/ideogram-v3/generate", headers={"Api-Key": "k"}, files={"prompt": (None, "x"), "rendering_speed": (None, "FAST")})
+    assert (
+        httpx.post(url + "/v1/ideogram-v3/generate", files={"prompt": (None, "x")}).status_code
+        == 401
+    )
+    bad = httpx.post(
+        url + "/v1/ideogram-v3/generate",
+        headers={"Api-Key": "k"},
+        files={"prompt": (None, "x"), "rendering_speed": (None, "FAST")},
+    )
     assert bad.status_code == 422 and "rendering_speed" in bad.json()["detail"]
+
+
+def test_tool_endpoints_and_async_images_are_polled(ideogram: tuple[EmulatorServer, str]) -> None:
+    server, _ = ideogram
+    httpx.post(server.url + "/_emulator/ideogram", json={"polls_to_finish": 3})
+    seen: list[str] = []
+    with limner.Limner(on_progress=lambda f, m: seen.append(m)) as client:
+        result = client.run(
+            Operation.GENERATE,
+            ImageRequest(
+                prompt="a lamp",
+                model="ideogram:ideogram-4.5",
+                n=2,
+                quality="low",
+                provider_options={"async": True, "price_quote": False, **FAST},
+            ),
+        )
+    assert seen == ["ideogram pending", "ideogram pending", "ideogram completed"]
+    assert len(result.images) == 2
+    assert result.cost_usd == pytest.approx(0.06)  # usage_cost_usd_micros of the completed body
+    polls = [k for k in _stats(server) if k.startswith("GET /v2/generations/")]
+    assert len(polls) == 1 and _stats(server)[polls[0]] == 3
+    with pytest.raises(errors.JobFailedError, match="internal error"):
+        limner.generate(
+            "fail-task", model="ideogram:ideogram-4.5", provider_options={"async": True, **FAST}
+        )
+    httpx.post(server.url + "/_emulator/ideogram", json={"polls_to_finish": 1000})
+    with pytest.raises(errors.ProviderTimeoutError, match="not done within"):
+        limner.generate(
+            "slow",
+            model="ideogram:ideogram-4.5",
+            provider_options={"async": True, "poll_interval": 0.01, "poll_timeout": 0.05},
+        )

@@ -66,7 +66,9 @@ def test_flags_cover_the_request_fields() -> None:
 
 
 def test_size_becomes_a_reduced_aspect_and_prompt_flags_win() -> None:
-    text, warnings = midjourney_prompt(ImageRequest(prompt="a cat --ar 1:1", size="1920x1080"), version="6.1")
+    text, warnings = midjourney_prompt(
+        ImageRequest(prompt="a cat --ar 1:1", size="1920x1080"), version="6.1"
+    )
     assert text == "a cat --ar 1:1 --v 6.1"
     assert any("already sets --ar" in w for w in warnings)
     text, _ = midjourney_prompt(ImageRequest(prompt="a cat", size="1920x1080"))
@@ -85,7 +87,10 @@ def test_reference_flags_by_kind_and_version() -> None:
     )
     urls = ["https://cdn/s.png", "https://cdn/c.png", "https://cdn/i.png"]
     text, warnings = midjourney_prompt(request, version="6.1", reference_urls=urls)
-    assert text == "https://cdn/i.png a knight --sref https://cdn/s.png --sw 300 --cref https://cdn/c.png --cw 80 --v 6.1"
+    assert (
+        text
+        == "https://cdn/i.png a knight --sref https://cdn/s.png --sw 300 --cref https://cdn/c.png --cw 80 --v 6.1"
+    )
     text, warnings = midjourney_prompt(request, version="7", reference_urls=urls)
     assert "--oref https://cdn/c.png --ow 80" in text and "--cref" not in text
     assert any("--oref" in w for w in warnings)
@@ -101,13 +106,22 @@ def test_flag_values_are_range_checked() -> None:
 
 
 # -- the provider against the proxy emulator ------------------------------------------------------
-def test_imagine_polls_through_the_statuses_and_splits_the_grid(proxy: tuple[EmulatorServer, str]) -> None:
+def test_imagine_polls_through_the_statuses_and_splits_the_grid(
+    proxy: tuple[EmulatorServer, str],
+) -> None:
     server, _ = proxy
     seen: list[tuple[float | None, str]] = []
     with limner.Limner(on_progress=lambda f, m: seen.append((f, m))) as client:
         result = client.run(
             Operation.GENERATE,
-            ImageRequest(prompt="a red fox", model="midjourney:v7", n=4, aspect_ratio="16:9", seed=5, provider_options=FAST),
+            ImageRequest(
+                prompt="a red fox",
+                model="midjourney:v7",
+                n=4,
+                aspect_ratio="16:9",
+                seed=5,
+                provider_options=FAST,
+            ),
         )
     assert len(result.images) == 4
     assert all(img.width > img.height for img in result.images)
@@ -118,20 +132,38 @@ def test_imagine_polls_through_the_statuses_and_splits_the_grid(proxy: tuple[Emu
     assert result.images[0].revised_prompt == "a red fox --ar 16:9 --seed 5 --v 7"
     assert result.cost_usd is None  # subscription: no per-image price
     assert _stats(server)["POST /mj/submit/imagine"] == 1 and _fetches(server) == 4
-    entry = Store(client.home).get(result.generation_id)
+    entry = Store(client.home).get(str(result.generation_id))
     assert entry is not None and entry.provider_request_id == result.request_id
 
 
 def test_upscale_variation_and_reroll_act_on_the_task(proxy: tuple[EmulatorServer, str]) -> None:
     server, _ = proxy
     with limner.Limner() as client:
-        grid = client.run(Operation.GENERATE, ImageRequest(prompt="a tower", model="midjourney:v7", n=2, provider_options=FAST))
+        grid = client.run(
+            Operation.GENERATE,
+            ImageRequest(prompt="a tower", model="midjourney:v7", n=2, provider_options=FAST),
+        )
         task = {"task_id": grid.request_id, **FAST}
-        up = client.run(Operation.UPSCALE, ImageRequest(model="midjourney:v7", provider_options={**task, "index": 2}))
-        var = client.run(Operation.VARIATION, ImageRequest(model="midjourney:v7", n=4, provider_options={**task, "index": 3}))
-        reroll = client.run(Operation.GENERATE, ImageRequest(prompt="a tower", model="midjourney:v7", provider_options={**task, "action": "reroll"}))
+        up = client.run(
+            Operation.UPSCALE,
+            ImageRequest(model="midjourney:v7", provider_options={**task, "index": 2}),
+        )
+        var = client.run(
+            Operation.VARIATION,
+            ImageRequest(model="midjourney:v7", n=4, provider_options={**task, "index": 3}),
+        )
+        reroll = client.run(
+            Operation.GENERATE,
+            ImageRequest(
+                prompt="a tower",
+                model="midjourney:v7",
+                provider_options={**task, "action": "reroll"},
+            ),
+        )
     assert len(up.images) == 1
-    assert up.images[0].to_pil().tobytes() == grid.images[1].to_pil().tobytes()  # U2 is the second cell
+    assert (
+        up.images[0].to_pil().tobytes() == grid.images[1].to_pil().tobytes()
+    )  # U2 is the second cell
     assert len(var.images) == 4 and len(reroll.images) == 1
     assert _stats(server)["POST /mj/submit/action"] == 3
 
@@ -139,34 +171,66 @@ def test_upscale_variation_and_reroll_act_on_the_task(proxy: tuple[EmulatorServe
 def test_upscale_needs_a_task_and_a_valid_index(proxy: tuple[EmulatorServer, str]) -> None:
     with limner.Limner() as client:
         with pytest.raises(errors.InvalidRequestError, match="task_id"):
-            client.run(Operation.UPSCALE, ImageRequest(model="midjourney:v7", images=[load_image(_png())]))
+            client.run(
+                Operation.UPSCALE, ImageRequest(model="midjourney:v7", images=[load_image(_png())])
+            )
         with pytest.raises(errors.InvalidRequestError, match="index must be 1-4"):
-            client.run(Operation.UPSCALE, ImageRequest(model="midjourney:v7", provider_options={"task_id": "1", "index": 9}))
+            client.run(
+                Operation.UPSCALE,
+                ImageRequest(model="midjourney:v7", provider_options={"task_id": "1", "index": 9}),
+            )
         with pytest.raises(errors.InvalidRequestError, match="no task"):
-            client.run(Operation.UPSCALE, ImageRequest(model="midjourney:v7", provider_options={"task_id": "nope", "index": 1}))
+            client.run(
+                Operation.UPSCALE,
+                ImageRequest(
+                    model="midjourney:v7", provider_options={"task_id": "nope", "index": 1}
+                ),
+            )
 
 
 def test_blend_edit_and_references(proxy: tuple[EmulatorServer, str]) -> None:
     server, _ = proxy
     images = [load_image(_png((200, 0, 0))), load_image(_png((0, 200, 0)))]
     with limner.Limner() as client:
-        blended = client.run(Operation.VARIATION, ImageRequest(model="midjourney:v7", images=images, aspect_ratio="2:3", provider_options=FAST))
-        edited = client.run(Operation.EDIT, ImageRequest(prompt="as a mosaic", model="midjourney:v6.1", images=images[:1], provider_options=FAST))
+        blended = client.run(
+            Operation.VARIATION,
+            ImageRequest(
+                model="midjourney:v7", images=images, aspect_ratio="2:3", provider_options=FAST
+            ),
+        )
+        edited = client.run(
+            Operation.EDIT,
+            ImageRequest(
+                prompt="as a mosaic",
+                model="midjourney:v6.1",
+                images=images[:1],
+                provider_options=FAST,
+            ),
+        )
         styled = client.run(
             Operation.GENERATE,
             ImageRequest(
                 prompt="a harbour",
                 model="midjourney:v6.1",
-                references=[ReferenceImage(image=images[0], kind="style", weight=200), ReferenceImage(image=images[1], kind="character")],
+                references=[
+                    ReferenceImage(image=images[0], kind="style", weight=200),
+                    ReferenceImage(image=images[1], kind="character"),
+                ],
                 provider_options=FAST,
             ),
         )
     assert blended.images[0].height > blended.images[0].width  # PORTRAIT
     assert len(edited.images) == 1
     prompt = styled.images[0].revised_prompt or ""
-    assert "--sref http://127.0.0.1" in prompt and "--sw 200" in prompt and "--cref http://127.0.0.1" in prompt
+    assert (
+        "--sref http://127.0.0.1" in prompt
+        and "--sw 200" in prompt
+        and "--cref http://127.0.0.1" in prompt
+    )
     stats = _stats(server)
-    assert stats["POST /mj/submit/blend"] == 1 and stats["POST /mj/submit/upload-discord-images"] == 1
+    assert (
+        stats["POST /mj/submit/blend"] == 1 and stats["POST /mj/submit/upload-discord-images"] == 1
+    )
 
 
 def test_describe(proxy: tuple[EmulatorServer, str]) -> None:
@@ -189,24 +253,69 @@ def test_failed_task_and_errors_are_mapped(proxy: tuple[EmulatorServer, str]) ->
     with pytest.raises(errors.AuthenticationError):
         limner.generate("x", model="midjourney:v7", provider_options=FAST)
     httpx.post(server.url + "/_emulator/midjourney", json={"secret": "mj-secret"})
-    httpx.post(server.url + "/_emulator/faults", json={"status": 429, "retry_after": 0, "path": "/mj/submit", "count": 2})
-    assert len(limner.generate("after throttling", model="midjourney:v7", provider_options=FAST).images) == 1
-    assert _stats(server)["POST /mj/submit/imagine"] == 5  # fail-task, the refused one, 2 x 429, the success
+    httpx.post(
+        server.url + "/_emulator/faults",
+        json={"status": 429, "retry_after": 0, "path": "/mj/submit", "count": 2},
+    )
+    assert (
+        len(
+            limner.generate("after throttling", model="midjourney:v7", provider_options=FAST).images
+        )
+        == 1
+    )
+    assert (
+        _stats(server)["POST /mj/submit/imagine"] == 5
+    )  # fail-task, the refused one, 2 x 429, the success
 
 
 def test_poll_timeout_is_configurable(proxy: tuple[EmulatorServer, str]) -> None:
     server, _ = proxy
     httpx.post(server.url + "/_emulator/midjourney", json={"polls_to_finish": 1000})
-    with pytest.raises(errors.ProviderTimeoutError, match="did not finish within 0.05s"):
-        limner.generate("slow", model="midjourney:v7", provider_options={"poll_interval": 0.01, "poll_timeout": 0.05})
+    with pytest.raises(errors.ProviderTimeoutError, match=r"did not finish within 0\.05s"):
+        limner.generate(
+            "slow",
+            model="midjourney:v7",
+            provider_options={"poll_interval": 0.01, "poll_timeout": 0.05},
+        )
 
 
 def test_full_queue_is_a_rate_limit(proxy: tuple[EmulatorServer, str]) -> None:
     server, _ = proxy
     httpx.post(server.url + "/_emulator/midjourney", json={"polls_to_finish": 1000})
     with pytest.raises(errors.ProviderTimeoutError):
-        limner.generate("hold the queue", model="midjourney:v7", provider_options={"poll_interval": 0.01, "poll_timeout": 0.02})
+        limner.generate(
+            "hold the queue",
+            model="midjourney:v7",
+            provider_options={"poll_interval": 0.01, "poll_timeout": 0.02},
+        )
     httpx.post(server.url + "/_emulator/midjourney", json={"queue_size": 1})
-    with limner.Limner(retry=RetryPolicy(max_attempts=1)) as client:
-        with pytest.raises(errors.RateLimitError, match="queue is full"):
-            client.run(Operation.GENERATE, ImageRequest(prompt="x", model="midjourney:v7", provider_options=FAST))
+    with (
+        limner.Limner(retry=RetryPolicy(max_attempts=1)) as client,
+        pytest.raises(errors.RateLimitError, match="queue is full"),
+    ):
+        client.run(
+            Operation.GENERATE,
+            ImageRequest(prompt="x", model="midjourney:v7", provider_options=FAST),
+        )
+
+
+def test_client_deadline_stops_polling(proxy: tuple[EmulatorServer, str]) -> None:
+    server, _ = proxy
+    httpx.post(server.url + "/_emulator/midjourney", json={"polls_to_finish": 1000})
+    with (
+        limner.Limner(deadline_s=0.3) as client,
+        pytest.raises(errors.ProviderTimeoutError, match="deadline"),
+    ):
+        client.run(
+            Operation.GENERATE,
+            ImageRequest(
+                prompt="slow", model="midjourney:v7", provider_options={"poll_interval": 0.02}
+            ),
+        )
+
+
+async def test_async_driver_runs_the_same_flow(proxy: tuple[EmulatorServer, str]) -> None:
+    result = await limner.agenerate(
+        "an async owl", model="midjourney:v7", n=2, provider_options=FAST
+    )
+    assert len(result.images) == 2 and result.request_id

@@ -19,7 +19,9 @@ EmulatorFactory = Callable[[str], tuple[EmulatorServer, str]]
 
 
 @pytest.fixture
-def recraft(emulator: EmulatorFactory, monkeypatch: pytest.MonkeyPatch) -> tuple[EmulatorServer, str]:
+def recraft(
+    emulator: EmulatorFactory, monkeypatch: pytest.MonkeyPatch
+) -> tuple[EmulatorServer, str]:
     server, url = emulator("recraft")
     monkeypatch.setenv("RECRAFT_API_TOKEN", "rc-test")
     monkeypatch.setenv("LIMNER_RECRAFT_BASE_URL", url)
@@ -44,13 +46,17 @@ def _stats(server: EmulatorServer) -> dict[str, int]:
     return dict(httpx.get(server.url + "/_emulator/stats").json())
 
 
-def test_generate_raster_downloads_urls_and_records_reported_credits(recraft: tuple[EmulatorServer, str]) -> None:
+def test_generate_raster_downloads_urls_and_records_reported_credits(
+    recraft: tuple[EmulatorServer, str],
+) -> None:
     server, _ = recraft
-    result = limner.generate("a fox logo", model="recraft:recraftv4_1", size="1536x768", n=2, seed=3)
+    result = limner.generate(
+        "a fox logo", model="recraft:recraftv4_1", size="1536x768", n=2, seed=3
+    )
     assert [(i.width, i.height) for i in result.images] == [(1536, 768)] * 2
     assert result.cost_usd == pytest.approx(0.07)  # 2 x 35 credits, as the response reported
     assert _stats(server)["POST /v1/images/generations"] == 1
-    entry = Store(limner.Limner().home).get(result.generation_id)
+    entry = Store(limner.Limner().home).get(str(result.generation_id))
     assert entry is not None and entry.cost_usd == pytest.approx(0.07)
 
 
@@ -88,7 +94,9 @@ def test_inpaint_sends_a_white_marks_area_mask(recraft: tuple[EmulatorServer, st
     assert _stats(server)["POST /v1/images/inpaint"] == 1
     assert len(result.images) == 1
     request = ImageRequest(prompt="p", images=[load_image(_png())], mask=load_image(_mask()))
-    built = RecraftProvider(api_key="k", base_url=url)._build(Operation.INPAINT, request, get_catalog().resolve("recraft:recraftv3"))
+    built = RecraftProvider(api_key="k", base_url=url)._build(
+        Operation.INPAINT, request, get_catalog().resolve("recraft:recraftv3")
+    )
     body = built.read()
     start = body.index(b"\x89PNG", body.index(b'name="mask"'))
     mask = Image.open(io.BytesIO(body[start:])).convert("L")
@@ -112,7 +120,10 @@ def test_operations_by_action(
 
     server, _ = recraft
     request = ImageRequest(
-        prompt="a beach at noon", model="recraft:recraftv3", images=[load_image(_png())], provider_options={"action": action}
+        prompt="a beach at noon",
+        model="recraft:recraftv3",
+        images=[load_image(_png())],
+        provider_options={"action": action},
     )
     with limner.Limner() as client:
         result = client.run(op, request)
@@ -124,18 +135,41 @@ def test_operations_by_action(
         assert result.images[0].width == 64 * 4
 
 
-def test_generate_background_needs_a_mask_and_unknown_actions_are_refused(recraft: tuple[EmulatorServer, str]) -> None:
+def test_generate_background_needs_a_mask_and_unknown_actions_are_refused(
+    recraft: tuple[EmulatorServer, str],
+) -> None:
     from limner.images import load_image
 
     image = load_image(_png())
     with limner.Limner() as client:
         with pytest.raises(errors.InvalidRequestError, match="needs a mask"):
-            client.run(Operation.EDIT, ImageRequest(prompt="p", model="recraft:recraftv3", images=[image], provider_options={"action": "generate-background"}))
-        with pytest.raises(errors.InvalidRequestError, match="Actions for upscale: creative, crisp"):
-            client.run(Operation.UPSCALE, ImageRequest(model="recraft:recraftv3", images=[image], provider_options={"action": "huge"}))
+            client.run(
+                Operation.EDIT,
+                ImageRequest(
+                    prompt="p",
+                    model="recraft:recraftv3",
+                    images=[image],
+                    provider_options={"action": "generate-background"},
+                ),
+            )
+        with pytest.raises(
+            errors.InvalidRequestError, match="Actions for upscale: creative, crisp"
+        ):
+            client.run(
+                Operation.UPSCALE,
+                ImageRequest(
+                    model="recraft:recraftv3", images=[image], provider_options={"action": "huge"}
+                ),
+            )
         result = client.run(
             Operation.EDIT,
-            ImageRequest(prompt="a studio", model="recraft:recraftv3", images=[image], mask=load_image(_mask()), provider_options={"action": "generate-background"}),
+            ImageRequest(
+                prompt="a studio",
+                model="recraft:recraftv3",
+                images=[image],
+                mask=load_image(_mask()),
+                provider_options={"action": "generate-background"},
+            ),
         )
     assert len(result.images) == 1
 
@@ -147,13 +181,27 @@ def test_controls_are_translated(recraft: tuple[EmulatorServer, str]) -> None:
     spec = get_catalog().resolve("recraft:recraftv3")
     native = RecraftProvider(api_key="k").native_request(
         Operation.GENERATE,
-        ImageRequest(prompt="p", provider_options={"colors": ["#ff0000"], "background_color": [0, 0, 0], "artistic_level": 2}, seed=5),
+        ImageRequest(
+            prompt="p",
+            provider_options={
+                "colors": ["#ff0000"],
+                "background_color": [0, 0, 0],
+                "artistic_level": 2,
+            },
+            seed=5,
+        ),
         spec,
     )
     body = native["json"]
-    assert body["controls"] == {"colors": [{"rgb": [255, 0, 0]}], "background_color": {"rgb": [0, 0, 0]}, "artistic_level": 2}
+    assert body["controls"] == {
+        "colors": [{"rgb": [255, 0, 0]}],
+        "background_color": {"rgb": [0, 0, 0]},
+        "artistic_level": 2,
+    }
     assert body["random_seed"] == 5 and body["model"] == "recraftv3"
-    result = limner.generate("p", model="recraft:recraftv3", provider_options={"colors": ["#00ff00"]})
+    result = limner.generate(
+        "p", model="recraft:recraftv3", provider_options={"colors": ["#00ff00"]}
+    )
     assert len(result.images) == 1
 
 
@@ -164,7 +212,10 @@ def test_content_filter_and_errors_are_mapped(recraft: tuple[EmulatorServer, str
     httpx.post(server.url + "/_emulator/faults", json={"status": 401})
     with pytest.raises(errors.AuthenticationError):
         limner.generate("x", model="recraft:recraftv4")
-    httpx.post(server.url + "/_emulator/faults", json={"status": 400, "body": {"code": "invalid_size", "message": "Size is odd"}})
+    httpx.post(
+        server.url + "/_emulator/faults",
+        json={"status": 400, "body": {"code": "invalid_size", "message": "Size is odd"}},
+    )
     with pytest.raises(errors.ProviderRejectedError, match="Size is odd"):
         limner.generate("x", model="recraft:recraftv4")
     httpx.post(server.url + "/_emulator/faults", json={"status": 429, "retry_after": 0})
@@ -176,3 +227,14 @@ def test_expired_result_urls_fail_cleanly(recraft: tuple[EmulatorServer, str]) -
     httpx.post(server.url + "/_emulator/settings", json={"delivery_ttl": -1})
     with pytest.raises(errors.LimnerError):
         limner.generate("x", model="recraft:recraftv4")
+
+
+def test_openai_sdk_drives_the_emulator_for_generation(recraft: tuple[EmulatorServer, str]) -> None:
+    openai = pytest.importorskip("openai")
+    _, url = recraft
+    client = openai.OpenAI(api_key="rc-test", base_url=url)
+    response = client.images.generate(
+        model="recraftv4_1", prompt="a paper crane", size="1024x1024", extra_body={"random_seed": 4}
+    )
+    assert response.data and response.data[0].url
+    assert httpx.get(response.data[0].url).headers["content-type"] == "image/png"

@@ -54,8 +54,12 @@ def test_text_prompt_ranks_text_renderers_first(small_catalog):
 def test_constraints_filter(small_catalog):
     commercial = recommend("portrait of a woman", commercial=True, catalog=small_catalog, limit=0)
     assert "test:dev" not in {r.model for r in commercial}
-    assert "test:dev" in {r.model for r in recommend("portrait of a woman", catalog=small_catalog, limit=0)}
-    needs = recommend("", needs=[Operation.INPAINT, Operation.CONTROLNET], catalog=small_catalog, limit=0)
+    assert "test:dev" in {
+        r.model for r in recommend("portrait of a woman", catalog=small_catalog, limit=0)
+    }
+    needs = recommend(
+        "", needs=[Operation.INPAINT, Operation.CONTROLNET], catalog=small_catalog, limit=0
+    )
     assert [r.model for r in needs] == ["test:photo"]
     cheap = recommend("", budget=0.01, catalog=small_catalog, limit=0)
     assert {r.model for r in cheap} == {"test:fast", "test:weak"}
@@ -84,9 +88,17 @@ def test_real_catalog_text_prompt_prefers_excellent_text():
 
 
 def test_feature_matrix(small_catalog):
-    specs = [small_catalog.resolve("test:typo"), small_catalog.resolve("test:photo"), small_catalog.resolve("test:dev")]
+    specs = [
+        small_catalog.resolve("test:typo"),
+        small_catalog.resolve("test:photo"),
+        small_catalog.resolve("test:dev"),
+    ]
     matrix = feature_matrix(specs)
-    assert matrix["Text Rendering"] == {"test:typo": "Excellent", "test:photo": "Good", "test:dev": "Good"}
+    assert matrix["Text Rendering"] == {
+        "test:typo": "Excellent",
+        "test:photo": "Good",
+        "test:dev": "Good",
+    }
     assert matrix["ControlNet"]["test:photo"] == "Yes" and matrix["ControlNet"]["test:typo"] == "No"
     assert matrix["Inpainting"]["test:photo"] == "Yes"
     assert matrix["Commercial Use"]["test:dev"].startswith("No (FLUX.1 [dev]")
@@ -99,7 +111,9 @@ def test_cli_recommend_and_compare():
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
     assert data["use_cases"][:2] == ["text", "logo"] and data["recommendations"]
-    out = runner.invoke(cli, ["models", "compare", "openai:gpt-image-2", "openai:dall-e-3", "--json"])
+    out = runner.invoke(
+        cli, ["models", "compare", "openai:gpt-image-2", "openai:dall-e-3", "--json"]
+    )
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["Text Rendering"]["openai:dall-e-3"] == "Excellent"
     for args in (["recommend", "--use-case", "wedding"], ["recommend", "x", "--budget", "0"],

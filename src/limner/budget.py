@@ -9,12 +9,16 @@ sums what was spent (the log) and what is reserved, checks every cap and inserts
 reservation. On SQLite that transaction is ``BEGIN IMMEDIATE``, so concurrent processes sharing
 one store take turns; on PostgreSQL an advisory lock does the same. After the call the
 reservation is settled (the log now holds the actual cost) or released (the call failed).
+
+A request billed by tokens or megapixels reserves its estimate plus a margin (``metered_margin``
+in the budget table, 25% by default), since its actual cost is known only afterwards.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +41,8 @@ __all__ = ["BudgetGuard", "BudgetLedger", "Cap", "load_caps", "parse_amount", "w
 
 ENV = {"daily": "LIMNER_BUDGET_DAILY_USD", "monthly": "LIMNER_BUDGET_MONTHLY_USD"}
 DEFAULT_TTL_S = 3600.0
+METERED = ("per_token", "per_megapixel")
+DEFAULT_MARGIN = 0.25
 PG_LOCK_KEY = 0x6C696D6E  # "limn"
 
 
@@ -92,7 +98,13 @@ def load_caps(config: UserConfig) -> list[Cap]:
     for tag, limits in (section.get("tags") or {}).items():
         for scope in ENV:
             if (limits or {}).get(f"{scope}_usd") is not None:
-                caps.append(Cap(scope, parse_amount(limits[f"{scope}_usd"], f"{scope} budget for tag {tag!r}"), tag))
+                caps.append(
+                    Cap(
+                        scope,
+                        parse_amount(limits[f"{scope}_usd"], f"{scope} budget for tag {tag!r}"),
+                        tag,
+                    )
+                )
     return caps
 
 
@@ -114,6 +126,35 @@ class CapStatus:
         }  # fmt: skip
 
 
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _process_lock(engine: Engine) -> threading.Lock:
+    key = str(engine.url)
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.Lock())
+
+
+@contextmanager
+def _file_lock(engine: Engine) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<database>.budget-lock`` where the platform has one."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    try:
+        import fcntl
+    except ImportError:  # Windows: BEGIN IMMEDIATE and the busy timeout alone
+        fcntl = None  # type: ignore[assignment]
+    if not database or database == ":memory:" or fcntl is None:
+        yield
+        return
+    fd = os.open(f"{database}.budget-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 class BudgetLedger:
     """Reservations against the caps, in the store's database."""
 
@@ -123,12 +164,22 @@ class BudgetLedger:
 
     @contextmanager
     def _exclusive(self) -> Iterator[Connection]:
-        """A write transaction that no other process can interleave with."""
-        with self.engine.connect() as conn:
+        """A write transaction that no other thread or process can interleave with."""
+        with _process_lock(self.engine), self._write_transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Connection]:
+        # Waiters queue on a thread lock and a file lock, which wake them the moment the lock is
+        # free, rather than in SQLite's busy handler, whose sleeps grow to 100 ms and leave the
+        # database idle. BEGIN IMMEDIATE is what makes the transaction safe on its own.
+        with _file_lock(self.engine), self.engine.connect() as conn:
             if self.engine.dialect.name != "sqlite":
                 with conn.begin():
                     if self.engine.dialect.name == "postgresql":
-                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_LOCK_KEY})
+                        conn.execute(
+                            sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_LOCK_KEY}
+                        )
                     yield conn
                 return
             # pysqlite opens transactions lazily and as DEFERRED; take the write lock up front
@@ -136,6 +187,9 @@ class BudgetLedger:
             raw: Any = conn.connection.driver_connection
             previous = raw.isolation_level
             raw.isolation_level = None
+            # A reservation lost to a power cut died with its process, so it need not wait for
+            # an fsync; the log rows that hold real spend keep the store's FULL setting.
+            conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
             try:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
                 try:
@@ -145,6 +199,7 @@ class BudgetLedger:
                     raise
                 conn.exec_driver_sql("COMMIT")
             finally:
+                conn.exec_driver_sql("PRAGMA synchronous=FULL")
                 raw.isolation_level = previous
 
     def _amounts(self, conn: Connection, cap: Cap, now: float) -> tuple[float, float]:
@@ -169,36 +224,46 @@ class BudgetLedger:
 
     def reserve(self, caps: list[Cap], amount: float, *, model: str, tags: list[str]) -> str:
         """Reserve ``amount`` against every cap that applies, or raise ``BudgetExceededError``."""
+        applicable = [cap for cap in caps if cap.applies(tags)]
         now = time.time()
+        # A refusal needs no write lock: a snapshot already over a cap refuses at once. Checked
+        # before queueing and again once the threads ahead of this one have committed, it keeps
+        # a crowd of refused requests from queueing for the database behind the admitted ones.
+        with self.engine.connect() as conn:
+            self._check(conn, applicable, amount, now)
         reservation = new_id()
-        with self._exclusive() as conn:
-            for cap in caps:
-                if not cap.applies(tags):
-                    continue
-                spent, held = self._amounts(conn, cap, now)
-                if spent + held + amount > cap.limit_usd + 1e-9:
-                    raise BudgetExceededError(
-                        f"The {cap.label} of ${cap.limit_usd:.2f} would be exceeded: ${spent:.4f} spent"
-                        f" and ${held:.4f} reserved {'today' if cap.scope == 'daily' else 'this month'},"
-                        f" and this request would cost ${amount:.4f}.",
-                        hint="Raise the cap with `limner budget set"
-                        + (f" --tag {cap.tag}" if cap.tag else "")
-                        + f" --{cap.scope} USD`, use a cheaper model or fewer images, or wait for the next "
-                        + ("day." if cap.scope == "daily" else "month."),
+        with _process_lock(self.engine):
+            with self.engine.connect() as conn:
+                self._check(conn, applicable, amount, time.time())
+            with self._write_transaction() as conn:
+                now = time.time()
+                self._check(conn, applicable, amount, now)
+                conn.execute(
+                    budget_reservations.insert().values(
+                        id=reservation,
+                        created_at=now,
+                        expires_at=now + self.ttl_s,
+                        status="held",
+                        model=model,
+                        estimated_usd=amount,
+                        tags=tags or None,
                     )
-            conn.execute(
-                budget_reservations.insert().values(
-                    id=reservation, created_at=now, expires_at=now + self.ttl_s, status="held",
-                    model=model, estimated_usd=amount, tags=tags or None,
-                )  # fmt: skip
-            )
+                )
         return reservation
 
+    def _check(self, conn: Connection, caps: list[Cap], amount: float, now: float) -> None:
+        for cap in caps:
+            spent, held = self._amounts(conn, cap, now)
+            if spent + held + amount > cap.limit_usd + 1e-9:
+                raise _exceeded(cap, spent, held, amount)
+
     def _close(self, reservation: str, status: str, actual: float | None) -> None:
-        with self.engine.begin() as conn:
+        with self._exclusive() as conn:
             conn.execute(
                 budget_reservations.update()
-                .where(budget_reservations.c.id == reservation, budget_reservations.c.status == "held")
+                .where(
+                    budget_reservations.c.id == reservation, budget_reservations.c.status == "held"
+                )
                 .values(status=status, actual_usd=actual, settled_at=time.time())
             )
 
@@ -209,6 +274,18 @@ class BudgetLedger:
     def release(self, reservation: str) -> None:
         """The request failed: nothing was spent."""
         self._close(reservation, "released", None)
+
+
+def _exceeded(cap: Cap, spent: float, held: float, amount: float) -> BudgetExceededError:
+    period = "today" if cap.scope == "daily" else "this month"
+    return BudgetExceededError(
+        f"The {cap.label} of ${cap.limit_usd:.2f} would be exceeded: ${spent:.4f} spent and"
+        f" ${held:.4f} reserved {period}, and this request would cost ${amount:.4f}.",
+        hint="Raise the cap with `limner budget set"
+        + (f" --tag {cap.tag}" if cap.tag else "")
+        + f" --{cap.scope} USD`, use a cheaper model or fewer images, or wait for the next "
+        + ("day." if cap.scope == "daily" else "month."),
+    )
 
 
 class BudgetGuard:
@@ -235,6 +312,11 @@ class BudgetGuard:
                 f"The catalog has no price for {plan.spec.ref}: this request was not counted against the budget."
             )
             amount = 0.0
+        elif plan.spec.price is not None and plan.spec.price.kind in METERED:
+            # Token- and megapixel-billed calls can cost more than their list-price estimate;
+            # reserving a margin keeps the last admitted request from overshooting the cap.
+            margin = (self.client.config.get("budget") or {}).get("metered_margin", DEFAULT_MARGIN)
+            amount = round(amount * (1 + float(margin)), 6)
         return self.ledger.reserve(caps, amount, model=plan.spec.ref, tags=plan.request.tags)
 
     def settle(self, plan: Plan, token: Any, cost: float | None) -> None:

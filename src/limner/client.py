@@ -225,7 +225,8 @@ class Limner:
     def provider(self, name: str) -> Provider:
         if name not in self._providers:
             cls = get_provider_class(name)
-            key = cls.resolve_key(self.keys.get(name), self.key_store) if cls.needs_key else None
+            # Optional keys (a Midjourney proxy's secret) are looked up too; only keyless providers skip it.
+            key = cls.resolve_key(self.keys.get(name), self.key_store) if cls.needs_key or cls.key_env else None
             base_url = cls.resolve_base_url(self.base_urls.get(name), self.config)
             self._providers[name] = cls(api_key=key, base_url=base_url)
         return self._providers[name]

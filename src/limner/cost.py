@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -46,19 +45,28 @@ class Estimate:
 
 
 def estimate(
-    spec: ModelSpec, n: int = 1, size: str | None = None, quality: str | None = None, catalog: Catalog | None = None
+    spec: ModelSpec,
+    n: int = 1,
+    size: str | None = None,
+    quality: str | None = None,
+    catalog: Catalog | None = None,
 ) -> Estimate:
     """The list price of ``n`` images, after the same checks a real request gets."""
     if n < 1:
         raise UserError(f"The number of images must be at least 1; got {n}.")
     request, warnings = check_request(
-        Operation.GENERATE, ImageRequest(prompt="estimate", n=min(n, 64), size=size, quality=quality), spec, catalog
+        Operation.GENERATE,
+        ImageRequest(prompt="estimate", n=min(n, 64), size=size, quality=quality),
+        spec,
+        catalog,
     )
     one = estimate_cost(spec, request, 1)
     price = spec.price
     note = price.note if price else "The catalog has no price for this model."
     if price is not None and price.kind == "per_token":
-        note = (note + " " if note else "") + "Billed by tokens; the estimate is the per-image list price."
+        note = (
+            note + " " if note else ""
+        ) + "Billed by tokens; the estimate is the per-image list price."
     if price is not None and price.kind == "subscription":
         note = f"Subscription: ${price.monthly_usd or 0:.2f}/month, not per image."
     return Estimate(
@@ -82,7 +90,8 @@ def parse_since(text: str | None, now: float | None = None) -> float | None:
         return datetime.fromisoformat(text.strip()).timestamp()
     except ValueError:
         raise UserError(
-            f"--since {text!r} is not a duration or a date.", hint="Use e.g. 30d, 12h, 2w or 2026-11-01."
+            f"--since {text!r} is not a duration or a date.",
+            hint="Use e.g. 30d, 12h, 2w or 2026-11-01.",
         ) from None
 
 
@@ -128,11 +137,15 @@ def _list_price(entry: LogEntry, catalog: Catalog) -> float:
     if spec is None:
         return 0.0
     params = entry.params or {}
-    request = ImageRequest(prompt=entry.prompt or "x", size=params.get("size"), quality=params.get("quality"))
+    request = ImageRequest(
+        prompt=entry.prompt or "x", size=params.get("size"), quality=params.get("quality")
+    )
     return estimate_cost(spec, request, len(entry.images) or int(params.get("n", 1))) or 0.0
 
 
-def report(store: Store, *, since: float | None = None, by: str = "model", catalog: Catalog | None = None) -> list[ReportRow]:
+def report(
+    store: Store, *, since: float | None = None, by: str = "model", catalog: Catalog | None = None
+) -> list[ReportRow]:
     """Spend, images, average per image, cache hits and what they saved, grouped by ``by``."""
     if by not in GROUPINGS:
         raise UserError(f"Cannot group by {by!r}.", hint=f"Use one of: {', '.join(GROUPINGS)}.")
@@ -161,7 +174,16 @@ def report(store: Store, *, since: float | None = None, by: str = "model", catal
 def report_totals(rows: list[ReportRow]) -> ReportRow:
     total = ReportRow("total")
     for row in rows:
-        for name in ("requests", "images", "spend_usd", "cache_hits", "saved_usd", "failed", "refused", "cached_images"):
+        for name in (
+            "requests",
+            "images",
+            "spend_usd",
+            "cache_hits",
+            "saved_usd",
+            "failed",
+            "refused",
+            "cached_images",
+        ):
             setattr(total, name, getattr(total, name) + getattr(row, name))
     return total
 
@@ -171,8 +193,13 @@ def parse_volume(text: str | int) -> int:
     """``2000``, ``2000/month``, ``100/day`` or ``500/week`` as images per month."""
     match = re.fullmatch(r"\s*(\d+)\s*(?:/\s*(month|mo|day|d|week|wk|w))?\s*", str(text))
     if not match or int(match.group(1)) < 1:
-        raise UserError(f"Volume {text!r} is not a positive number of images.", hint="Use e.g. 2000/month or 100/day.")
-    factor = {"day": 30, "d": 30, "week": 30 / 7, "wk": 30 / 7, "w": 30 / 7}.get(match.group(2) or "month", 1)
+        raise UserError(
+            f"Volume {text!r} is not a positive number of images.",
+            hint="Use e.g. 2000/month or 100/day.",
+        )
+    factor = {"day": 30, "d": 30, "week": 30 / 7, "wk": 30 / 7, "w": 30 / 7}.get(
+        match.group(2) or "month", 1
+    )
     return round(int(match.group(1)) * factor)
 
 
@@ -226,7 +253,11 @@ def _line_cost(spec: ModelSpec, images: int, quality: str | None) -> tuple[float
     if quality and spec.qualities and quality not in spec.qualities:
         quality = None
     each = estimate_cost(spec, ImageRequest(prompt="x", quality=quality), 1)
-    return (None, "no per-image price") if each is None else (round(each * images, 2), f"${each:.4f}/image")
+    return (
+        (None, "no per-image price")
+        if each is None
+        else (round(each * images, 2), f"${each:.4f}/image")
+    )
 
 
 def gpu_cost(images: int, hourly_usd: float, images_per_hour: float) -> float:
@@ -246,16 +277,27 @@ def plan_scenario(
     """Price one scenario of the library (or a custom ``mix`` of model=share) per month."""
     library = library or load_library()
     catalog = catalog or get_catalog()
-    scenario = dict(library.scenarios.get(name) or {}) if name != "custom" else {"label": "Custom"}
+    scenario: dict[str, Any] = (
+        dict(library.scenarios.get(name) or {}) if name != "custom" else {"label": "Custom"}
+    )
     if not scenario:
-        raise UserError(f"Unknown scenario {name!r}.", hint=f"Known: {', '.join(library.scenarios)}, or pass --mix.")
+        raise UserError(
+            f"Unknown scenario {name!r}.",
+            hint=f"Known: {', '.join(library.scenarios)}, or pass --mix.",
+        )
     hosted = library.self_hosted
     hourly = gpu_hourly if gpu_hourly is not None else float(hosted.get("gpu_hourly_usd", 0.7))
-    per_hour = gpu_images_per_hour if gpu_images_per_hour is not None else float(hosted.get("images_per_hour", 300))
+    per_hour = (
+        gpu_images_per_hour
+        if gpu_images_per_hour is not None
+        else float(hosted.get("images_per_hour", 300))
+    )
     volume = volume or int(scenario.get("volume", 0))
     if volume < 1:
         raise UserError("A custom plan needs --volume.")
-    entries = [{"share": s, "models": [m]} for m, s in mix] if mix else list(scenario.get("mix", []))
+    entries: list[dict[str, Any]] = (
+        [{"share": s, "models": [m]} for m, s in mix] if mix else list(scenario.get("mix", []))
+    )
     self_share = 0.0 if mix else float(scenario.get("self_hosted_share", 0.0))
     lines, api_total = [], 0.0
     for item in entries:
@@ -264,7 +306,15 @@ def plan_scenario(
         if spec is None:
             if mix:
                 catalog.resolve(item["models"][0])  # raises UnknownModelError with suggestions
-            lines.append(PlanLine(item["models"][0], float(item["share"]), images, None, "not in the catalog (nor its alternatives)"))
+            lines.append(
+                PlanLine(
+                    item["models"][0],
+                    float(item["share"]),
+                    images,
+                    None,
+                    "not in the catalog (nor its alternatives)",
+                )
+            )
             continue
         cost, note = _line_cost(spec, images, item.get("quality"))
         lines.append(PlanLine(spec.ref, float(item["share"]), images, cost, note))
@@ -298,7 +348,10 @@ def parse_mix(text: str | None) -> list[tuple[str, float]] | None:
         except ValueError:
             value = -1.0
         if not sep or not model or value <= 0:
-            raise UserError(f"--mix item {item.strip()!r} is not MODEL=SHARE.", hint="e.g. --mix openai:gpt-image-2=0.3,ideogram:ideogram-v3=0.7")
+            raise UserError(
+                f"--mix item {item.strip()!r} is not MODEL=SHARE.",
+                hint="e.g. --mix openai:gpt-image-2=0.3,ideogram:ideogram-v3=0.7",
+            )
         pairs.append((model.strip(), value))
     total = sum(s for _, s in pairs)
     return [(m, s / total) for m, s in pairs]

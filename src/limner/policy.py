@@ -30,7 +30,14 @@ from limner.types import ImageRequest
 if TYPE_CHECKING:
     from limner.client import Limner, Plan
 
-__all__ = ["PolicyGuard", "PolicyHook", "PolicySettings", "check_licence", "load_policy", "moderate"]
+__all__ = [
+    "PolicyGuard",
+    "PolicyHook",
+    "PolicySettings",
+    "check_licence",
+    "load_policy",
+    "moderate",
+]
 
 PolicyHook = Callable[[ImageRequest, ModelSpec], "str | None"]
 TRUE = {"1", "true", "yes", "on"}
@@ -76,7 +83,9 @@ def _deny_match(prompt: str, entries: list[str]) -> str | None:
                 if re.search(entry[3:], prompt, re.IGNORECASE):
                     return entry
             except re.error as exc:
-                raise UserError(f"Deny-list pattern {entry!r} is not a valid regular expression: {exc}.") from exc
+                raise UserError(
+                    f"Deny-list pattern {entry!r} is not a valid regular expression: {exc}."
+                ) from exc
         elif re.search(rf"(?<!\w){re.escape(entry)}(?!\w)", prompt, re.IGNORECASE):
             return entry
     return None
@@ -88,17 +97,20 @@ def _import_hook(target: str) -> PolicyHook:
         hook = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as exc:
         raise UserError(
-            f"Policy hook {target!r} cannot be loaded: {exc}.", hint="Hooks are 'package.module:function'."
+            f"Policy hook {target!r} cannot be loaded: {exc}.",
+            hint="Hooks are 'package.module:function'.",
         ) from exc
     if not callable(hook):
         raise UserError(f"Policy hook {target!r} is not callable.")
-    return hook  # type: ignore[no-any-return]
+    return hook
 
 
 def _entry_point_hooks() -> list[PolicyHook]:
     allow = os.environ.get("LIMNER_LOAD_PLUGINS")
     names = {a.strip() for a in allow.split(",") if a.strip()} if allow is not None else None
-    return [ep.load() for ep in entry_points(group="limner.policy") if names is None or ep.name in names]
+    return [
+        ep.load() for ep in entry_points(group="limner.policy") if names is None or ep.name in names
+    ]
 
 
 def moderate(client: Limner, text: str) -> list[str]:

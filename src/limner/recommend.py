@@ -7,7 +7,7 @@ rendering grades, traits, prices and licences come from the catalog.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from limner.catalog import Catalog, ModelSpec, get_catalog
@@ -16,7 +16,14 @@ from limner.pricing import estimate_cost
 from limner.prompting.library import Library, load_library
 from limner.types import ImageRequest, Operation
 
-__all__ = ["FEATURES", "Recommendation", "detect_use_cases", "feature_matrix", "parse_needs", "recommend"]
+__all__ = [
+    "FEATURES",
+    "Recommendation",
+    "detect_use_cases",
+    "feature_matrix",
+    "parse_needs",
+    "recommend",
+]
 
 GRADE_POINTS = {"excellent": 3.0, "good": 1.5, "moderate": 0.0, "weak": -2.0, "none": -4.0}
 QUOTED = re.compile(r"\"[^\"]+\"|“[^”]+”")
@@ -33,7 +40,7 @@ class Recommendation:
     price_per_image_usd: float | None
     commercial_use: bool
     licence: str
-    warnings: list[str] = field(default_factory=list)
+    price_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,10 +68,25 @@ def detect_use_cases(prompt: str, library: Library) -> list[str]:
     found = []
     for name, case in library.use_cases.items():
         quoted = bool(case.get("quoted_text")) and bool(QUOTED.search(prompt))
-        words = any(re.search(rf"(?<!\w){re.escape(w.lower())}(?!\w)", lowered) for w in case.get("prompt_words", []))
+        words = any(
+            re.search(rf"(?<!\w){re.escape(w.lower())}(?!\w)", lowered)
+            for w in case.get("prompt_words", [])
+        )
         if quoted or words:
             found.append(name)
     return found
+
+
+def _price_note(spec: ModelSpec) -> str:
+    price = spec.price
+    if price is None:
+        return "price unknown"
+    if price.kind == "subscription":
+        return f"subscription ${price.monthly_usd:g}/month" if price.monthly_usd else "subscription"
+    if price.kind == "free":
+        return "free (your hardware)"
+    each = _price(spec)
+    return f"${each:.4f}/image" if each is not None else price.kind
 
 
 def _price(spec: ModelSpec) -> float | None:
@@ -73,15 +95,21 @@ def _price(spec: ModelSpec) -> float | None:
     return estimate_cost(spec, ImageRequest(prompt="x"), 1)
 
 
-def _score_case(spec: ModelSpec, name: str, case: dict[str, Any], cheapest: float, reasons: list[str]) -> float:
+def _score_case(
+    spec: ModelSpec, name: str, case: dict[str, Any], cheapest: float, reasons: list[str]
+) -> float:
     score = 0.0
     label = case.get("label", name)
-    if name in spec.use_cases:
+    if set(case.get("catalog_tags", [name])) & set(spec.use_cases):
         score += 3
         reasons.append(f"listed for {label.lower()}")
-    if spec.family and spec.family in case.get("prefer_families", []):
-        score += 2
-        reasons.append(f"a family the guide recommends for {label.lower()} ({case.get('seed_recommendation', '')})")
+    preferred = list(case.get("prefer_families", []))
+    rank = next((i for i, f in enumerate(preferred) if spec.family.startswith(f)), None)
+    if spec.family and rank is not None:
+        score += 2 + 0.5 * (1 - rank / len(preferred))  # the guide lists its favourite first
+        reasons.append(
+            f"a family the guide recommends for {label.lower()} ({case.get('seed_recommendation', '')})"
+        )
     if case.get("text_rendering"):
         points = GRADE_POINTS[spec.text_rendering]
         score += points
@@ -97,7 +125,7 @@ def _score_case(spec: ModelSpec, name: str, case: dict[str, Any], cheapest: floa
     for op in case.get("operations", []):
         if spec.supports(op):
             score += 1.5
-            reasons.append(f"supports {op}")
+            reasons.append(f"can {op}")
     price = _price(spec)
     if case.get("cheap") and price is not None:
         score += 3 * cheapest / price if price > 0 else 3
@@ -105,10 +133,13 @@ def _score_case(spec: ModelSpec, name: str, case: dict[str, Any], cheapest: floa
     return score
 
 
-def _exclusion(spec: ModelSpec, needs: list[Operation], commercial: bool, budget: float | None) -> str | None:
+def _exclusion(
+    spec: ModelSpec, needs: list[Operation], commercial: bool, budget: float | None
+) -> str | None:
     if spec.is_retired():
         return "retired"
-    missing = [n.value for n in needs if not spec.supports(n)]
+    # Without --needs the question is which model should *make* the image.
+    missing = [n.value for n in needs or [Operation.GENERATE] if not spec.supports(n)]
     if missing:
         return f"cannot {', '.join(missing)}"
     if commercial and not spec.commercial_use:
@@ -137,7 +168,9 @@ def recommend(
     library = library or load_library()
     catalog = catalog or get_catalog()
     if budget is not None and not budget > 0:
-        raise UserError(f"The budget must be a positive number of US dollars per image; got {budget}.")
+        raise UserError(
+            f"The budget must be a positive number of US dollars per image; got {budget}."
+        )
     cases = list(use_cases or [])
     for name in cases:
         library.use_case(name)  # unknown names raise with the list of known ones
@@ -148,7 +181,11 @@ def recommend(
     ranked = []
     for spec in candidates:
         reasons: list[str] = []
-        score = sum(_score_case(spec, c, library.use_case(c), cheapest, reasons) for c in cases if c in library.use_cases)
+        score = sum(
+            _score_case(spec, c, library.use_case(c), cheapest, reasons)
+            for c in cases
+            if c in library.use_cases
+        )
         price = _price(spec)
         if price is not None and price > 0:
             score += 0.5 * cheapest / price  # a tie-breaker toward the cheaper model
@@ -157,13 +194,33 @@ def recommend(
         if commercial:
             reasons.append(f"commercial use allowed ({spec.licence})")
         unique = list(dict.fromkeys(reasons)) or ["general-purpose"]
-        ranked.append(Recommendation(spec.ref, round(score, 3), unique, price, spec.commercial_use, spec.licence))
-    ranked.sort(key=lambda r: (-r.score, r.price_per_image_usd if r.price_per_image_usd is not None else 1e9, r.model))
+        ranked.append(
+            Recommendation(
+                spec.ref,
+                round(score, 3),
+                unique,
+                price,
+                spec.commercial_use,
+                spec.licence,
+                _price_note(spec),
+            )
+        )
+    ranked.sort(
+        key=lambda r: (
+            -r.score,
+            r.price_per_image_usd if r.price_per_image_usd is not None else 1e9,
+            r.model,
+        )
+    )
     return ranked[:limit] if limit else ranked
 
 
 def excluded(
-    *, budget: float | None = None, commercial: bool = False, needs: list[Operation] | None = None, catalog: Catalog | None = None
+    *,
+    budget: float | None = None,
+    commercial: bool = False,
+    needs: list[Operation] | None = None,
+    catalog: Catalog | None = None,
 ) -> dict[str, str]:
     """Models left out and why (for ``--explain``)."""
     catalog = catalog or get_catalog()
@@ -185,9 +242,21 @@ FEATURES: list[tuple[str, Any]] = [
     ("Inpainting", lambda s: _yes_no(s, Operation.INPAINT, "inpainting")),
     ("Outpainting", lambda s: _yes_no(s, Operation.OUTPAINT, "outpainting")),
     ("API Access", lambda s: s.traits.get("api", s.provider)),
-    ("Self-hosting", lambda s: "Yes" if s.self_hostable else s.traits.get("self_hosting", "No").capitalize()),
+    (
+        "Self-hosting",
+        lambda s: "Yes" if s.self_hostable else s.traits.get("self_hosting", "No").capitalize(),
+    ),
     ("Commercial Use", lambda s: "Yes" if s.commercial_use else f"No ({s.licence})"),
-    ("Price / image", lambda s: f"${p:.4f}" if (p := _price(s)) is not None else (s.price.note or s.price.kind) if s.price else "-"),
+    (
+        "Price / image",
+        lambda s: (
+            f"${p:.4f}"
+            if (p := _price(s)) is not None
+            else (s.price.note or s.price.kind)
+            if s.price
+            else "-"
+        ),
+    ),
     ("Status", lambda s: s.status()),
 ]
 

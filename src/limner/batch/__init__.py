@@ -56,7 +56,12 @@ def write_batch_outputs(
             })  # fmt: skip
             continue
         entries.append(entry)
-        extra[entry.id] = {"index": row.idx, "line": row.line, "status": "done", **({"labels": row.labels} if row.labels else {})}
+        extra[entry.id] = {
+            "index": row.idx,
+            "line": row.line,
+            "status": "done",
+            **({"labels": row.labels} if row.labels else {}),
+        }
     files = export_entries(entries, out_dir, naming)
     manifest = manifest_rows(entries, files, extra) + failures
     manifest.sort(key=lambda r: (r["index"], r.get("file") or ""))

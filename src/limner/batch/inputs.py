@@ -83,7 +83,10 @@ def _detect_format(path: Path, text: str) -> str:
 def _request_from(values: dict[str, Any], defaults: dict[str, Any]) -> ImageRequest:
     merged = {**defaults, **{k: v for k, v in values.items() if v is not None}}
     if defaults.get("tags") and values.get("tags"):
-        merged["tags"] = [*defaults["tags"], *[t for t in values["tags"] if t not in defaults["tags"]]]
+        merged["tags"] = [
+            *defaults["tags"],
+            *[t for t in values["tags"] if t not in defaults["tags"]],
+        ]
     return ImageRequest(**merged)
 
 
@@ -107,7 +110,9 @@ def _parse_jsonl(text: str, defaults: dict[str, Any]) -> tuple[list[BatchLine], 
         try:
             values = json.loads(raw)
         except json.JSONDecodeError as exc:
-            problems.append(LineProblem(number, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+            problems.append(
+                LineProblem(number, f"not valid JSON ({exc.msg} at column {exc.colno})")
+            )
             continue
         if isinstance(values, str):
             values = {"prompt": values}
@@ -136,11 +141,15 @@ def _csv_value(column: str, value: str) -> Any:
     return value
 
 
-def _parse_csv(text: str, defaults: dict[str, Any], delimiter: str) -> tuple[list[BatchLine], list[LineProblem]]:
+def _parse_csv(
+    text: str, defaults: dict[str, Any], delimiter: str
+) -> tuple[list[BatchLine], list[LineProblem]]:
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
     columns = [c.strip() for c in (reader.fieldnames or []) if c is not None]
     if not columns:
-        raise BatchInputError("The CSV file has no header row.", hint="Add a header such as: prompt,size,seed")
+        raise BatchInputError(
+            "The CSV file has no header row.", hint="Add a header such as: prompt,size,seed"
+        )
     unknown = [c for c in columns if c not in REQUEST_FIELDS]
     if unknown:
         raise BatchInputError(
@@ -204,7 +213,9 @@ def expand_template(template: str, max_expansions: int = DEFAULT_MAX_EXPANSIONS)
     return prompts
 
 
-def _parse_text(text: str, defaults: dict[str, Any], max_expansions: int) -> tuple[list[BatchLine], list[LineProblem]]:
+def _parse_text(
+    text: str, defaults: dict[str, Any], max_expansions: int
+) -> tuple[list[BatchLine], list[LineProblem]]:
     lines: list[BatchLine] = []
     problems: list[LineProblem] = []
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -212,7 +223,11 @@ def _parse_text(text: str, defaults: dict[str, Any], max_expansions: int) -> tup
         if not stripped or stripped.startswith("#"):
             continue
         try:
-            prompts = expand_template(stripped, max_expansions) if "{" in stripped or "__" in stripped else [stripped]
+            prompts = (
+                expand_template(stripped, max_expansions)
+                if "{" in stripped or "__" in stripped
+                else [stripped]
+            )
         except ValueError as exc:
             problems.append(LineProblem(number, f"template {stripped[:60]!r}: {exc}"))
             continue

@@ -32,7 +32,17 @@ __all__ = [
 ]
 
 DEFAULT_NAMING = "{model}_{prompthash}_{timestamp}"
-NAMING_FIELDS = ("model", "provider", "prompthash", "timestamp", "seed", "index", "id", "project", "n")
+NAMING_FIELDS = (
+    "model",
+    "provider",
+    "prompthash",
+    "timestamp",
+    "seed",
+    "index",
+    "id",
+    "project",
+    "n",
+)
 MANIFEST_COLUMNS = (
     "index", "status", "model", "prompt", "revised_prompt", "file", "seed", "params", "time",
     "cost_usd", "generation_id", "tags", "project", "line", "error",
@@ -80,7 +90,9 @@ class ExportedFile:
     path: Path
 
 
-def export_entries(entries: Sequence[LogEntry], out_dir: Path, naming: str = DEFAULT_NAMING) -> list[ExportedFile]:
+def export_entries(
+    entries: Sequence[LogEntry], out_dir: Path, naming: str = DEFAULT_NAMING
+) -> list[ExportedFile]:
     """Copy each entry's images into ``out_dir`` under template names (unique: ``_2``...)."""
     check_naming(naming)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +113,11 @@ def export_entries(entries: Sequence[LogEntry], out_dir: Path, naming: str = DEF
     return files
 
 
-def manifest_rows(entries: Sequence[LogEntry], files: Sequence[ExportedFile], extra: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def manifest_rows(
+    entries: Sequence[LogEntry],
+    files: Sequence[ExportedFile],
+    extra: dict[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     by_entry: dict[str, list[ExportedFile]] = {}
     for f in files:
         by_entry.setdefault(f.entry.id, []).append(f)
@@ -115,11 +131,20 @@ def manifest_rows(entries: Sequence[LogEntry], files: Sequence[ExportedFile], ex
         }  # fmt: skip
         for f in by_entry.get(entry.id, []):
             image = entry.images[f.image_index]
-            rows.append({**base, "file": f.path.name, "seed": image.seed, "revised_prompt": image.revised_prompt})
+            rows.append(
+                {
+                    **base,
+                    "file": f.path.name,
+                    "seed": image.seed,
+                    "revised_prompt": image.revised_prompt,
+                }
+            )
     return rows
 
 
-def write_manifest(out_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_manifest(
+    out_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any] | None = None
+) -> dict[str, Path]:
     """``manifest.json``, ``manifest.csv`` and (when given) ``summary.json`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "manifest.json", "csv": out_dir / "manifest.csv"}
@@ -128,7 +153,10 @@ def write_manifest(out_dir: Path, rows: list[dict[str, Any]], summary: dict[str,
     writer = csv.DictWriter(buf, fieldnames=list(MANIFEST_COLUMNS), extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        flat = {k: json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v for k, v in row.items()}
+        flat = {
+            k: json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v
+            for k, v in row.items()
+        }
         writer.writerow(flat)
     paths["csv"].write_text(buf.getvalue())
     if summary is not None:
@@ -198,12 +226,14 @@ def _paste_thumb(sheet: Any, draw: Any, cell: GridCell, at: tuple[int, int], thu
         draw.line([x, y, x + thumb, y + thumb], fill="red", width=2)
         return
     with Image.open(cell.path) as img:
-        img = img.convert("RGB")
-        img.thumbnail((thumb, thumb))
-        sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
+        rgb = img.convert("RGB")
+    rgb.thumbnail((thumb, thumb))
+    sheet.paste(rgb, (x + (thumb - rgb.width) // 2, y + (thumb - rgb.height) // 2))
 
 
-def simple_sheet(files: Sequence[Path], captions: Sequence[str], title: str, per_row: int = 6) -> Any:
+def simple_sheet(
+    files: Sequence[Path], captions: Sequence[str], title: str, per_row: int = 6
+) -> Any:
     """A contact sheet without axes: thumbnails in reading order with captions."""
     cells: list[list[GridCell]] = []
     for i, path in enumerate(files):

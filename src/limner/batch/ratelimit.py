@@ -9,7 +9,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -143,7 +143,11 @@ class RateLimiter:
     def observe(self, url: str, response: httpx.Response) -> None:
         found = self.bucket_for(url)
         if found:
-            wanted = {k: v for k, v in response.headers.items() if k.startswith(("x-ratelimit-", "retry-after"))}
+            wanted = {
+                k: v
+                for k, v in response.headers.items()
+                if k.startswith(("x-ratelimit-", "retry-after"))
+            }
             self.signal(found[0], response.status_code, wanted)
 
     def count(self, what: str) -> int:
@@ -153,13 +157,21 @@ class RateLimiter:
 class RateLimitedTransport(httpx.BaseTransport):
     """Wraps a transport: each request to a limited provider waits for the bucket first."""
 
-    def __init__(self, limiter: RateLimiter, inner: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        inner: httpx.BaseTransport | None = None,
+        on_send: Callable[[], None] | None = None,
+    ) -> None:
         self.limiter = limiter
         self.inner = inner or httpx.HTTPTransport()
+        self.on_send = on_send
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = str(request.url)
         self.limiter.before(url)
+        if self.on_send and self.limiter.bucket_for(url):
+            self.on_send()
         response = self.inner.handle_request(request)
         self.limiter.observe(url, response)
         return response

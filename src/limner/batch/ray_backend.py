@@ -86,7 +86,9 @@ def _worker_runner(options: dict[str, Any], limiter: Any) -> BatchRunner:
     return runner
 
 
-def _run_remote(options: dict[str, Any], limiter: Any, batch_id: str, run_id: str, row: dict[str, Any]) -> dict[str, Any]:
+def _run_remote(
+    options: dict[str, Any], limiter: Any, batch_id: str, run_id: str, row: dict[str, Any]
+) -> dict[str, Any]:
     from limner.batch.state import ItemRow
 
     outcome = _worker_runner(options, limiter).run_item(batch_id, run_id, ItemRow(**row))
@@ -109,8 +111,10 @@ def _connect(address: str, env: dict[str, str]) -> None:
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False}
+    # A local instance listens on loopback only and without a dashboard: nothing to expose.
+    local = {**kwargs, "_node_ip_address": "127.0.0.1", "include_dashboard": False}
     if address == "local":
-        ray.init(**kwargs)
+        ray.init(**local)
         return
     try:
         ray.init(address=address, **kwargs)
@@ -120,7 +124,7 @@ def _connect(address: str, env: dict[str, str]) -> None:
                 f"Cannot reach a Ray cluster at {address!r}.",
                 hint="Check the address (ray://HEAD:10001 or HEAD:6379), or pass --ray local.",
             ) from None
-        ray.init(**kwargs)
+        ray.init(**local)
 
 
 def ray_executor(address: str) -> Any:
@@ -132,13 +136,26 @@ def ray_executor(address: str) -> Any:
             "--ray needs Ray installed.", hint="pip install 'limner[ray]'"
         ) from None
 
-    def execute(runner: BatchRunner, batch_id: str, run_id: str, rows: list[ItemRow], on_item: ItemCallback | None) -> list[ItemOutcome]:
+    def execute(
+        runner: BatchRunner,
+        batch_id: str,
+        run_id: str,
+        rows: list[ItemRow],
+        on_item: ItemCallback | None,
+    ) -> list[ItemOutcome]:
         return _execute(address, runner, batch_id, run_id, rows, on_item)
 
     return execute
 
 
-def _execute(address: str, runner: BatchRunner, batch_id: str, run_id: str, rows: list[ItemRow], on_item: ItemCallback | None) -> list[ItemOutcome]:
+def _execute(
+    address: str,
+    runner: BatchRunner,
+    batch_id: str,
+    run_id: str,
+    rows: list[ItemRow],
+    on_item: ItemCallback | None,
+) -> list[ItemOutcome]:
     import ray
 
     from limner.batch.runner import ItemOutcome
@@ -146,21 +163,29 @@ def _execute(address: str, runner: BatchRunner, batch_id: str, run_id: str, rows
     env = {**_worker_env(), "LIMNER_HOME": str(runner.home)}
     _connect(address, env)
     limits = {p: (url, b.rpm, b.burst) for p, url, b in runner.limiter._buckets}
-    limiter = ray.remote(num_cpus=0)(_LimiterActor).remote(limits)
+    limiter: Any = ray.remote(num_cpus=0)(_LimiterActor).remote(limits)
     options = _options_dict(runner.options)
-    task = ray.remote(num_cpus=0.5, max_retries=0)(_run_remote).options(runtime_env={"env_vars": env})
+    task = ray.remote(num_cpus=0.5, max_retries=0)(_run_remote).options(
+        runtime_env={"env_vars": env}
+    )
     engine_rows = [r for r in rows if _provider_of(runner, r) in LOCAL_PROVIDERS]
     api_rows = [r for r in rows if r not in engine_rows]
     in_flight_cap = max(runner.options.concurrency * max(len(limits), 1), 1)
     pending: list[Any] = []
     outcomes: list[ItemOutcome] = []
     actors = _engine_actors(options, limiter, env) if engine_rows else []
-    queue = [(r, None) for r in api_rows] + [(r, actors[i % len(actors)]) for i, r in enumerate(engine_rows)]
+    queue = [(r, None) for r in api_rows] + [
+        (r, actors[i % len(actors)]) for i, r in enumerate(engine_rows)
+    ]
     while queue or pending:
         while queue and len(pending) < in_flight_cap + len(actors):
             row, actor = queue.pop(0)
             payload = {k: v for k, v in row.__dict__.items()}
-            ref = actor.run.remote(batch_id, run_id, payload) if actor else task.remote(options, limiter, batch_id, run_id, payload)
+            ref = (
+                actor.run.remote(batch_id, run_id, payload)
+                if actor
+                else task.remote(options, limiter, batch_id, run_id, payload)
+            )
             pending.append(ref)
         ready, pending = ray.wait(pending, num_returns=1)
         for ref in ready:
@@ -180,7 +205,7 @@ def _engine_actors(options: dict[str, Any], limiter: Any, env: dict[str, str]) -
     cls = ray.remote(_EngineActor)
     resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     return [
-        cls.options(runtime_env={"env_vars": env}, **resources).remote(options, limiter)  # type: ignore[arg-type]
+        cls.options(runtime_env={"env_vars": env}, **resources).remote(options, limiter)
         for _ in range(max(gpus, 1))
     ]
 

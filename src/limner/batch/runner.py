@@ -5,7 +5,6 @@ and rate limits, each outcome (done or failed, with its reason) reported and nev
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -65,6 +64,7 @@ class BatchSummary:
     recovered: dict[str, int]
     rate_limited: int
     problems: list[dict[str, Any]] = field(default_factory=list)
+    malformed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -91,8 +91,11 @@ class BatchRunner:
         self.limiter = limiter or RateLimiter()
         self.home = home or limner_home()
         self.store = BatchStore(self.home)
-        http = httpx.Client(timeout=DEFAULT_TIMEOUT, transport=RateLimitedTransport(self.limiter))
-        self.client = Limner(home=self.home, store=self.store, http_client=http, **(client_kwargs or {}))
+        transport = RateLimitedTransport(self.limiter, on_send=self.store.mark_sent)
+        http = httpx.Client(timeout=DEFAULT_TIMEOUT, transport=transport)
+        self.client = Limner(
+            home=self.home, store=self.store, http_client=http, **(client_kwargs or {})
+        )
         self._http = http
         self._limited: set[str] = set()
         self._semaphores: dict[str, threading.Semaphore] = {}
@@ -109,7 +112,9 @@ class BatchRunner:
         self.close()
 
     # -- planning ------------------------------------------------------------------------------
-    def plan_items(self, lines: list[BatchLine], op: Operation = Operation.GENERATE) -> list[ItemRow]:
+    def plan_items(
+        self, lines: list[BatchLine], op: Operation = Operation.GENERATE
+    ) -> list[ItemRow]:
         """Check each request; one the core refuses becomes a failed item with the reason."""
         rows: list[ItemRow] = []
         seen: dict[str, int] = {}
@@ -161,7 +166,13 @@ class BatchRunner:
         (the Ray backend), taking ``(runner, batch_id, run_id, rows, on_item)``."""
         started = time.perf_counter()
         with batch_lock(self.home, batch_id):
-            self.store.open_batch(batch_id, kind=kind, name=name or batch_id, source=source, options=self._options_json())
+            self.store.open_batch(
+                batch_id,
+                kind=kind,
+                name=name or batch_id,
+                source=source,
+                options=self._options_json(),
+            )
             self.store.add_items(batch_id, rows)
             recovered = self.store.recover(batch_id, park=self.options.uncertain == "park")
             if self.options.retry_uncertain:
@@ -169,7 +180,9 @@ class BatchRunner:
             keys = [r.item_key for r in rows]
             current = self.store.items(batch_id, keys)
             runnable = {r.item_key for r in rows if r.status == "pending"}
-            todo = [r for r in current if r.status in ("pending", "failed") and r.item_key in runnable]
+            todo = [
+                r for r in current if r.status in ("pending", "failed") and r.item_key in runnable
+            ]
             already = sum(1 for r in current if r.status == "done")
             if on_start:
                 on_start(len(current), already)
@@ -177,7 +190,9 @@ class BatchRunner:
             runner = executor or _thread_executor
             outcomes = runner(self, batch_id, run_id, todo, on_item)
             final = self.store.items(batch_id, keys)
-        return self._summary(batch_id, name or batch_id, final, already, outcomes, recovered, started)
+        return self._summary(
+            batch_id, name or batch_id, final, already, outcomes, recovered, started
+        )
 
     def _options_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.options.__dict__.items()}
@@ -193,7 +208,9 @@ class BatchRunner:
             binding = ItemBinding(batch_id, row.item_key, run_id)
             try:
                 with bound_item(binding):
-                    result = self.client.run(Operation(row.operation), request, use_cache=self.options.use_cache)
+                    result = self.client.run(
+                        Operation(row.operation), request, use_cache=self.options.use_cache
+                    )
             except errors.LimnerError as exc:
                 self.store.mark_failed(binding, exc)
                 return ItemOutcome(row.item_key, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -201,10 +218,24 @@ class BatchRunner:
                 wrapped = errors.LimnerError(f"unexpected {type(exc).__name__}: {exc}")
                 self.store.mark_failed(binding, wrapped)
                 return ItemOutcome(row.item_key, "failed", error=str(wrapped))
-        return ItemOutcome(row.item_key, "done", cost_usd=result.cost_usd, generation_id=result.generation_id)
+        return ItemOutcome(
+            row.item_key, "done", cost_usd=result.cost_usd, generation_id=result.generation_id
+        )
 
-    def _summary(self, batch_id: str, name: str, final: list[ItemRow], already: int, outcomes: list[ItemOutcome], recovered: dict[str, int], started: float) -> BatchSummary:
-        counts = {s: sum(1 for r in final if r.status == s) for s in ("done", "failed", "uncertain", "pending", "running")}
+    def _summary(
+        self,
+        batch_id: str,
+        name: str,
+        final: list[ItemRow],
+        already: int,
+        outcomes: list[ItemOutcome],
+        recovered: dict[str, int],
+        started: float,
+    ) -> BatchSummary:
+        counts = {
+            s: sum(1 for r in final if r.status == s)
+            for s in ("done", "failed", "uncertain", "pending", "running")
+        }
         problems = [
             {"line": r.line, "item": r.item_key, "prompt": r.request.get("prompt", ""), "status": r.status, "error": f"{r.error_type}: {r.error_message}" if r.error_type else r.error_message}
             for r in final if r.status != "done"
@@ -219,7 +250,13 @@ class BatchRunner:
         )  # fmt: skip
 
 
-def _thread_executor(runner: BatchRunner, batch_id: str, run_id: str, rows: list[ItemRow], on_item: ItemCallback | None) -> list[ItemOutcome]:
+def _thread_executor(
+    runner: BatchRunner,
+    batch_id: str,
+    run_id: str,
+    rows: list[ItemRow],
+    on_item: ItemCallback | None,
+) -> list[ItemOutcome]:
     providers = max(len(runner._semaphores), 1)
     workers = max(1, min(len(rows), runner.options.concurrency * providers))
     outcomes: list[ItemOutcome] = []
@@ -238,7 +275,3 @@ def _thread_executor(runner: BatchRunner, batch_id: str, run_id: str, rows: list
                 f.cancel()
             raise
     return outcomes
-
-
-def request_json(row: ItemRow) -> str:
-    return json.dumps(row.request, sort_keys=True)

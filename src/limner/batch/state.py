@@ -2,13 +2,15 @@
 
 The protocol that makes a batch crash-safe:
 
-1. ``claim`` marks an item ``running`` (with this run's id) just before its request is sent;
-   the update is conditional on the item being claimable, so one item is sent by one runner.
+1. ``claim`` marks an item ``running`` (with this run's id) before its request is sent, and
+   ``mark_sent`` stamps ``sent_at`` as its first request leaves; the claim is conditional on the
+   item being claimable, so one item is sent by one runner.
 2. ``BatchStore.record`` inserts the generation and marks its item ``done`` in one transaction,
    so "has a logged generation" and "is done" can never disagree.
 3. On the next run, an item left ``running`` by a dead run is first matched against the log (a
-   generation with the same request hash logged after the claim is adopted); only if none is
-   found is it sent again (or parked as ``uncertain`` under ``--uncertain park``).
+   generation with the same request hash logged after the claim is adopted); one never sent is
+   simply sent; one that was sent is sent again (or parked as ``uncertain`` under
+   ``--uncertain park``).
 
 The one window left is a crash after the provider received the request and before the
 generation was recorded (the request's own latency plus the local write). Providers without
@@ -38,11 +40,12 @@ __all__ = ["BatchStore", "ItemBinding", "ItemRow", "batch_lock", "bound_item"]
 CLAIMABLE = ("pending", "failed")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ItemBinding:
     batch_id: str
     item_key: str
     run_id: str
+    sent: bool = False
 
 
 _current_item: contextvars.ContextVar[ItemBinding | None] = contextvars.ContextVar(
@@ -102,41 +105,78 @@ class BatchStore(Store):
         return entry.id
 
     # -- batches -------------------------------------------------------------------------------
-    def open_batch(self, batch_id: str, *, kind: str, name: str, source: str | None, options: dict[str, Any]) -> None:
+    def open_batch(
+        self, batch_id: str, *, kind: str, name: str, source: str | None, options: dict[str, Any]
+    ) -> None:
         now = time.time()
         with self.engine.begin() as conn:
             exists = conn.scalar(sa.select(batches.c.id).where(batches.c.id == batch_id))
             if exists:
-                conn.execute(batches.update().where(batches.c.id == batch_id).values(updated_at=now, options=options))
+                conn.execute(
+                    batches.update()
+                    .where(batches.c.id == batch_id)
+                    .values(updated_at=now, options=options)
+                )
             else:
-                conn.execute(batches.insert().values(id=batch_id, kind=kind, name=name, source=source, created_at=now, updated_at=now, options=options))
+                conn.execute(
+                    batches.insert().values(
+                        id=batch_id,
+                        kind=kind,
+                        name=name,
+                        source=source,
+                        created_at=now,
+                        updated_at=now,
+                        options=options,
+                    )
+                )
 
     def add_items(self, batch_id: str, rows: list[ItemRow]) -> None:
         """Insert the items not yet known; known items keep their status (that is the resume)."""
         now = time.time()
         with self.engine.begin() as conn:
-            known = set(conn.scalars(sa.select(batch_items.c.item_key).where(batch_items.c.batch_id == batch_id)))
+            known = set(
+                conn.scalars(
+                    sa.select(batch_items.c.item_key).where(batch_items.c.batch_id == batch_id)
+                )
+            )
             for row in rows:
                 values = {**row.__dict__, "batch_id": batch_id, "updated_at": now}
                 if row.item_key in known:
                     # Keep the outcome; refresh where the item sits in the file.
                     conn.execute(
                         batch_items.update()
-                        .where(batch_items.c.batch_id == batch_id, batch_items.c.item_key == row.item_key)
+                        .where(
+                            batch_items.c.batch_id == batch_id,
+                            batch_items.c.item_key == row.item_key,
+                        )
                         .values(idx=row.idx, line=row.line, labels=row.labels)
                     )
                     if row.status == "failed":  # a line invalid now is reported as such
                         conn.execute(
                             batch_items.update()
-                            .where(batch_items.c.batch_id == batch_id, batch_items.c.item_key == row.item_key, batch_items.c.status != "done")
-                            .values(status="failed", error_type=row.error_type, error_message=row.error_message)
+                            .where(
+                                batch_items.c.batch_id == batch_id,
+                                batch_items.c.item_key == row.item_key,
+                                batch_items.c.status != "done",
+                            )
+                            .values(
+                                status="failed",
+                                error_type=row.error_type,
+                                error_message=row.error_message,
+                            )
                         )
                 else:
                     conn.execute(batch_items.insert().values(**values))
 
     def items(self, batch_id: str, keys: list[str] | None = None) -> list[ItemRow]:
-        fields = [c for c in batch_items.columns if c.name not in ("batch_id", "run_id", "claimed_at", "updated_at")]
-        stmt = sa.select(*fields).where(batch_items.c.batch_id == batch_id).order_by(batch_items.c.idx)
+        fields = [
+            c
+            for c in batch_items.columns
+            if c.name not in ("batch_id", "run_id", "claimed_at", "sent_at", "updated_at")
+        ]
+        stmt = (
+            sa.select(*fields).where(batch_items.c.batch_id == batch_id).order_by(batch_items.c.idx)
+        )
         with self.engine.connect() as conn:
             rows = [ItemRow(**r._asdict()) for r in conn.execute(stmt)]
         if keys is not None:
@@ -154,11 +194,29 @@ class BatchStore(Store):
                     batch_items.c.status.in_(CLAIMABLE),
                 )
                 .values(
-                    status="running", run_id=run_id, claimed_at=time.time(),
+                    status="running", run_id=run_id, claimed_at=time.time(), sent_at=None,
                     attempts=batch_items.c.attempts + 1, updated_at=time.time(),
                 )
             )  # fmt: skip
             return bool(result.rowcount)
+
+    def mark_sent(self) -> None:
+        """Note that the bound item's first request is leaving: from now on a crash is uncertain."""
+        binding = _current_item.get()
+        if binding is None or binding.sent:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                batch_items.update()
+                .where(
+                    batch_items.c.batch_id == binding.batch_id,
+                    batch_items.c.item_key == binding.item_key,
+                    batch_items.c.run_id == binding.run_id,
+                    batch_items.c.sent_at.is_(None),
+                )
+                .values(sent_at=time.time())
+            )
+        binding.sent = True
 
     def mark_failed(self, binding: ItemBinding, exc: errors.LimnerError) -> None:
         with self.engine.begin() as conn:
@@ -170,49 +228,76 @@ class BatchStore(Store):
                     batch_items.c.run_id == binding.run_id,
                     batch_items.c.status == "running",
                 )
-                .values(status="failed", error_type=type(exc).__name__, error_message=str(exc), updated_at=time.time())
-            )
-
-    def release(self, binding: ItemBinding) -> None:
-        """Give an item back unsent (an interrupt before its request left)."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                batch_items.update()
-                .where(
-                    batch_items.c.batch_id == binding.batch_id,
-                    batch_items.c.item_key == binding.item_key,
-                    batch_items.c.run_id == binding.run_id,
-                    batch_items.c.status == "running",
+                .values(
+                    status="failed",
+                    error_type=type(exc).__name__,
+                    error_message=str(exc),
+                    updated_at=time.time(),
                 )
-                .values(status="pending", updated_at=time.time())
             )
 
     def recover(self, batch_id: str, *, park: bool) -> dict[str, int]:
         """Settle items a dead run left ``running``: adopt a logged generation, else resend or park."""
-        counts = {"adopted": 0, "resent": 0, "parked": 0}
+        counts = {"adopted": 0, "resent": 0, "parked": 0, "unsent": 0}
         gens = db.generations
         with self.engine.begin() as conn:
             open_items = conn.execute(
-                sa.select(batch_items.c.item_key, batch_items.c.request_hash, batch_items.c.claimed_at)
-                .where(batch_items.c.batch_id == batch_id, batch_items.c.status == "running")
+                sa.select(
+                    batch_items.c.item_key,
+                    batch_items.c.request_hash,
+                    batch_items.c.claimed_at,
+                    batch_items.c.sent_at,
+                ).where(batch_items.c.batch_id == batch_id, batch_items.c.status == "running")
             ).all()
-            used = set(conn.scalars(sa.select(batch_items.c.generation_id).where(batch_items.c.batch_id == batch_id, batch_items.c.generation_id.is_not(None))))
+            used = set(
+                conn.scalars(
+                    sa.select(batch_items.c.generation_id).where(
+                        batch_items.c.batch_id == batch_id, batch_items.c.generation_id.is_not(None)
+                    )
+                )
+            )
             for item in open_items:
                 candidates = conn.scalars(
                     sa.select(gens.c.id)
-                    .where(gens.c.request_hash == item.request_hash, gens.c.status == "ok", gens.c.created_at >= (item.claimed_at or 0))
+                    .where(
+                        gens.c.request_hash == item.request_hash,
+                        gens.c.status == "ok",
+                        gens.c.created_at >= (item.claimed_at or 0),
+                    )
                     .order_by(gens.c.created_at)
                 ).all()
                 found = next((g for g in candidates if g not in used), None)
-                where = (batch_items.c.batch_id == batch_id) & (batch_items.c.item_key == item.item_key)
-                if found:
+                where = (batch_items.c.batch_id == batch_id) & (
+                    batch_items.c.item_key == item.item_key
+                )
+                if found is None and item.sent_at is None:
+                    # Claimed but never sent: nothing can have been generated; send it again.
+                    conn.execute(
+                        batch_items.update()
+                        .where(where)
+                        .values(status="pending", updated_at=time.time())
+                    )
+                    counts["unsent"] += 1
+                elif found:
                     used.add(found)
-                    conn.execute(batch_items.update().where(where).values(status="done", generation_id=found, updated_at=time.time()))
+                    conn.execute(
+                        batch_items.update()
+                        .where(where)
+                        .values(status="done", generation_id=found, updated_at=time.time())
+                    )
                     counts["adopted"] += 1
                 else:
                     status = "uncertain" if park else "pending"
-                    message = "a crash left this item's request unanswered; it may have been charged" if park else None
-                    conn.execute(batch_items.update().where(where).values(status=status, error_message=message, updated_at=time.time()))
+                    message = (
+                        "a crash left this item's request unanswered; it may have been charged"
+                        if park
+                        else None
+                    )
+                    conn.execute(
+                        batch_items.update()
+                        .where(where)
+                        .values(status=status, error_message=message, updated_at=time.time())
+                    )
                     counts["parked" if park else "resent"] += 1
         return counts
 
@@ -229,7 +314,9 @@ class BatchStore(Store):
         """Record an A/B or grid winner: on the batch, and as a ``winner`` tag in the log."""
         entry = self.get(generation_id)
         if entry is None:
-            raise errors.UserError(f"No generation {generation_id!r} in the log.", hint="See `limner logs`.")
+            raise errors.UserError(
+                f"No generation {generation_id!r} in the log.", hint="See `limner logs`."
+            )
         with self.engine.begin() as conn:
             batch_id = conn.scalar(
                 sa.select(batch_items.c.batch_id)
@@ -241,15 +328,33 @@ class BatchStore(Store):
                     f"Generation {entry.id} is not part of an A/B test or grid.",
                     hint="Pass a generation id from the report of `limner ab` or `limner grid`.",
                 )
-            conn.execute(batches.update().where(batches.c.id == batch_id).values(winner_generation_id=entry.id, updated_at=time.time()))
+            conn.execute(
+                batches.update()
+                .where(batches.c.id == batch_id)
+                .values(winner_generation_id=entry.id, updated_at=time.time())
+            )
             tags = [t for t in (entry.tags or []) if t != "winner"] + ["winner"]
-            conn.execute(db.generations.update().where(db.generations.c.id == entry.id).values(tags=tags))
+            conn.execute(
+                db.generations.update().where(db.generations.c.id == entry.id).values(tags=tags)
+            )
             # Only one winner per experiment: clear the tag on the others.
-            others = conn.scalars(sa.select(batch_items.c.generation_id).where(batch_items.c.batch_id == batch_id, batch_items.c.generation_id.is_not(None), batch_items.c.generation_id != entry.id)).all()
+            others = conn.scalars(
+                sa.select(batch_items.c.generation_id).where(
+                    batch_items.c.batch_id == batch_id,
+                    batch_items.c.generation_id.is_not(None),
+                    batch_items.c.generation_id != entry.id,
+                )
+            ).all()
             for other in others:
-                row = conn.execute(sa.select(db.generations.c.tags).where(db.generations.c.id == other)).first()
+                row = conn.execute(
+                    sa.select(db.generations.c.tags).where(db.generations.c.id == other)
+                ).first()
                 if row and row.tags and "winner" in row.tags:
-                    conn.execute(db.generations.update().where(db.generations.c.id == other).values(tags=[t for t in row.tags if t != "winner"]))
+                    conn.execute(
+                        db.generations.update()
+                        .where(db.generations.c.id == other)
+                        .values(tags=[t for t in row.tags if t != "winner"])
+                    )
         return batch_id, entry.id
 
     def batch_info(self, batch_id: str) -> dict[str, Any] | None:

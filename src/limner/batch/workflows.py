@@ -8,7 +8,6 @@ scores) and a manifest.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import itertools
 import json
@@ -38,7 +37,15 @@ from limner.types import ImageRequest
 __all__ = ["Axis", "GridResult", "ab_axes", "export_project_files", "grid_axes", "run_grid"]
 
 MAX_GRID_CELLS = 400
-GRID_PARAMS = frozenset(ImageRequest.model_fields) - {"images", "mask", "references", "provider_options", "tags", "project", "n"}
+GRID_PARAMS = frozenset(ImageRequest.model_fields) - {
+    "images",
+    "mask",
+    "references",
+    "provider_options",
+    "tags",
+    "project",
+    "n",
+}
 NUMERIC = {"seed": int, "steps": int, "guidance": float, "strength": float}
 
 
@@ -71,7 +78,9 @@ def _value(param: str, raw: str) -> Any:
     try:
         return kind(raw)
     except ValueError:
-        raise errors.InvalidRequestError(f"Grid value {raw!r} for {param} is not a number.", param=param) from None
+        raise errors.InvalidRequestError(
+            f"Grid value {raw!r} for {param} is not a number.", param=param
+        ) from None
 
 
 def parse_axis(spec: str, option: str) -> Axis:
@@ -79,27 +88,44 @@ def parse_axis(spec: str, option: str) -> Axis:
     param, sep, values = spec.partition("=")
     param = param.strip().replace("-", "_")
     if not sep or not values.strip():
-        raise errors.UserError(f"{option} {spec!r} is not PARAM=v1,v2,...", hint="For example: --x model=openai:gpt-image-2,openai:dall-e-3")
+        raise errors.UserError(
+            f"{option} {spec!r} is not PARAM=v1,v2,...",
+            hint="For example: --x model=openai:gpt-image-2,openai:dall-e-3",
+        )
     if param not in GRID_PARAMS | {"variant"}:
-        raise errors.UserError(f"Unknown grid parameter {param!r} in {option}.", hint=f"Parameters: {', '.join(sorted(GRID_PARAMS | {'variant'}))}.")
+        raise errors.UserError(
+            f"Unknown grid parameter {param!r} in {option}.",
+            hint=f"Parameters: {', '.join(sorted(GRID_PARAMS | {'variant'}))}.",
+        )
     items = [v.strip() for v in values.split("|" if "|" in values else ",") if v.strip()]
     if not items:
         raise errors.UserError(f"{option} {spec!r} has no values.")
     return Axis(param, [(v, {param: _value(param, v)}) for v in items])
 
 
-def grid_axes(prompt: str, x: str | None, y: str | None, z: str | None, **base: Any) -> tuple[list[Axis], dict[str, Any]]:
-    axes = [parse_axis(spec, opt) if spec else Axis("", [("", {})]) for spec, opt in ((x, "--x"), (y, "--y"), (z, "--z"))]
+def grid_axes(
+    prompt: str, x: str | None, y: str | None, z: str | None, **base: Any
+) -> tuple[list[Axis], dict[str, Any]]:
+    axes = [
+        parse_axis(spec, opt) if spec else Axis("", [("", {})])
+        for spec, opt in ((x, "--x"), (y, "--y"), (z, "--z"))
+    ]
     if not (x or y or z):
-        raise errors.UserError("A grid needs at least one axis.", hint="For example: --x model=a,b --y style=vivid,natural")
+        raise errors.UserError(
+            "A grid needs at least one axis.",
+            hint="For example: --x model=a,b --y style=vivid,natural",
+        )
     return axes, {"prompt": prompt, **base}
 
 
-def ab_axes(prompt: str, variants: list[str], models: list[str], seeds: int, **base: Any) -> tuple[list[Axis], dict[str, Any]]:
+def ab_axes(
+    prompt: str, variants: list[str], models: list[str], seeds: int, **base: Any
+) -> tuple[list[Axis], dict[str, Any]]:
     """Variants across; model x seed down; one sheet."""
     x = Axis("variant", [(v, {"variant": v}) for v in variants] or [("(as written)", {})])
     rows = []
-    for model in models or [None]:
+    choices: list[str | None] = list(models) or [None]
+    for model in choices:
         for seed in range(1, seeds + 1):
             label = f"{(model or 'default').split(':')[-1]}, seed {seed}"
             rows.append((label, {"model": model, "seed": seed}))
@@ -118,16 +144,23 @@ def _cell_request(base: dict[str, Any], sets: list[dict[str, Any]]) -> ImageRequ
         return ImageRequest(**fields)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise errors.InvalidRequestError(f"Grid value for {first['loc'][0]}: {first['msg']}.", param=str(first["loc"][0])) from None
+        raise errors.InvalidRequestError(
+            f"Grid value for {first['loc'][0]}: {first['msg']}.", param=str(first["loc"][0])
+        ) from None
 
 
 def _grid_lines(base: dict[str, Any], axes: list[Axis]) -> list[BatchLine]:
     x, y, z = axes
     total = len(x.entries) * len(y.entries) * len(z.entries)
     if total > MAX_GRID_CELLS:
-        raise errors.UserError(f"The grid has {total} cells, more than the maximum of {MAX_GRID_CELLS}.", hint="Use fewer values per axis, or run the requests as a batch.")
+        raise errors.UserError(
+            f"The grid has {total} cells, more than the maximum of {MAX_GRID_CELLS}.",
+            hint="Use fewer values per axis, or run the requests as a batch.",
+        )
     lines = []
-    for n, ((zl, zs), (yl, ys), (xl, xs)) in enumerate(itertools.product(z.entries, y.entries, x.entries), start=1):
+    for n, ((zl, zs), (yl, ys), (xl, xs)) in enumerate(
+        itertools.product(z.entries, y.entries, x.entries), start=1
+    ):
         labels = {"x": xl, "y": yl, "z": zl}
         lines.append(BatchLine(n, _cell_request(base, [xs, ys, zs]), labels))
     return lines
@@ -135,16 +168,23 @@ def _grid_lines(base: dict[str, Any], axes: list[Axis]) -> list[BatchLine]:
 
 def _quality_scores(path: Path) -> dict[str, Any]:
     """Scores from ``limner.ops.checks`` when installed, else sharpness and exposure by Pillow."""
-    try:
-        from limner.ops import checks  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        checks = None
+    import importlib
+    import importlib.util
+
+    found = importlib.util.find_spec("limner.ops.checks") is not None
+    checks: Any = importlib.import_module("limner.ops.checks") if found else None
     for name in ("check_image", "run_checks", "check"):
         fn = getattr(checks, name, None) if checks else None
         if callable(fn):
             try:
                 report = fn(path)
-                data = report.model_dump() if hasattr(report, "model_dump") else report.to_dict() if hasattr(report, "to_dict") else report
+                data = (
+                    report.model_dump()
+                    if hasattr(report, "model_dump")
+                    else report.to_dict()
+                    if hasattr(report, "to_dict")
+                    else report
+                )
                 return dict(data) if isinstance(data, dict) else {"result": str(data)}
             except Exception:  # a check that cannot run must not lose the report
                 break
@@ -167,18 +207,46 @@ def run_grid(
     execute: Callable[..., BatchSummary],
 ) -> GridResult:
     lines = _grid_lines(base, axes)
-    source = json.dumps({"base": base, "axes": [[a.name, a.entries] for a in axes]}, sort_keys=True, default=str)
+    source = json.dumps(
+        {"base": base, "axes": [[a.name, a.entries] for a in axes]}, sort_keys=True, default=str
+    )
     batch_id = batch_id_for(kind, base.get("prompt", ""), source)
     out = out_dir or Path(f"{kind}-{batch_id.split('-')[-1][:8]}")
     with BatchRunner(options) as runner:
         rows = runner.plan_items(lines)
-        summary = execute(runner, batch_id, rows, kind=kind, name=f"{kind}: {base.get('prompt', '')[:40]}", source=source, params=params)
+        summary = execute(
+            runner,
+            batch_id,
+            rows,
+            kind=kind,
+            name=f"{kind}: {base.get('prompt', '')[:40]}",
+            source=source,
+            params=params,
+        )
         final = runner.store.items(batch_id, [r.item_key for r in rows])
         entries = {r.item_key: runner.store.get(r.generation_id) for r in final if r.generation_id}
-        return _write_grid(runner.store, batch_id, summary, axes, final, entries, out, params.get("naming") or DEFAULT_NAMING)
+        return _write_grid(
+            runner.store,
+            batch_id,
+            summary,
+            axes,
+            final,
+            entries,
+            out,
+            params.get("naming") or DEFAULT_NAMING,
+        )
 
 
-def _write_grid(store: BatchStore, batch_id: str, summary: BatchSummary, axes: list[Axis], rows: list[Any], entries: dict[str, LogEntry | None], out: Path, naming: str) -> GridResult:
+def _write_grid(
+    store: BatchStore,
+    batch_id: str,
+    summary: BatchSummary,
+    axes: list[Axis],
+    rows: list[Any],
+    entries: dict[str, LogEntry | None],
+    out: Path,
+    naming: str,
+) -> GridResult:
     x, y, z = axes
     done = [e for e in (entries.get(r.item_key) for r in rows) if e is not None]
     files = export_entries(done, out / "images", naming)
@@ -196,15 +264,30 @@ def _write_grid(store: BatchStore, batch_id: str, summary: BatchSummary, axes: l
         })  # fmt: skip
     sheets = []
     for zi, (zl, _) in enumerate(z.entries):
-        grid_cells = [[_sheet_cell(cells, xl, yl, zl) for xl, _ in x.entries] for yl, _ in y.entries]
-        title = " x ".join(a.name for a in (x, y) if a.name) + (f" - {z.name}={zl}" if z.name else "")
-        sheet = contact_sheet(grid_cells, row_labels=[yl for yl, _ in y.entries], col_labels=[xl for xl, _ in x.entries], title=title)
-        target = out / ("contact_sheet.png" if len(z.entries) == 1 else f"contact_sheet_{zi + 1}.png")
+        grid_cells = [
+            [_sheet_cell(cells, xl, yl, zl) for xl, _ in x.entries] for yl, _ in y.entries
+        ]
+        title = " x ".join(a.name for a in (x, y) if a.name) + (
+            f" - {z.name}={zl}" if z.name else ""
+        )
+        sheet = contact_sheet(
+            grid_cells,
+            row_labels=[yl for yl, _ in y.entries],
+            col_labels=[xl for xl, _ in x.entries],
+            title=title,
+        )
+        target = out / (
+            "contact_sheet.png" if len(z.entries) == 1 else f"contact_sheet_{zi + 1}.png"
+        )
         sheet.save(target)
         sheets.append(target)
     report = out / "report.html"
     report.write_text(_report_html(batch_id, summary, axes, cells, sheets, out))
-    extra = {c["generation_id"]: {"x": c["x"], "y": c["y"], "z": c["z"], "scores": c["scores"]} for c in cells if c["generation_id"]}
+    extra = {
+        c["generation_id"]: {"x": c["x"], "y": c["y"], "z": c["z"], "scores": c["scores"]}
+        for c in cells
+        if c["generation_id"]
+    }
     write_manifest(out, manifest_rows(done, files, extra), summary.to_dict())
     return GridResult(batch_id, summary, out, sheets, report, cells)
 
@@ -217,7 +300,14 @@ def _sheet_cell(cells: list[dict[str, Any]], xl: str, yl: str, zl: str) -> GridC
     return GridCell(None, "missing")
 
 
-def _report_html(batch_id: str, summary: BatchSummary, axes: list[Axis], cells: list[dict[str, Any]], sheets: list[Path], out: Path) -> str:
+def _report_html(
+    batch_id: str,
+    summary: BatchSummary,
+    axes: list[Axis],
+    cells: list[dict[str, Any]],
+    sheets: list[Path],
+    out: Path,
+) -> str:
     esc = html.escape
     x, y, z = axes
     parts = [
@@ -228,15 +318,26 @@ def _report_html(batch_id: str, summary: BatchSummary, axes: list[Axis], cells: 
         f"${summary.cost_usd:.4f}. Record a winner: <code>limner ab pick GENERATION_ID</code></p>",
     ]  # fmt: skip
     for sheet in sheets:
-        parts.append(f"<p><img style='max-width:100%' src='{esc(sheet.relative_to(out).as_posix())}'></p>")
+        parts.append(
+            f"<p><img style='max-width:100%' src='{esc(sheet.relative_to(out).as_posix())}'></p>"
+        )
     for zl, _ in z.entries:
         if z.name:
             parts.append(f"<h2>{esc(z.name)} = {esc(zl)}</h2>")
-        parts.append("<table><tr><th></th>" + "".join(f"<th>{esc(xl)}</th>" for xl, _ in x.entries) + "</tr>")
+        parts.append(
+            "<table><tr><th></th>" + "".join(f"<th>{esc(xl)}</th>" for xl, _ in x.entries) + "</tr>"
+        )
         for yl, _ in y.entries:
             parts.append(f"<tr><th>{esc(yl)}</th>")
             for xl, _ in x.entries:
-                parts.append("<td>" + _cell_html(next((c for c in cells if (c["x"], c["y"], c["z"]) == (xl, yl, zl)), None), out) + "</td>")
+                parts.append(
+                    "<td>"
+                    + _cell_html(
+                        next((c for c in cells if (c["x"], c["y"], c["z"]) == (xl, yl, zl)), None),
+                        out,
+                    )
+                    + "</td>"
+                )
             parts.append("</tr>")
         parts.append("</table>")
     return "\n".join(parts)
@@ -257,31 +358,52 @@ def _cell_html(cell: dict[str, Any] | None, out: Path) -> str:
     )
 
 
-def export_project_files(name: str, directory: Path, *, naming: str | None = None, tags: list[str] | None = None, sheet: bool = True) -> dict[str, Any]:
+def export_project_files(
+    name: str,
+    directory: Path,
+    *,
+    naming: str | None = None,
+    tags: list[str] | None = None,
+    sheet: bool = True,
+) -> dict[str, Any]:
     """A project's images under template names, its manifest (JSON + CSV) and a contact sheet."""
     from limner.store import Store
 
     store = Store()
     try:
         entries = store.search(None, limit=None, project=name, status="ok")
-        known = None if entries else sorted({e.project for e in store.search(None, limit=500) if e.project})
+        known = (
+            None
+            if entries
+            else sorted({e.project for e in store.search(None, limit=500) if e.project})
+        )
     finally:
         store.close()
     if tags:
         entries = [e for e in entries if set(tags) <= set(e.tags or [])]
     if not entries:
-        hint = f"Projects in the log: {', '.join(known)}." if known else "Tag generations with --project NAME first."
-        raise errors.UserError(f"No generations in project {name!r}" + (f" with tags {tags}" if tags else "") + ".", hint=hint)
+        hint = (
+            f"Projects in the log: {', '.join(known)}."
+            if known
+            else "Tag generations with --project NAME first."
+        )
+        raise errors.UserError(
+            f"No generations in project {name!r}" + (f" with tags {tags}" if tags else "") + ".",
+            hint=hint,
+        )
     entries.sort(key=lambda e: (e.created_at, e.id))
     files = export_entries(entries, directory, naming or DEFAULT_NAMING)
     paths = write_manifest(directory, manifest_rows(entries, files))
-    result: dict[str, Any] = {"project": name, "images": len(files), "dir": str(directory), **{k: str(v) for k, v in paths.items()}}
+    result: dict[str, Any] = {
+        "project": name,
+        "images": len(files),
+        "dir": str(directory),
+        **{k: str(v) for k, v in paths.items()},
+    }
     if sheet and files:
         target = directory / "contact_sheet.png"
-        simple_sheet([f.path for f in files], [f.path.stem[-24:] for f in files], f"project {name}").save(target)
+        simple_sheet(
+            [f.path for f in files], [f.path.stem[-24:] for f in files], f"project {name}"
+        ).save(target)
         result["contact_sheet"] = str(target)
     return result
-
-
-def short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:8]

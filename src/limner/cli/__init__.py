@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "emulate": ("limner.cli.emulate:emulate", "Serve a provider's API emulator on loopback."),
     "serve": ("limner.cli.serve:serve", "Serve the OpenAI/A1111-compatible APIs, jobs and gallery."),
     "server-keys": ("limner.cli.serve:server_keys", "Manage the server's API keys."),
+    "mcp": ("limner.cli.serve:mcp", "Serve limner's tools to AI assistants over MCP (stdio)."),
     "rerun": ("limner.cli.local:rerun", "Run a logged generation again from its parameters."),
     "demo": (
         "limner.cli.emulate:demo",
@@ -38,11 +39,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "batch": ("limner.cli.batch:batch", "Run a file of requests: resumable, rate-limited."),
     "ab": ("limner.cli.batch:ab", "A/B test prompt variants across models and seeds."),
     "grid": ("limner.cli.batch:grid", "An X/Y/Z grid over any parameters, with a contact sheet."),
-    "upscale": ("limner.cli.ops:upscale", "Upscale an image (learned model, OpenCV, Lanczos, cloud)."),
-    "remove-bg": ("limner.cli.ops:remove_bg", "Remove an image's background (ONNX, GrabCut, cloud)."),
-    "mask": ("limner.cli.ops:mask", "Make an inpainting mask (shape, colour, alpha, subject, points)."),
+    "upscale": ("limner.cli.ops:upscale", "Upscale an image (learned, OpenCV, Lanczos, cloud)."),
+    "remove-bg": ("limner.cli.ops:remove_bg", "Remove a background (ONNX, GrabCut, cloud)."),
+    "mask": ("limner.cli.ops:mask", "Make an inpainting mask (shape, colour, subject...)."),
     "outpaint": ("limner.cli.ops:outpaint", "Extend an image beyond its borders."),
-    "check": ("limner.cli.ops:check", "Check images: size, aspect, blur, exposure, text, duplicates."),
+    "check": ("limner.cli.ops:check", "Check size, blur, exposure, text, duplicates."),
     "provenance": ("limner.cli.ops:provenance", "Read, verify, sign or strip image provenance."),
 }
 

@@ -22,32 +22,46 @@ def _nothing_to_run(message: str, hint: str | None = None) -> Any:
 
 
 @contextmanager
-def _progress(enabled: bool, title: str) -> Iterator[tuple[Callable[[int, int], None], Callable[[Any], None]]]:
+def _progress(
+    enabled: bool, title: str
+) -> Iterator[tuple[Callable[[int, int], None], Callable[[Any], None]]]:
     """A rich progress bar (done, failed, ETA, running cost) on stderr, or one line per failure."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
-    state = {"failed": 0, "cost": 0.0, "task": None}
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("[red]{task.fields[failed]} failed"), TextColumn("${task.fields[cost]:.4f}"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
         console=console, disable=not enabled, transient=False,
     )  # fmt: skip
+    tally = {"failed": 0, "cost": 0.0}
+    tasks: list[TaskID] = []
 
     def on_start(total: int, done: int) -> None:
-        state["task"] = progress.add_task(title, total=total, completed=done, failed=0, cost=0.0)
+        tasks.append(progress.add_task(title, total=total, completed=done, failed=0, cost=0.0))
 
     def on_item(outcome: Any) -> None:
         if outcome.status == "skipped":
             return
         if outcome.status == "failed":
-            state["failed"] += 1
-            console.print(f"[red]failed[/red] {outcome.item_key[:12]}: {outcome.error}", highlight=False)
-        state["cost"] += outcome.cost_usd or 0.0
-        if state["task"] is not None:
-            progress.update(state["task"], advance=1 if outcome.status == "done" else 0, failed=state["failed"], cost=state["cost"])
+            tally["failed"] += 1
+            console.print(
+                f"[red]failed[/red] {outcome.item_key[:12]}: {outcome.error}", highlight=False
+            )
+        tally["cost"] += outcome.cost_usd or 0.0
+        if tasks:
+            done = 1 if outcome.status == "done" else 0
+            progress.update(tasks[0], advance=done, failed=tally["failed"], cost=tally["cost"])
 
     with progress:
         yield on_start, on_item
@@ -70,6 +84,7 @@ def _print_summary(summary: Any, out_dir: Path | None) -> None:
     line = (
         f"{summary.done}/{summary.total} done, {summary.failed} failed"
         + (f", {summary.uncertain} uncertain" if summary.uncertain else "")
+        + (f", {summary.malformed} malformed line(s) skipped" if summary.malformed else "")
         + (f", {summary.skipped_done} already done" if summary.skipped_done else "")
         + f", ${summary.cost_usd:.4f}, {summary.wall_s:.1f}s"
         + (f", {summary.rate_limited} rate-limited responses" if summary.rate_limited else "")
@@ -108,7 +123,17 @@ def _options(params: dict[str, Any]) -> Any:
     )  # fmt: skip
 
 
-def execute(runner: Any, batch_id: str, rows: list[Any], *, kind: str, name: str, source: str | None, params: dict[str, Any], executor: Any = None) -> Any:
+def execute(
+    runner: Any,
+    batch_id: str,
+    rows: list[Any],
+    *,
+    kind: str,
+    name: str,
+    source: str | None,
+    params: dict[str, Any],
+    executor: Any = None,
+) -> Any:
     """Run the planned rows with a progress bar; exit 2 when not one item can run."""
     if not any(r.status == "pending" for r in rows):
         reasons = sorted({r.error_message or "" for r in rows})[:3]
@@ -118,7 +143,16 @@ def execute(runner: Any, batch_id: str, rows: list[Any], *, kind: str, name: str
         )
     show = not params["no_progress"] and not params["as_json"] and sys.stderr.isatty()
     with _progress(show, name) as (on_start, on_item):
-        return runner.run(batch_id, rows, kind=kind, name=name, source=source, on_start=on_start, on_item=on_item, executor=executor)
+        return runner.run(
+            batch_id,
+            rows,
+            kind=kind,
+            name=name,
+            source=source,
+            on_start=on_start,
+            on_item=on_item,
+            executor=executor,
+        )
 
 
 @click.command()
@@ -128,13 +162,52 @@ def execute(runner: Any, batch_id: str, rows: list[Any], *, kind: str, name: str
 @click.option("--quality", help="Quality for lines that set none.")
 @click.option("--project", help="Project for every generation.")
 @click.option("--tag", "tags", multiple=True, help="Tag for every generation; repeatable.")
-@click.option("--strict", is_flag=True, help="Stop (exit 2) at the first malformed line instead of skipping it.")
-@click.option("--name", help="Batch name (default: the file's path); the same name resumes the same batch.")
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Folder for images and manifest (default: FILE's name + _out).")
-@click.option("--max-expansions", type=click.IntRange(1), default=1000, show_default=True, help="Most prompts one template may expand to.")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]", help="Run on a Ray cluster (ADDRESS, or 'auto'/'local').")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Stop (exit 2) at the first malformed line instead of skipping it.",
+)
+@click.option(
+    "--name", help="Batch name (default: the file's path); the same name resumes the same batch."
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for images and manifest (default: FILE's name + _out).",
+)
+@click.option(
+    "--max-expansions",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Most prompts one template may expand to.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run on a Ray cluster (ADDRESS, or 'auto'/'local').",
+)
 @_run_options
-def batch(file: Path, model: str | None, size: str | None, quality: str | None, project: str | None, tags: tuple[str, ...], strict: bool, name: str | None, out_dir: Path | None, max_expansions: int, ray_address: str | None, **params: Any) -> None:
+def batch(
+    file: Path,
+    model: str | None,
+    size: str | None,
+    quality: str | None,
+    project: str | None,
+    tags: tuple[str, ...],
+    strict: bool,
+    name: str | None,
+    out_dir: Path | None,
+    max_expansions: int,
+    ray_address: str | None,
+    **params: Any,
+) -> None:
     """Run every request in FILE: JSONL (a request per line), CSV (columns are parameters) or
     text (a prompt or a {a|b} / __wildcard__ template per line). Re-running resumes."""
     from limner.batch import BatchRunner, batch_id_for, parse_batch_file, write_batch_outputs
@@ -142,13 +215,22 @@ def batch(file: Path, model: str | None, size: str | None, quality: str | None, 
 
     naming = params["naming"] or DEFAULT_NAMING
     check_naming(naming)
-    defaults = {"model": model, "size": size, "quality": quality, "project": project, "tags": list(tags)}
+    defaults = {
+        "model": model,
+        "size": size,
+        "quality": quality,
+        "project": project,
+        "tags": list(tags),
+    }
     parsed = parse_batch_file(file, defaults, max_expansions=max_expansions)
     _report_problems(parsed.problems, strict, str(file))
     if parsed.expansion_note:
         click.secho(f"Note: {parsed.expansion_note}.", fg="yellow", err=True)
     if not parsed.lines:
-        raise _nothing_to_run(f"No usable request in {file}: {len(parsed.problems)} malformed line(s).", hint="Fix the lines reported above.")
+        raise _nothing_to_run(
+            f"No usable request in {file}: {len(parsed.problems)} malformed line(s).",
+            hint="Fix the lines reported above.",
+        )
     batch_name = name or file.name
     batch_id = batch_id_for("batch", batch_name, None if name else str(file.resolve()))
     executor = None
@@ -158,15 +240,30 @@ def batch(file: Path, model: str | None, size: str | None, quality: str | None, 
         executor = ray_executor(ray_address)
     with BatchRunner(_options(params)) as runner:
         rows = runner.plan_items(parsed.lines)
-        summary = execute(runner, batch_id, rows, kind="batch", name=batch_name, source=str(file.resolve()), params=params, executor=executor)
+        summary = execute(
+            runner,
+            batch_id,
+            rows,
+            kind="batch",
+            name=batch_name,
+            source=str(file.resolve()),
+            params=params,
+            executor=executor,
+        )
         out = out_dir or file.with_name(file.stem + "_out")
         final = runner.store.items(batch_id, [r.item_key for r in rows])
+        # Lines that never became items are part of the outcome too.
+        summary.problems += [
+            {"line": p.line, "item": "", "prompt": "", "status": "malformed", "error": p.message}
+            for p in parsed.problems
+        ]
+        summary.malformed = len(parsed.problems)
         write_batch_outputs(runner.store, final, out, summary, naming)
     if params["as_json"]:
         emit_json({**summary.to_dict(), "out_dir": str(out)})
     else:
         _print_summary(summary, out)
-    if summary.done < summary.total:
+    if summary.done < summary.total or summary.malformed:
         sys.exit(1)
 
 
@@ -217,15 +314,42 @@ def pick(generation_id: str, as_json: bool) -> None:
 
 @click.command(cls=_AbCommand)
 @click.argument("prompt", required=False)
-@click.option("--variant", "variants", multiple=True, help="Text appended to the prompt (', VARIANT'); repeatable.")
+@click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    help="Text appended to the prompt (', VARIANT'); repeatable.",
+)
 @click.option("-m", "--model", "models", multiple=True, help="Model to compare; repeatable.")
-@click.option("--seeds", type=click.IntRange(1, 100), default=1, show_default=True, help="Seeds per variant and model (1, 2, ...).")
+@click.option(
+    "--seeds",
+    type=click.IntRange(1, 100),
+    default=1,
+    show_default=True,
+    help="Seeds per variant and model (1, 2, ...).",
+)
 @click.option("--size", help="Size for every image.")
 @click.option("--project", help="Project for every generation.")
 @click.option("--tag", "tags", multiple=True, help="Tag for every generation; repeatable.")
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Folder for the sheet, report and images.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for the sheet, report and images.",
+)
 @_run_options
-def ab(prompt: str | None, variants: tuple[str, ...], models: tuple[str, ...], seeds: int, size: str | None, project: str | None, tags: tuple[str, ...], out_dir: Path | None, **params: Any) -> None:
+def ab(
+    prompt: str | None,
+    variants: tuple[str, ...],
+    models: tuple[str, ...],
+    seeds: int,
+    size: str | None,
+    project: str | None,
+    tags: tuple[str, ...],
+    out_dir: Path | None,
+    **params: Any,
+) -> None:
     """Compare prompt variants across models and seeds: contact sheet and HTML report.
 
     `limner ab pick GENERATION_ID` records the winner."""
@@ -233,11 +357,11 @@ def ab(prompt: str | None, variants: tuple[str, ...], models: tuple[str, ...], s
 
     if prompt is None:
         raise click.UsageError("Give a PROMPT (or `limner ab pick GENERATION_ID`).")
-    axes, base = ab_axes(prompt, list(variants), list(models), seeds, size=size, project=project, tags=list(tags))
+    axes, base = ab_axes(
+        prompt, list(variants), list(models), seeds, size=size, project=project, tags=list(tags)
+    )
     result = run_grid("ab", base, axes, out_dir, _options(params), params, execute)
     _emit_grid(result, params["as_json"])
-
-
 
 
 @click.command()
@@ -250,13 +374,41 @@ def ab(prompt: str | None, variants: tuple[str, ...], models: tuple[str, ...], s
 @click.option("--seed", type=int, help="Seed when no axis sets one.")
 @click.option("--project", help="Project for every generation.")
 @click.option("--tag", "tags", multiple=True, help="Tag for every generation; repeatable.")
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Folder for the sheet, report and images.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for the sheet, report and images.",
+)
 @_run_options
-def grid(prompt: str, x_axis: str | None, y_axis: str | None, z_axis: str | None, model: str | None, size: str | None, seed: int | None, project: str | None, tags: tuple[str, ...], out_dir: Path | None, **params: Any) -> None:
+def grid(
+    prompt: str,
+    x_axis: str | None,
+    y_axis: str | None,
+    z_axis: str | None,
+    model: str | None,
+    size: str | None,
+    seed: int | None,
+    project: str | None,
+    tags: tuple[str, ...],
+    out_dir: Path | None,
+    **params: Any,
+) -> None:
     """An X/Y/Z grid over any parameters: a contact sheet with labelled axes and an HTML report."""
     from limner.batch.workflows import grid_axes, run_grid
 
-    axes, base = grid_axes(prompt, x_axis, y_axis, z_axis, model=model, size=size, seed=seed, project=project, tags=list(tags))
+    axes, base = grid_axes(
+        prompt,
+        x_axis,
+        y_axis,
+        z_axis,
+        model=model,
+        size=size,
+        seed=seed,
+        project=project,
+        tags=list(tags),
+    )
     result = run_grid("grid", base, axes, out_dir, _options(params), params, execute)
     _emit_grid(result, params["as_json"])
 
@@ -264,15 +416,26 @@ def grid(prompt: str, x_axis: str | None, y_axis: str | None, z_axis: str | None
 @click.command("project")
 @click.argument("name")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--naming", default=None, help="File name template (default {model}_{prompthash}_{timestamp}).")
+@click.option(
+    "--naming", default=None, help="File name template (default {model}_{prompthash}_{timestamp})."
+)
 @click.option("--tag", "tags", multiple=True, help="Only generations with this tag; repeatable.")
 @click.option("--no-sheet", is_flag=True, help="Write no contact sheet.")
 @json_option
-def export_project(name: str, directory: Path, naming: str | None, tags: tuple[str, ...], no_sheet: bool, as_json: bool) -> None:
+def export_project(
+    name: str,
+    directory: Path,
+    naming: str | None,
+    tags: tuple[str, ...],
+    no_sheet: bool,
+    as_json: bool,
+) -> None:
     """Write project NAME's images (named from a template), its manifest and a contact sheet to DIRECTORY."""
     from limner.batch.workflows import export_project_files
 
-    written = export_project_files(name, directory, naming=naming, tags=list(tags), sheet=not no_sheet)
+    written = export_project_files(
+        name, directory, naming=naming, tags=list(tags), sheet=not no_sheet
+    )
     if as_json:
         emit_json(written)
     else:

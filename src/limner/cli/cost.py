@@ -45,7 +45,9 @@ def estimate(model: str, n: int, size: str | None, quality: str | None, as_json:
         emit_json(result.to_dict())
         return
     detail = ", ".join(filter(None, [result.size, result.quality]))
-    click.echo(f"{result.model}{f' ({detail})' if detail else ''}: {_money(result.per_image_usd)} per image")
+    click.echo(
+        f"{result.model}{f' ({detail})' if detail else ''}: {_money(result.per_image_usd)} per image"
+    )
     click.secho(f"{result.n} images: {_money(result.total_usd)}", bold=True)
     for line in [result.note, *result.warnings]:
         if line:
@@ -53,8 +55,15 @@ def estimate(model: str, n: int, size: str | None, quality: str | None, as_json:
 
 
 @cost.command()
-@click.option("--since", default="30d", show_default=True, help="How far back: 30d, 12h, 2w or a date.")
-@click.option("--by", type=click.Choice(["model", "provider", "day", "tag"]), default="model", show_default=True)
+@click.option(
+    "--since", default="30d", show_default=True, help="How far back: 30d, 12h, 2w or a date."
+)
+@click.option(
+    "--by",
+    type=click.Choice(["model", "provider", "day", "tag"]),
+    default="model",
+    show_default=True,
+)
 @json_option
 def report(since: str, by: str, as_json: bool) -> None:
     """Spend, images, average per image, cache hits and what they saved, from the log."""
@@ -71,24 +80,50 @@ def report(since: str, by: str, as_json: bool) -> None:
         store.close()
     total = report_totals(rows)
     if as_json:
-        emit_json({"since": start, "by": by, "rows": [r.to_dict() for r in rows], "total": total.to_dict()})
+        emit_json(
+            {
+                "since": start,
+                "by": by,
+                "rows": [r.to_dict() for r in rows],
+                "total": total.to_dict(),
+            }
+        )
         return
     body = [
         [r.key, str(r.requests), str(r.images), _money(r.spend_usd), _money(r.average_usd),
          str(r.cache_hits), _money(r.saved_usd), str(r.failed + r.refused)]
         for r in [*rows, total]
     ]  # fmt: skip
-    _table([by.capitalize(), "Requests", "Images", "Spend", "Avg/image", "Cache hits", "Saved", "Failed/refused"], body)
+    _table(
+        [
+            by.capitalize(),
+            "Requests",
+            "Images",
+            "Spend",
+            "Avg/image",
+            "Cache hits",
+            "Saved",
+            "Failed/refused",
+        ],
+        body,
+    )
 
 
 def _echo_plan(plan: Any) -> None:
     guide = "; ".join(filter(None, [plan.seed_recommendation, plan.seed_estimate]))
-    click.secho(f"{plan.label}: {plan.volume:,} images/month" + (f"  (guide: {guide})" if guide else ""), bold=True)
+    click.secho(
+        f"{plan.label}: {plan.volume:,} images/month" + (f"  (guide: {guide})" if guide else ""),
+        bold=True,
+    )
     for line in plan.lines:
-        click.echo(f"  {line.share:>4.0%}  {line.model:38} {line.images:>6,} images  {_money(line.monthly_usd):>10}  {line.note}")
+        click.echo(
+            f"  {line.share:>4.0%}  {line.model:38} {line.images:>6,} images  {_money(line.monthly_usd):>10}  {line.note}"
+        )
     if plan.self_hosted_images:
         label = "self-hosted GPU (hours used)"
-        click.echo(f"  {1 - sum(x.share for x in plan.lines):>4.0%}  {label:38} {plan.self_hosted_images:>6,} images  {_money(plan.self_hosted_usd):>10}")
+        click.echo(
+            f"  {1 - sum(x.share for x in plan.lines):>4.0%}  {label:38} {plan.self_hosted_images:>6,} images  {_money(plan.self_hosted_usd):>10}"
+        )
     click.echo(f"        {'total':38} {plan.volume:>6,} images  {_money(plan.total_usd):>10}")
     click.echo(
         f"  All on a self-hosted GPU: {_money(plan.all_self_hosted_usd)} in GPU hours, "
@@ -97,13 +132,25 @@ def _echo_plan(plan: Any) -> None:
 
 
 @cost.command()
-@click.option("--scenario", type=click.Choice(["hobbyist", "creator", "agency", "enterprise", "all"]), default="all", show_default=True)
+@click.option(
+    "--scenario",
+    type=click.Choice(["hobbyist", "creator", "agency", "enterprise", "all"]),
+    default="all",
+    show_default=True,
+)
 @click.option("--volume", help="Images per month (2000, 2000/month, 100/day).")
 @click.option("--mix", help="MODEL=SHARE,... for a custom plan (shares are normalised).")
 @click.option("--gpu-hourly", help="Price of a self-hosted GPU per hour, in USD.")
 @click.option("--gpu-images-per-hour", type=float, help="Images the GPU makes per hour.")
 @json_option
-def plan(scenario: str, volume: str | None, mix: str | None, gpu_hourly: str | None, gpu_images_per_hour: float | None, as_json: bool) -> None:
+def plan(
+    scenario: str,
+    volume: str | None,
+    mix: str | None,
+    gpu_hourly: str | None,
+    gpu_images_per_hour: float | None,
+    as_json: bool,
+) -> None:
     """Monthly cost of the guide's scenarios (or your own mix) against a self-hosted GPU."""
     from limner.budget import parse_amount
     from limner.cost import parse_mix, parse_volume, plan_scenario, plan_scenarios
@@ -167,7 +214,7 @@ def budget_show(as_json: bool) -> None:
     )  # fmt: skip
 
 
-def _cap_value(value: str | None, what: str) -> float | None | str:
+def _cap_value(value: str | None, what: str) -> float | str | None:
     from limner.budget import parse_amount
 
     if value is None:
@@ -187,7 +234,9 @@ def budget_set(daily: str | None, monthly: str | None, tag: str | None) -> None:
     from limner.errors import UserError
 
     if daily is None and monthly is None:
-        raise UserError("Nothing to set.", hint="Pass --daily USD and/or --monthly USD ('off' removes a cap).")
+        raise UserError(
+            "Nothing to set.", hint="Pass --daily USD and/or --monthly USD ('off' removes a cap)."
+        )
     config = UserConfig(limner_home())
     section = dict(config.get("budget") or {})
     target = dict((section.get("tags") or {}).get(tag) or {}) if tag else section

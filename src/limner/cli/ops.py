@@ -34,6 +34,23 @@ def _client(model: str | None) -> Any:
     return Limner() if model and ":" in model else None
 
 
+def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    import json
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise errors.InvalidRequestError(
+                f"Option {pair!r} is not KEY=VALUE.", param="provider_options"
+            )
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
 def _report(result: Any, saved: list[Path], as_json: bool) -> None:
     if as_json:
         emit_json({
@@ -55,27 +72,84 @@ def _report(result: Any, saved: list[Path], as_json: bool) -> None:
 @click.command()
 @click.argument("image", type=IMAGE)
 @click.option("--scale", type=click.IntRange(2, 4), default=2, show_default=True, help="2, 3 or 4.")
-@click.option("-m", "--model", help="lanczos, fsrcnn, fsrcnn-small, espcn, a .safetensors/.onnx/.pb file, or provider:model.")
-@click.option("--tile", type=click.IntRange(64, 4096), default=512, show_default=True, help="Tile size for learned models.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the result.")
+@click.option(
+    "-m",
+    "--model",
+    help="lanczos, fsrcnn, fsrcnn-small, espcn, a .safetensors/.onnx/.pb file, or provider:model.",
+)
+@click.option(
+    "--tile",
+    type=click.IntRange(64, 4096),
+    default=512,
+    show_default=True,
+    help="Tile size for learned models.",
+)
+@click.option(
+    "-O",
+    "--provider-option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Option for a cloud upscaler, e.g. -O scale=4 (repeatable).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the result.",
+)
 @json_option
-def upscale(image: Path, scale: int, model: str | None, tile: int, output: Path | None, as_json: bool) -> None:
-    """Upscale IMAGE by 2, 3 or 4."""
+def upscale(
+    image: Path,
+    scale: int,
+    model: str | None,
+    tile: int,
+    options: tuple[str, ...],
+    output: Path | None,
+    as_json: bool,
+) -> None:
+    """Upscale IMAGE by 2, 3 or 4 (cloud upscalers use their own factor; see -O)."""
     from limner.ops.upscale import upscale as run_upscale
 
-    result = run_upscale(image, scale, model, client=_client(model), tile=tile)
+    result = run_upscale(
+        image, scale, model, client=_client(model), tile=tile, provider_options=_options(options)
+    )
     out = _write(result.image.data, output or _default_out(image, f"x{scale}"))
     _report(result, [out], as_json)
 
 
 @click.command("remove-bg")
 @click.argument("image", type=IMAGE)
-@click.option("-m", "--model", help="An ISNet/U2-Net .onnx file, grabcut (default), or provider:model (e.g. removebg).")
-@click.option("--background", "background", help="Replacement background: a colour (#ffffff, white) or an image path.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the RGBA result.")
-@click.option("--mask-output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the mask.")
+@click.option(
+    "-m",
+    "--model",
+    help="An ISNet/U2-Net .onnx file, grabcut (default), or provider:model (e.g. removebg).",
+)
+@click.option(
+    "--background",
+    "background",
+    help="Replacement background: a colour (#ffffff, white) or an image path.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the RGBA result.",
+)
+@click.option(
+    "--mask-output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the mask.",
+)
 @json_option
-def remove_bg(image: Path, model: str | None, background: str | None, output: Path | None, mask_output: Path | None, as_json: bool) -> None:
+def remove_bg(
+    image: Path,
+    model: str | None,
+    background: str | None,
+    output: Path | None,
+    mask_output: Path | None,
+    as_json: bool,
+) -> None:
     """Remove the background of IMAGE; writes the cut-out and its mask."""
     from limner.ops.background import remove_background
 
@@ -86,7 +160,18 @@ def remove_bg(image: Path, model: str | None, background: str | None, output: Pa
     _report(result, [out, mask_out], as_json)
 
 
-def _base_mask(img: Any, rect: str | None, polygon: str | None, colour: str | None, tolerance: int, from_alpha: bool, area: str | None, model: str | None, points: str | None, sam_model: str | None) -> Any:
+def _base_mask(
+    img: Any,
+    rect: str | None,
+    polygon: str | None,
+    colour: str | None,
+    tolerance: int,
+    from_alpha: bool,
+    area: str | None,
+    model: str | None,
+    points: str | None,
+    sam_model: str | None,
+) -> Any:
     from limner.ops import masks
     from limner.ops.background import parse_colour
 
@@ -115,20 +200,59 @@ def _base_mask(img: Any, rect: str | None, polygon: str | None, colour: str | No
 @click.option("--rect", help="x0,y0,x1,y1 in pixels.")
 @click.option("--polygon", help="x1,y1,x2,y2,... (at least 3 points).")
 @click.option("--colour", "--color", "colour", help="Pixels near this colour (#rrggbb or r,g,b).")
-@click.option("--tolerance", type=click.IntRange(0, 255), default=30, show_default=True, help="Per-channel tolerance for --colour.")
+@click.option(
+    "--tolerance",
+    type=click.IntRange(0, 255),
+    default=30,
+    show_default=True,
+    help="Per-channel tolerance for --colour.",
+)
 @click.option("--alpha", "from_alpha", is_flag=True, help="Transparent pixels of IMAGE.")
-@click.option("--area", type=click.Choice(["subject", "background"]), help="The subject or background found by the background model.")
+@click.option(
+    "--area",
+    type=click.Choice(["subject", "background"]),
+    help="The subject or background found by the background model.",
+)
 @click.option("-m", "--model", help="Background model (.onnx) for --area; GrabCut without.")
 @click.option("--points", help="x,y,... point prompts on the object (needs --sam-model).")
 @click.option("--sam-model", help="ENCODER.onnx,DECODER.onnx of a segment-anything export.")
 @click.option("--grow", type=click.IntRange(0, 512), default=0, help="Grow the mask by PX.")
 @click.option("--shrink", type=click.IntRange(0, 512), default=0, help="Shrink the mask by PX.")
-@click.option("--feather", type=click.FloatRange(0, 256), default=0.0, help="Blur the edge by a radius in PX.")
+@click.option(
+    "--feather", type=click.FloatRange(0, 256), default=0.0, help="Blur the edge by a radius in PX."
+)
 @click.option("--invert", is_flag=True, help="Swap masked and unmasked areas.")
-@click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), help="Also write the image with the mask tinted.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the mask.")
+@click.option(
+    "--preview",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the image with the mask tinted.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the mask.",
+)
 @json_option
-def mask(image: Path, rect: str | None, polygon: str | None, colour: str | None, tolerance: int, from_alpha: bool, area: str | None, model: str | None, points: str | None, sam_model: str | None, grow: int, shrink: int, feather: float, invert: bool, preview: Path | None, output: Path | None, as_json: bool) -> None:
+def mask(
+    image: Path,
+    rect: str | None,
+    polygon: str | None,
+    colour: str | None,
+    tolerance: int,
+    from_alpha: bool,
+    area: str | None,
+    model: str | None,
+    points: str | None,
+    sam_model: str | None,
+    grow: int,
+    shrink: int,
+    feather: float,
+    invert: bool,
+    preview: Path | None,
+    output: Path | None,
+    as_json: bool,
+) -> None:
     """Make a mask for IMAGE (white marks the area to change)."""
     import time
 
@@ -138,7 +262,9 @@ def mask(image: Path, rect: str | None, polygon: str | None, colour: str | None,
 
     started = time.perf_counter()
     img, notes = read_image(image)
-    result_mask = _base_mask(img, rect, polygon, colour, tolerance, from_alpha, area, model, points, sam_model)
+    result_mask = _base_mask(
+        img, rect, polygon, colour, tolerance, from_alpha, area, model, points, sam_model
+    )
     result_mask = masks.feather(masks.shrink(masks.grow(result_mask, grow), shrink), feather)
     if invert:
         result_mask = masks.invert(result_mask)
@@ -146,8 +272,14 @@ def mask(image: Path, rect: str | None, polygon: str | None, colour: str | None,
     params = {"rect": rect, "polygon": polygon, "colour": colour, "alpha": from_alpha, "area": area,
               "points": points, "grow": grow, "shrink": shrink, "feather": feather, "invert": invert}  # fmt: skip
     result = record_op(
-        Store(), operation="mask", model=model or "limner-mask", outputs=outputs,
-        params={k: v for k, v in params.items() if v}, inputs=[input_sha(img)], started=started, warnings=notes,
+        Store(),
+        operation="mask",
+        model=model or "limner-mask",
+        outputs=outputs,
+        params={k: v for k, v in params.items() if v},
+        inputs=[input_sha(img)],
+        started=started,
+        warnings=notes,
     )
     saved = [_write(encode_png(result_mask), output or _default_out(image, "mask"))]
     if preview:
@@ -158,17 +290,39 @@ def mask(image: Path, rect: str | None, polygon: str | None, colour: str | None,
 @click.command()
 @click.argument("image", type=IMAGE)
 @click.option("--left", type=click.IntRange(0, 8192), default=0, help="Pixels to add on the left.")
-@click.option("--right", type=click.IntRange(0, 8192), default=0, help="Pixels to add on the right.")
+@click.option(
+    "--right", type=click.IntRange(0, 8192), default=0, help="Pixels to add on the right."
+)
 @click.option("--top", type=click.IntRange(0, 8192), default=0, help="Pixels to add on top.")
-@click.option("--bottom", type=click.IntRange(0, 8192), default=0, help="Pixels to add at the bottom.")
+@click.option(
+    "--bottom", type=click.IntRange(0, 8192), default=0, help="Pixels to add at the bottom."
+)
 @click.option("--to-aspect", help="Pad evenly to this aspect ratio, e.g. 16:9.")
 @click.option("-m", "--model", help="A model that can outpaint or inpaint.")
 @click.option("-p", "--prompt", default="", help="What the new area should show.")
 @click.option("--seed", type=int)
 @click.option("--canvas-only", is_flag=True, help="Write the canvas and mask, call no model.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the result.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the result.",
+)
 @json_option
-def outpaint(image: Path, left: int, right: int, top: int, bottom: int, to_aspect: str | None, model: str | None, prompt: str, seed: int | None, canvas_only: bool, output: Path | None, as_json: bool) -> None:
+def outpaint(
+    image: Path,
+    left: int,
+    right: int,
+    top: int,
+    bottom: int,
+    to_aspect: str | None,
+    model: str | None,
+    prompt: str,
+    seed: int | None,
+    canvas_only: bool,
+    output: Path | None,
+    as_json: bool,
+) -> None:
     """Extend IMAGE beyond its borders with a model (or just build the canvas and mask)."""
     from limner.ops import outpaint as op
     from limner.ops._common import encode_png, read_image
@@ -182,7 +336,14 @@ def outpaint(image: Path, left: int, right: int, top: int, bottom: int, to_aspec
         out = _write(encode_png(canvas), output or _default_out(image, "canvas"))
         mask_out = _write(encode_png(canvas_mask), _default_out(out, "mask"))
         if as_json:
-            emit_json({"canvas": str(out), "mask": str(mask_out), "width": canvas.width, "height": canvas.height})
+            emit_json(
+                {
+                    "canvas": str(out),
+                    "mask": str(mask_out),
+                    "width": canvas.width,
+                    "height": canvas.height,
+                }
+            )
         else:
             click.echo(f"{out}  {canvas.width}x{canvas.height}\n{mask_out}")
         return
@@ -190,11 +351,17 @@ def outpaint(image: Path, left: int, right: int, top: int, bottom: int, to_aspec
 
     extra = {"seed": seed} if seed is not None else {}
     with Limner() as client:
-        result = op.outpaint(client, image, model=model, prompt=prompt, pad=pad, to_aspect=to_aspect, **extra)
+        result = op.outpaint(
+            client, image, model=model, prompt=prompt, pad=pad, to_aspect=to_aspect, **extra
+        )
     saved = []
     for i, generated in enumerate(result.images):
         many = len(result.images) > 1
-        target = output if output and not many else _default_out(output or image, f"outpaint-{i + 1}" if many else "outpaint")
+        target = (
+            output
+            if output and not many
+            else _default_out(output or image, f"outpaint-{i + 1}" if many else "outpaint")
+        )
         saved.append(_write(generated.data, target))
     from limner.cli._common import result_payload
 
@@ -210,21 +377,59 @@ def outpaint(image: Path, left: int, right: int, top: int, bottom: int, to_aspec
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=IMAGE)
 @click.option("--expect-text", help="Text that must be rendered in the image (OCR, fuzzy match).")
-@click.option("--text-threshold", type=click.FloatRange(0, 1), default=0.8, show_default=True, help="Minimum match score for --expect-text.")
+@click.option(
+    "--text-threshold",
+    type=click.FloatRange(0, 1),
+    default=0.8,
+    show_default=True,
+    help="Minimum match score for --expect-text.",
+)
 @click.option("--min-size", help="Minimum WIDTHxHEIGHT.")
 @click.option("--aspect", help="Required aspect ratio, e.g. 16:9 (2% tolerance).")
-@click.option("--min-sharpness", type=float, default=100.0, show_default=True, help="Minimum variance of the Laplacian; lower is blurry.")
-@click.option("--max-clipped", type=click.FloatRange(0, 1), default=0.25, show_default=True, help="Maximum share of black or white pixels.")
-@click.option("--duplicate-distance", type=click.IntRange(0, 64), default=6, show_default=True, help="Perceptual-hash distance at or below which images are near-duplicates.")
+@click.option(
+    "--min-sharpness",
+    type=float,
+    default=100.0,
+    show_default=True,
+    help="Minimum variance of the Laplacian; lower is blurry.",
+)
+@click.option(
+    "--max-clipped",
+    type=click.FloatRange(0, 1),
+    default=0.25,
+    show_default=True,
+    help="Maximum share of black or white pixels.",
+)
+@click.option(
+    "--duplicate-distance",
+    type=click.IntRange(0, 64),
+    default=6,
+    show_default=True,
+    help="Perceptual-hash distance at or below which images are near-duplicates.",
+)
 @json_option
-def check(images: tuple[Path, ...], expect_text: str | None, text_threshold: float, min_size: str | None, aspect: str | None, min_sharpness: float, max_clipped: float, duplicate_distance: int, as_json: bool) -> None:
+def check(
+    images: tuple[Path, ...],
+    expect_text: str | None,
+    text_threshold: float,
+    min_size: str | None,
+    aspect: str | None,
+    min_sharpness: float,
+    max_clipped: float,
+    duplicate_distance: int,
+    as_json: bool,
+) -> None:
     """Check images against the quality checklist. Exit 0: all pass; 1: a check failed; 2: bad input."""
     from limner.ops._common import read_image
     from limner.ops.checks import Checks, check_images, parse_size
 
     checks = Checks(
-        min_size=parse_size(min_size) if min_size else None, aspect=aspect, expect_text=expect_text,
-        text_threshold=text_threshold, min_sharpness=min_sharpness, max_clipped=max_clipped,
+        min_size=parse_size(min_size) if min_size else None,
+        aspect=aspect,
+        expect_text=expect_text,
+        text_threshold=text_threshold,
+        min_sharpness=min_sharpness,
+        max_clipped=max_clipped,
         duplicate_distance=duplicate_distance,
     )
     loaded = [(str(path), read_image(path)[0]) for path in images]
@@ -234,7 +439,9 @@ def check(images: tuple[Path, ...], expect_text: str | None, text_threshold: flo
         emit_json({"passed": passed, "images": [r.to_dict() for r in reports]})
     else:
         for report in reports:
-            mark = click.style("PASS", fg="green") if report.passed else click.style("FAIL", fg="red")
+            mark = (
+                click.style("PASS", fg="green") if report.passed else click.style("FAIL", fg="red")
+            )
             click.echo(f"{mark}  {report.name}  {report.width}x{report.height}")
             for reason in report.reasons:
                 click.echo(f"      {reason}")
@@ -244,13 +451,42 @@ def check(images: tuple[Path, ...], expect_text: str | None, text_threshold: flo
 @click.command()
 @click.argument("image", type=IMAGE)
 @click.option("--sign", is_flag=True, help="Add a signed C2PA manifest (needs --cert and --key).")
-@click.option("--cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM certificate chain, signing certificate first.")
-@click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM private key of the signing certificate.")
-@click.option("--alg", default="es256", show_default=True, help="es256, es384, es512, ps256, ps384, ps512 or ed25519.")
-@click.option("--strip", "strip_all", is_flag=True, help="Write a copy with every metadata block removed.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where --sign/--strip write (default: next to IMAGE).")
+@click.option(
+    "--cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM certificate chain, signing certificate first.",
+)
+@click.option(
+    "--key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM private key of the signing certificate.",
+)
+@click.option(
+    "--alg",
+    default="es256",
+    show_default=True,
+    help="es256, es384, es512, ps256, ps384, ps512 or ed25519.",
+)
+@click.option(
+    "--strip", "strip_all", is_flag=True, help="Write a copy with every metadata block removed."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where --sign/--strip write (default: next to IMAGE).",
+)
 @json_option
-def provenance(image: Path, sign: bool, cert: Path | None, key: Path | None, alg: str, strip_all: bool, output: Path | None, as_json: bool) -> None:
+def provenance(
+    image: Path,
+    sign: bool,
+    cert: Path | None,
+    key: Path | None,
+    alg: str,
+    strip_all: bool,
+    output: Path | None,
+    as_json: bool,
+) -> None:
     """Read and verify IMAGE's provenance (IPTC source type, limner metadata, C2PA).
 
     Exit 1 when a C2PA manifest is present but fails verification.
@@ -264,16 +500,26 @@ def provenance(image: Path, sign: bool, cert: Path | None, key: Path | None, alg
     if sign and strip_all:
         raise errors.InvalidRequestError("--sign and --strip cannot be used together.")
     if strip_all:
-        out = _write(prov.strip_metadata(data), output or image.with_name(f"{image.stem}-stripped{image.suffix}"))
+        out = _write(
+            prov.strip_metadata(data),
+            output or image.with_name(f"{image.stem}-stripped{image.suffix}"),
+        )
         emit_json({"stripped": str(out)}) if as_json else click.echo(str(out))
         return
     if sign:
         if not cert or not key:
-            raise errors.InvalidRequestError("--sign needs --cert and --key.", hint="Give PEM files.")
+            raise errors.InvalidRequestError(
+                "--sign needs --cert and --key.", hint="Give PEM files."
+            )
         meta = prov.read_provenance(data).limner
         data = prov.sign_c2pa(
-            data, cert_chain_pem=cert.read_bytes(), private_key_pem=key.read_bytes(), algorithm=alg,
-            model=meta.get("model"), provider=meta.get("provider"), title=image.name,
+            data,
+            cert_chain_pem=cert.read_bytes(),
+            private_key_pem=key.read_bytes(),
+            algorithm=alg,
+            model=meta.get("model"),
+            provider=meta.get("provider"),
+            title=image.name,
         )
         image = _write(data, output or image.with_name(f"{image.stem}-signed{image.suffix}"))
     info = prov.read_provenance(data)

@@ -27,7 +27,9 @@ _negative_preset_option = click.option(
 @prompt.command()
 @click.option("--subject", required=True, help="What the image is of.")
 @click.option("--setting", default="", help="Where: the setting or environment.")
-@click.option("--style", default="", help="A style, or a preset name (see `limner prompt keywords presets`).")
+@click.option(
+    "--style", default="", help="A style, or a preset name (see `limner prompt keywords presets`)."
+)
 @click.option("--lighting", default="", help="How it is lit.")
 @click.option("--composition", default="", help="Framing, angle, depth.")
 @click.option("--technical", default="", help="Quality, camera and lens terms.")
@@ -35,11 +37,21 @@ _negative_preset_option = click.option(
 @click.option("--negative", help="Your own negative terms.")
 @_negative_preset_option
 @json_option
-def build(as_json: bool, negative_presets: tuple[str, ...], negative: str | None, extra: tuple[str, ...], **parts: str) -> None:
+def build(
+    as_json: bool,
+    negative_presets: tuple[str, ...],
+    negative: str | None,
+    extra: tuple[str, ...],
+    **parts: str,
+) -> None:
     """Join subject + setting + style + lighting + composition + technical into one prompt."""
     from limner.prompting import PromptParts, build_prompt
 
-    built = build_prompt(PromptParts(**parts, extra=list(extra)), negative=negative, negative_presets=_negative_presets(negative_presets))
+    built = build_prompt(
+        PromptParts(**parts, extra=list(extra)),
+        negative=negative,
+        negative_presets=_negative_presets(negative_presets),
+    )
     if as_json:
         emit_json(built.to_dict())
         return
@@ -81,7 +93,9 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise InvalidRequestError(f"--option {pair!r} is not KEY=VALUE.", param="provider_options")
+            raise InvalidRequestError(
+                f"--option {pair!r} is not KEY=VALUE.", param="provider_options"
+            )
         try:
             parsed[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -104,7 +118,15 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Model-specific: stylize, chaos, tile, q, v, cref, cw, sref, sw, magic_prompt...")  # fmt: skip
 @json_option
-def for_model(model: str, text: str, negative: str | None, negative_presets: tuple[str, ...], options: tuple[str, ...], as_json: bool, **fields: Any) -> None:
+def for_model(
+    model: str,
+    text: str,
+    negative: str | None,
+    negative_presets: tuple[str, ...],
+    options: tuple[str, ...],
+    as_json: bool,
+    **fields: Any,
+) -> None:
     """Print exactly what MODEL would be sent for TEXT."""
     from limner.catalog import get_catalog
     from limner.prompting import combine_negative, translate
@@ -128,12 +150,28 @@ def for_model(model: str, text: str, negative: str | None, negative_presets: tup
 
 @prompt.command()
 @click.argument("pattern")
-@click.option("--random", "count", type=int, help="Draw N distinct variants at random instead of all.")
+@click.option(
+    "--random", "count", type=int, help="Draw N distinct variants at random instead of all."
+)
 @click.option("--seed", type=int, help="Seed for --random (same seed, same draw).")
-@click.option("--max", "max_count", type=int, default=1000, show_default=True, help="Refuse to make more than this many.")
+@click.option(
+    "--max",
+    "max_count",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Refuse to make more than this many.",
+)
 @click.option("--count-only", is_flag=True, help="Print only the number of combinations.")
 @json_option
-def expand(pattern: str, count: int | None, seed: int | None, max_count: int, count_only: bool, as_json: bool) -> None:
+def expand(
+    pattern: str,
+    count: int | None,
+    seed: int | None,
+    max_count: int,
+    count_only: bool,
+    as_json: bool,
+) -> None:
     """Expand {a|b|c} alternatives and __name__ wildcard files into prompts, one a line."""
     from limner.prompting import count_variants
     from limner.prompting import expand as expand_pattern
@@ -175,5 +213,7 @@ def lint(model: str, text: str, negative: str | None, strict: bool, as_json: boo
         click.secho(f"{issue.level}: {issue.message}", fg=colours[issue.level])
         if issue.suggestion:
             click.echo(f"    {issue.suggestion}")
-    if any(i.level == "error" for i in issues) or (strict and any(i.level == "warning" for i in issues)):
+    if any(i.level == "error" for i in issues) or (
+        strict and any(i.level == "warning" for i in issues)
+    ):
         sys.exit(1)

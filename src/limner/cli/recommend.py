@@ -9,14 +9,25 @@ from limner.cli._common import emit_json, json_option
 
 @click.command()
 @click.argument("prompt", required=False, default="")
-@click.option("--use-case", "use_cases", multiple=True, help="A use case (see --list-use-cases); repeatable.")
+@click.option(
+    "--use-case", "use_cases", multiple=True, help="A use case (see --list-use-cases); repeatable."
+)
 @click.option("--budget", help="The most to pay per image, in USD.")
 @click.option("--commercial", is_flag=True, help="Only models whose licence allows commercial use.")
 @click.option("--needs", help="Operations the model must do, e.g. inpaint,controlnet.")
 @click.option("--limit", type=int, default=5, show_default=True, help="How many to show (0 = all).")
 @click.option("--list-use-cases", is_flag=True, help="List the use cases and exit.")
 @json_option
-def recommend(prompt: str, use_cases: tuple[str, ...], budget: str | None, commercial: bool, needs: str | None, limit: int, list_use_cases: bool, as_json: bool) -> None:
+def recommend(
+    prompt: str,
+    use_cases: tuple[str, ...],
+    budget: str | None,
+    commercial: bool,
+    needs: str | None,
+    limit: int,
+    list_use_cases: bool,
+    as_json: bool,
+) -> None:
     """Rank the catalog's models for PROMPT (or --use-case), with the reasons."""
     from limner.budget import parse_amount
     from limner.prompting.library import load_library
@@ -25,7 +36,10 @@ def recommend(prompt: str, use_cases: tuple[str, ...], budget: str | None, comme
 
     library = load_library()
     if list_use_cases:
-        rows = {n: {"label": c.get("label", n), "guide": c.get("seed_recommendation", "")} for n, c in library.use_cases.items()}
+        rows = {
+            n: {"label": c.get("label", n), "guide": c.get("seed_recommendation", "")}
+            for n, c in library.use_cases.items()
+        }
         if as_json:
             emit_json(rows)
         for name, row in [] if as_json else rows.items():
@@ -33,7 +47,15 @@ def recommend(prompt: str, use_cases: tuple[str, ...], budget: str | None, comme
         return
     per_image = parse_amount(budget, "budget per image") if budget is not None else None
     wanted = [u.strip() for item in use_cases for u in item.split(",") if u.strip()]
-    results = rank(prompt, use_cases=wanted, budget=per_image, commercial=commercial, needs=parse_needs(needs), limit=limit, library=library)
+    results = rank(
+        prompt,
+        use_cases=wanted,
+        budget=per_image,
+        commercial=commercial,
+        needs=parse_needs(needs),
+        limit=limit,
+        library=library,
+    )
     detected = wanted or detect_use_cases(prompt, library)
     if as_json:
         emit_json({"use_cases": detected, "recommendations": [r.to_dict() for r in results]})
@@ -43,9 +65,8 @@ def recommend(prompt: str, use_cases: tuple[str, ...], budget: str | None, comme
     if not results:
         click.echo("No model in the catalog fits these constraints.")
     for index, rec in enumerate(results, 1):
-        price = f"${rec.price_per_image_usd:.4f}/image" if rec.price_per_image_usd is not None else "price unknown"
         click.secho(f"{index}. {rec.model}", bold=True, nl=False)
-        click.echo(f"  ({price}, score {rec.score:g})")
+        click.echo(f"  ({rec.price_note}, score {rec.score:g})")
         click.echo(f"   {'; '.join(rec.reasons)}")
 
 

@@ -6,7 +6,7 @@ import click
 
 from limner.cli._common import emit_json, json_option
 
-__all__ = ["serve", "server_keys"]
+__all__ = ["mcp", "serve", "server_keys"]
 
 
 def _need_fastapi() -> None:
@@ -58,6 +58,22 @@ def serve(
     app = create_app(settings)
     click.echo(f"limner serving on {settings.base_url} (gallery at {settings.base_url}/)", err=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+
+
+@click.command()
+def mcp() -> None:
+    """Serve limner's tools over MCP on stdin/stdout (for AI assistants)."""
+    import importlib.util
+
+    from limner import errors
+
+    if importlib.util.find_spec("mcp") is None:
+        raise errors.UserError(
+            "The MCP server needs the mcp package.", hint="Install it with pip install 'limner[server]'."
+        )
+    from limner.server.mcp_server import run_stdio
+
+    run_stdio()
 
 
 @click.group("server-keys")

@@ -102,12 +102,16 @@ def _aspect_size(aspect: str, megapixels: float, multiple: int) -> tuple[int, in
     return int(width // multiple * multiple), int(height // multiple * multiple)
 
 
-def _output_size(endpoint: str, rules: dict[str, Any], body: dict[str, Any], inputs: list[tuple[int, int]]) -> tuple[int, int]:
+def _output_size(
+    endpoint: str, rules: dict[str, Any], body: dict[str, Any], inputs: list[tuple[int, int]]
+) -> tuple[int, int]:
     kind = rules["kind"]
     if kind == "flux2":
         width, height = int(body.get("width", 1024)), int(body.get("height", 1024))
         if width % 16 or height % 16 or min(width, height) < 64 or width * height > 4_194_304:
-            raise _invalid("width", "width and height must be multiples of 16, at least 64, at most 4 MP")
+            raise _invalid(
+                "width", "width and height must be multiples of 16, at least 64, at most 4 MP"
+            )
         return width, height
     if kind == "pro":
         width, height = int(body.get("width", 1024)), int(body.get("height", 768))
@@ -131,8 +135,12 @@ def _output_size(endpoint: str, rules: dict[str, Any], body: dict[str, Any], inp
     return width, height
 
 
-def _validate(endpoint: str, rules: dict[str, Any], body: dict[str, Any]) -> tuple[tuple[int, int], list[tuple[int, int]]]:
-    if not isinstance(body.get("prompt", ""), str) or (rules["kind"] not in ("fill", "expand") and not body.get("prompt")):
+def _validate(
+    endpoint: str, rules: dict[str, Any], body: dict[str, Any]
+) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    if not isinstance(body.get("prompt", ""), str) or (
+        rules["kind"] not in ("fill", "expand") and not body.get("prompt")
+    ):
         raise _invalid("prompt", "field required")
     tolerance = body.get("safety_tolerance", 2)
     if not isinstance(tolerance, int) or not 0 <= tolerance <= 6:
@@ -140,7 +148,9 @@ def _validate(endpoint: str, rules: dict[str, Any], body: dict[str, Any]) -> tup
     if body.get("output_format", "jpeg") not in ("jpeg", "png"):
         raise _invalid("output_format", "must be 'jpeg' or 'png'")
     if ("steps" in body or "guidance" in body) and not rules.get("steps"):
-        raise _invalid("steps" if "steps" in body else "guidance", f"extra field not permitted for {endpoint}")
+        raise _invalid(
+            "steps" if "steps" in body else "guidance", f"extra field not permitted for {endpoint}"
+        )
     image_fields = ["input_image", *(f"input_image_{i}" for i in range(2, 11))]
     refs = [body[f] for f in image_fields if f in body]
     if len(refs) > rules["refs"]:
@@ -156,7 +166,9 @@ def _validate(endpoint: str, rules: dict[str, Any], body: dict[str, Any]) -> tup
     return _output_size(endpoint, rules, body, inputs), inputs
 
 
-def _cost(rules: dict[str, Any], out: tuple[int, int], inputs: list[tuple[int, int]]) -> tuple[float, float, float]:
+def _cost(
+    rules: dict[str, Any], out: tuple[int, int], inputs: list[tuple[int, int]]
+) -> tuple[float, float, float]:
     out_mp = out[0] * out[1] / 1_000_000
     in_mp = sum(w * h for w, h in inputs) / 1_000_000
     if "flat" in rules:
@@ -172,66 +184,90 @@ class _DeliveryKeyProbe:
         self.app, self.state = app, state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/delivery/"):
-            if any(name.lower() == b"x-key" for name, _ in scope.get("headers", [])):
-                self.state.stats["delivery_with_key"] += 1
+        headers = scope.get("headers", []) if scope["type"] == "http" else []
+        if (
+            scope["type"] == "http"
+            and scope["path"].startswith("/delivery/")
+            and any(name.lower() == b"x-key" for name, _ in headers)
+        ):
+            self.state.stats["delivery_with_key"] += 1
         await self.app(scope, receive, send)
 
 
-def create_app(state: EmulatorState | None = None) -> Any:
-    state = state or EmulatorState()
-    state.delivery.ttl = 600.0  # BFL samples expire after 10 minutes
-    settings: dict[str, Any] = {"polls": 2, "not_found_polls": 0, "credits": 100_000.0}
+class _BFLEmulator:
+    """Request handlers; state lives in the shared ``EmulatorState`` and ``settings``."""
 
+    def __init__(self, state: EmulatorState) -> None:
+        self.state = state
+        self.settings: dict[str, Any] = {"polls": 2, "not_found_polls": 0, "credits": 100_000.0}
+
+    @staticmethod
     def check_key(request: Request) -> str:
         key = request.headers.get("x-key")
         if not key:
             raise APIError(403, "Not authenticated")
         return key
 
-    def active(key: str, endpoint: str | None = None) -> int:
+    def active(self, key: str, endpoint: str | None = None) -> int:
         return sum(
             1
-            for job in state.jobs.values()
-            if job["key"] == key and job["status"] == "Pending" and (endpoint is None or job["endpoint"] == endpoint)
+            for job in self.state.jobs.values()
+            if job["key"] == key
+            and job["status"] == "Pending"
+            and (endpoint is None or job["endpoint"] == endpoint)
         )
 
-    async def submit(request: Request) -> Response:
+    def charge(self, cost: float) -> None:
+        with self.state.lock:
+            if self.settings["credits"] < cost:
+                raise APIError(
+                    402, "Insufficient credits. Add credits at https://dashboard.bfl.ai."
+                )
+            self.settings["credits"] -= cost
+
+    async def submit(self, request: Request) -> Response:
         endpoint = request.path_params["endpoint"]
         try:
-            key = check_key(request)
+            key = self.check_key(request)
             rules = ENDPOINTS.get(endpoint)
             if rules is None:
                 raise APIError(404, "Not Found")
             try:
                 body = await request.json()
             except ValueError:
-                raise APIError(422, [{"loc": ["body"], "msg": "invalid JSON", "type": "value_error.jsondecode"}]) from None
+                raise APIError(
+                    422,
+                    [{"loc": ["body"], "msg": "invalid JSON", "type": "value_error.jsondecode"}],
+                ) from None
             out, inputs = _validate(endpoint, rules, body)
             limit = rules.get("limit", ACTIVE_LIMIT)
-            if active(key, endpoint if "limit" in rules else None) >= limit:
-                raise APIError(429, f"You have reached the limit of {limit} active tasks. Wait for a task to finish.")
+            if self.active(key, endpoint if "limit" in rules else None) >= limit:
+                raise APIError(
+                    429,
+                    f"You have reached the limit of {limit} active tasks. Wait for a task to finish.",
+                )
             cost, in_mp, out_mp = _cost(rules, out, inputs)
-            with state.lock:
-                if settings["credits"] < cost:
-                    raise APIError(402, "Insufficient credits. Add credits at https://dashboard.bfl.ai.")
-                settings["credits"] -= cost
-            task_id = str(uuid.uuid4())
-            base = str(request.base_url).rstrip("/")
-            state.jobs[task_id] = {
-                "key": key, "endpoint": endpoint, "status": "Pending", "polls": 0, "body": body,
-                "size": out, "created": time.time(), "seed": body.get("seed", random.randint(0, 2**31)),
-            }
-            return JSONResponse({
-                "id": task_id, "polling_url": f"{base}{BASE_PATH}/get_result?id={task_id}",
-                "cost": cost, "input_mp": in_mp, "output_mp": out_mp,
-            })
+            self.charge(cost)
         except APIError as exc:
             return exc.response()
+        task_id = str(uuid.uuid4())
+        base = str(request.base_url).rstrip("/")
+        self.state.jobs[task_id] = {
+            "key": key, "endpoint": endpoint, "status": "Pending", "polls": 0, "body": body,
+            "size": out, "created": time.time(), "seed": body.get("seed", random.randint(0, 2**31)),
+        }  # fmt: skip
+        return JSONResponse({
+            "id": task_id, "polling_url": f"{base}{BASE_PATH}/get_result?id={task_id}",
+            "cost": cost, "input_mp": in_mp, "output_mp": out_mp,
+        })  # fmt: skip
 
-    def advance(request: Request, job: dict[str, Any]) -> None:
+    def advance(self, request: Request, job: dict[str, Any]) -> None:
         job["polls"] += 1
-        if job["status"] != "Pending" or job["polls"] <= settings["not_found_polls"] + settings["polls"]:
+        settings = self.settings
+        if (
+            job["status"] != "Pending"
+            or job["polls"] <= settings["not_found_polls"] + settings["polls"]
+        ):
             return
         body = job["body"]
         if BLOCKED_WORD in str(body.get("prompt", "")):
@@ -241,56 +277,63 @@ def create_app(state: EmulatorState | None = None) -> Any:
         fmt = body.get("output_format", "jpeg")
         width, height = job["size"]
         data = render_image(str(body.get("prompt", "")), job["seed"], width, height, fmt)
-        sample = state.delivery.put(data, media_type_for(fmt), str(request.base_url))
+        sample = self.state.delivery.put(data, media_type_for(fmt), str(request.base_url))
         now = time.time()
         job["status"] = "Ready"
         job["result"] = {
             "sample": sample, "prompt": body.get("prompt", ""), "seed": job["seed"],
             "start_time": job["created"], "end_time": now, "duration": round(now - job["created"], 3),
-        }
+        }  # fmt: skip
 
-    async def get_result(request: Request) -> Response:
+    async def get_result(self, request: Request) -> Response:
         try:
-            check_key(request)
+            self.check_key(request)
         except APIError as exc:
             return exc.response()
         task_id = request.query_params.get("id", "")
-        job = state.jobs.get(task_id)
+        job = self.state.jobs.get(task_id)
+        not_found = {"id": task_id, "status": "Task not found", "result": None, "progress": None}
         if job is None:
-            return JSONResponse({"id": task_id, "status": "Task not found", "result": None, "progress": None})
-        with state.lock:
-            advance(request, job)
-        if job["polls"] <= settings["not_found_polls"]:
-            return JSONResponse({"id": task_id, "status": "Task not found", "result": None, "progress": None})
+            return JSONResponse(not_found)
+        with self.state.lock:
+            self.advance(request, job)
+        hidden = self.settings["not_found_polls"]
+        if job["polls"] <= hidden:
+            return JSONResponse(not_found)
         progress = None
         if job["status"] == "Pending":
-            progress = round((job["polls"] - settings["not_found_polls"]) / (settings["polls"] + 1), 2)
+            progress = round((job["polls"] - hidden) / (self.settings["polls"] + 1), 2)
         return JSONResponse({
             "id": task_id, "status": job["status"], "result": job.get("result"),
             "progress": progress, "details": job.get("details"), "preview": None,
-        })
+        })  # fmt: skip
 
-    async def credits(request: Request) -> Response:
+    async def credits(self, request: Request) -> Response:
         try:
-            check_key(request)
+            self.check_key(request)
         except APIError as exc:
             return exc.response()
-        return JSONResponse({"credits": round(settings["credits"], 2)})
+        return JSONResponse({"credits": round(self.settings["credits"], 2)})
 
-    async def jobs_settings(request: Request) -> Response:
+    async def jobs_settings(self, request: Request) -> Response:
         body = await request.json()
         for name in ("polls", "not_found_polls"):
             if name in body:
-                settings[name] = int(body[name])
+                self.settings[name] = int(body[name])
         if "credits" in body:
-            settings["credits"] = float(body["credits"])
-        return JSONResponse(settings)
+            self.settings["credits"] = float(body["credits"])
+        return JSONResponse(self.settings)
 
+
+def create_app(state: EmulatorState | None = None) -> Any:
+    state = state or EmulatorState()
+    state.delivery.ttl = 600.0  # BFL samples expire after 10 minutes
+    emu = _BFLEmulator(state)
     routes = [
-        Route("/_emulator/jobs", jobs_settings, methods=["POST"]),
-        Route(f"{BASE_PATH}/get_result", get_result, methods=["GET"]),
-        Route(f"{BASE_PATH}/credits", credits, methods=["GET"]),
-        Route(BASE_PATH + "/{endpoint}", submit, methods=["POST"]),
+        Route("/_emulator/jobs", emu.jobs_settings, methods=["POST"]),
+        Route(f"{BASE_PATH}/get_result", emu.get_result, methods=["GET"]),
+        Route(f"{BASE_PATH}/credits", emu.credits, methods=["GET"]),
+        Route(BASE_PATH + "/{endpoint}", emu.submit, methods=["POST"]),
     ]
     app = emulator_app(routes, state, error_body)
     app.add_middleware(_DeliveryKeyProbe, state=state)

@@ -3,7 +3,8 @@ node by node), ``GET /history[/{id}]`` (empty ``{}`` while a prompt runs, as Com
 ``GET /view``, ``POST /upload/image``, ``POST /interrupt``, ``GET|POST /queue``,
 ``GET /object_info`` and ``GET /system_stats``. Every route is also under ``/api``.
 
-A prompt "runs" for ``latency`` seconds (``/_emulator/settings``) and renders one image per
+A prompt "runs" for ``run_seconds`` (``POST /_emulator/comfyui {"run_seconds": 2}``; the shared
+``latency`` setting delays every request instead) and renders one image per
 batch item from the positive prompt, seed and size; a prompt containing the blocked word
 ends in ``execution_error``.
 """
@@ -113,6 +114,7 @@ def create_app(state: EmulatorState | None = None) -> Any:
     state = state or EmulatorState()
     files: dict[tuple[str, str], bytes] = {}
     counter = {"number": 0}
+    timing = {"run_seconds": 0.0}
 
     def _finish(prompt_id: str) -> dict[str, Any]:
         job = state.jobs[prompt_id]
@@ -154,7 +156,7 @@ def create_app(state: EmulatorState | None = None) -> Any:
         prompt_id = str(body.get("prompt_id") or uuid.uuid4())
         counter["number"] += 1
         state.jobs[prompt_id] = {"workflow": workflow, "status": "running", "number": counter["number"],
-                                 "ready_at": time.monotonic() + state.latency, "client_id": body.get("client_id")}  # fmt: skip
+                                 "ready_at": time.monotonic() + timing["run_seconds"], "client_id": body.get("client_id")}  # fmt: skip
         return JSONResponse({"prompt_id": prompt_id, "number": counter["number"], "node_errors": {}})
 
     async def history_one(request: Request) -> Response:
@@ -208,7 +210,12 @@ def create_app(state: EmulatorState | None = None) -> Any:
     async def system_stats(request: Request) -> Response:
         return JSONResponse({"system": {"comfyui_version": "0.3.64-emulator", "python_version": "3.11"}, "devices": []})
 
-    routes = []
+    async def settings(request: Request) -> Response:
+        body = await request.json()
+        timing["run_seconds"] = float(body.get("run_seconds", timing["run_seconds"]))
+        return JSONResponse(timing)
+
+    routes = [Route("/_emulator/comfyui", settings, methods=["POST"])]
     for prefix in ("", "/api"):
         routes += [
             Route(prefix + "/prompt", post_prompt, methods=["POST"]),

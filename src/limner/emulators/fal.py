@@ -28,14 +28,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from limner.emulators.common import BLOCKED_WORD, EmulatorState, emulator_app, media_type_for, render_image
+from limner.emulators.common import (
+    BLOCKED_WORD,
+    EmulatorState,
+    emulator_app,
+    media_type_for,
+    render_image,
+)
 
 __all__ = ["BASE_PATH", "MODELS", "create_app"]
 
 BASE_PATH = "/queue"
 SIZE_ENUMS = {
-    "square_hd": (1024, 1024), "square": (512, 512), "landscape_4_3": (1024, 768),
-    "landscape_16_9": (1024, 576), "portrait_4_3": (768, 1024), "portrait_16_9": (576, 1024),
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
 }
 ASPECTS = {"21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:21", "5:4", "4:5"}
 # kind: t2i (image_size), aspect (aspect_ratio), i2i (image_url), multi (image_urls), fill
@@ -95,7 +105,9 @@ def _size(body: dict[str, Any]) -> tuple[int, int]:
     size = body.get("image_size", "landscape_4_3")
     if isinstance(size, str):
         if size not in SIZE_ENUMS:
-            raise _invalid("image_size", f"unexpected value; permitted: {', '.join(SIZE_ENUMS)}", "enum")
+            raise _invalid(
+                "image_size", f"unexpected value; permitted: {', '.join(SIZE_ENUMS)}", "enum"
+            )
         return SIZE_ENUMS[size]
     if not isinstance(size, dict) or not {"width", "height"} <= set(size):
         raise _invalid("image_size", "expected an enum value or {width, height}")
@@ -108,7 +120,9 @@ def _size(body: dict[str, Any]) -> tuple[int, int]:
 def _aspect(body: dict[str, Any]) -> tuple[int, int]:
     aspect = str(body.get("aspect_ratio", "1:1"))
     if aspect not in ASPECTS:
-        raise _invalid("aspect_ratio", f"unexpected value; permitted: {', '.join(sorted(ASPECTS))}", "enum")
+        raise _invalid(
+            "aspect_ratio", f"unexpected value; permitted: {', '.join(sorted(ASPECTS))}", "enum"
+        )
     a, b = (int(v) for v in aspect.split(":"))
     height = int((1_000_000 * b / a) ** 0.5)
     return height * a // b // 8 * 8, height // 8 * 8
@@ -149,108 +163,162 @@ def plan(model: str, body: dict[str, Any]) -> tuple[int, tuple[int, int]]:
     return count, (_size(body) if "image_size" in body else (width, height))
 
 
-def create_app(state: EmulatorState | None = None) -> Any:
-    state = state or EmulatorState()
-    state.delivery.ttl = 3600.0  # fal keeps outputs on its CDN; results expire from the queue
-    settings: dict[str, Any] = {"queue_polls": 1, "progress_polls": 1, "max_in_flight": 10}
+class _FalEmulator:
+    """Request handlers; jobs live in the shared ``EmulatorState.jobs``."""
 
-    def check_key(request: Request) -> str:
+    def __init__(self, state: EmulatorState) -> None:
+        self.state = state
+        self.settings: dict[str, Any] = {"queue_polls": 1, "progress_polls": 1, "max_in_flight": 10}
+
+    def check_key(self, request: Request) -> str:
         header = request.headers.get("authorization", "")
         if not header.startswith("Key ") or not header[4:].strip():
-            raise APIError(401, "Missing or invalid authorization header: use 'Authorization: Key <FAL_KEY>'.")
+            raise APIError(
+                401, "Missing or invalid authorization header: use 'Authorization: Key <FAL_KEY>'."
+            )
         return header[4:]
 
-    def model_of(path: str) -> str:
+    def model_of(self, path: str) -> str:
         model = path.strip("/")
         if model not in MODELS:
             raise APIError(404, f"Application '{model}' not found")
         return model
 
-    def output(request: Request, model: str, body: dict[str, Any], count: int, size: tuple[int, int]) -> dict[str, Any]:
+    def output(
+        self, request: Request, model: str, body: dict[str, Any], count: int, size: tuple[int, int]
+    ) -> dict[str, Any]:
         prompt = str(body.get("prompt", model))
         blocked = BLOCKED_WORD in prompt
         fmt = str(body.get("output_format", "jpeg"))
         seed = int(body.get("seed", random.randint(0, 2**31)))
         images = []
         for i in range(count):
-            data = render_image("" if blocked else prompt, None if blocked else seed + i, size[0], size[1], fmt)
+            data = render_image(
+                "" if blocked else prompt, None if blocked else seed + i, size[0], size[1], fmt
+            )
             media = media_type_for(fmt)
             if body.get("sync_mode"):
                 url = f"data:{media};base64,{base64.b64encode(data).decode()}"
             else:
-                url = state.delivery.put(data, media, str(request.base_url))
-            images.append({"url": url, "width": size[0], "height": size[1], "content_type": media,
-                           "file_name": f"{uuid.uuid4().hex[:8]}.{fmt}", "file_size": len(data)})
-        return {"images": images, "seed": seed, "prompt": prompt, "timings": {"inference": 0.01},
-                "has_nsfw_concepts": [blocked] * count}
+                url = self.state.delivery.put(data, media, str(request.base_url))
+            images.append(
+                {
+                    "url": url,
+                    "width": size[0],
+                    "height": size[1],
+                    "content_type": media,
+                    "file_name": f"{uuid.uuid4().hex[:8]}.{fmt}",
+                    "file_size": len(data),
+                }
+            )
+        return {
+            "images": images,
+            "seed": seed,
+            "prompt": prompt,
+            "timings": {"inference": 0.01},
+            "has_nsfw_concepts": [blocked] * count,
+        }
 
-    async def read_body(request: Request) -> dict[str, Any]:
+    async def read_body(self, request: Request) -> dict[str, Any]:
         try:
             body = await request.json()
         except ValueError:
-            raise APIError(422, [{"loc": ["body"], "msg": "invalid JSON", "type": "json_invalid"}]) from None
+            raise APIError(
+                422, [{"loc": ["body"], "msg": "invalid JSON", "type": "json_invalid"}]
+            ) from None
         if not isinstance(body, dict):
             raise _invalid("body", "expected an object")
         return body
 
-    async def submit(request: Request) -> Response:
+    async def submit(self, request: Request) -> Response:
         try:
-            key = check_key(request)
-            model = model_of(request.path_params["model"])
-            body = await read_body(request)
+            key = self.check_key(request)
+            model = self.model_of(request.path_params["model"])
+            body = await self.read_body(request)
             count, size = plan(model, body)
-            waiting = sum(1 for j in state.jobs.values() if j["key"] == key and j["status"] != "COMPLETED")
-            if waiting >= settings["max_in_flight"]:
+            waiting = sum(
+                1
+                for j in self.state.jobs.values()
+                if j["key"] == key and j["status"] != "COMPLETED"
+            )
+            if waiting >= self.settings["max_in_flight"]:
                 raise APIError(429, "Too many requests in the queue for this user; retry later.")
             rid = str(uuid.uuid4())
             owner, app = model.split("/")[:2]
             base = f"{str(request.base_url).rstrip('/')}{BASE_PATH}/{owner}/{app}/requests/{rid}"
-            state.jobs[rid] = {
-                "key": key, "model": model, "app": f"{owner}/{app}", "body": body, "count": count,
-                "size": size, "status": "IN_QUEUE", "polls": 0, "logs": [],
+            self.state.jobs[rid] = {
+                "key": key,
+                "model": model,
+                "app": f"{owner}/{app}",
+                "body": body,
+                "count": count,
+                "size": size,
+                "status": "IN_QUEUE",
+                "polls": 0,
+                "logs": [],
             }
-            return JSONResponse({
-                "status": "IN_QUEUE", "request_id": rid, "gateway_request_id": rid,
-                "response_url": base, "status_url": base + "/status", "cancel_url": base + "/cancel",
-                "queue_position": settings["queue_polls"], "logs": None, "metrics": {},
-            }, headers={"x-fal-request-id": rid})
+            return JSONResponse(
+                {
+                    "status": "IN_QUEUE",
+                    "request_id": rid,
+                    "gateway_request_id": rid,
+                    "response_url": base,
+                    "status_url": base + "/status",
+                    "cancel_url": base + "/cancel",
+                    "queue_position": self.settings["queue_polls"],
+                    "logs": None,
+                    "metrics": {},
+                },
+                headers={"x-fal-request-id": rid},
+            )
         except APIError as exc:
             return exc.response()
 
-    def job_for(request: Request) -> dict[str, Any]:
-        check_key(request)
+    def job_for(self, request: Request) -> dict[str, Any]:
+        self.check_key(request)
         p = request.path_params
-        job = state.jobs.get(p["rid"])
+        job = self.state.jobs.get(p["rid"])
         # Status and result URLs carry {owner}/{app} only; another app's URL does not find it.
         if job is None or job["app"] != f"{p['owner']}/{p['app']}":
             raise APIError(404, f"Request {p['rid']} not found")
         return job
 
-    def advance(request: Request, job: dict[str, Any]) -> None:
+    def advance(self, request: Request, job: dict[str, Any]) -> None:
         if job["status"] == "COMPLETED":
             return
         job["polls"] += 1
-        queue, running = settings["queue_polls"], settings["progress_polls"]
+        queue, running = self.settings["queue_polls"], self.settings["progress_polls"]
         if job["polls"] <= queue:
             job["status"] = "IN_QUEUE"
         elif job["polls"] <= queue + running:
             job["status"] = "IN_PROGRESS"
-            job["logs"].append({"message": f"step {job['polls'] - queue}/{running}", "level": "INFO",
-                                "source": "user", "timestamp": "2026-01-01T00:00:00Z"})
+            job["logs"].append(
+                {
+                    "message": f"step {job['polls'] - queue}/{running}",
+                    "level": "INFO",
+                    "source": "user",
+                    "timestamp": "2026-01-01T00:00:00Z",
+                }
+            )
         else:
             job["status"] = "COMPLETED"
-            job["result"] = output(request, job["model"], job["body"], job["count"], job["size"])
+            job["result"] = self.output(
+                request, job["model"], job["body"], job["count"], job["size"]
+            )
 
-    async def status(request: Request) -> Response:
+    async def status(self, request: Request) -> Response:
         try:
-            job = job_for(request)
-            with state.lock:
-                advance(request, job)
+            job = self.job_for(request)
+            with self.state.lock:
+                self.advance(request, job)
             with_logs = request.query_params.get("logs") in ("1", "true", "True")
-            body: dict[str, Any] = {"status": job["status"], "request_id": request.path_params["rid"],
-                                    "response_url": str(request.url).split("/status")[0]}
+            body: dict[str, Any] = {
+                "status": job["status"],
+                "request_id": request.path_params["rid"],
+                "response_url": str(request.url).split("/status")[0],
+            }
             if job["status"] == "IN_QUEUE":
-                body["queue_position"] = max(settings["queue_polls"] - job["polls"], 0)
+                body["queue_position"] = max(self.settings["queue_polls"] - job["polls"], 0)
             body["logs"] = job["logs"] if with_logs else None
             if job["status"] == "COMPLETED":
                 body["metrics"] = {"inference_time": 0.01}
@@ -260,53 +328,67 @@ def create_app(state: EmulatorState | None = None) -> Any:
         except APIError as exc:
             return exc.response()
 
-    async def result(request: Request) -> Response:
+    async def result(self, request: Request) -> Response:
         try:
-            job = job_for(request)
+            job = self.job_for(request)
             if job["status"] != "COMPLETED":
                 raise APIError(400, "Request is still in progress")
             if job.get("error"):
                 raise APIError(400, job["error"], job.get("error_type"))
-            return JSONResponse(job["result"], headers={"x-fal-request-id": request.path_params["rid"]})
+            return JSONResponse(
+                job["result"], headers={"x-fal-request-id": request.path_params["rid"]}
+            )
         except APIError as exc:
             return exc.response()
 
-    async def cancel(request: Request) -> Response:
+    async def cancel(self, request: Request) -> Response:
         try:
-            job = job_for(request)
-            with state.lock:
+            job = self.job_for(request)
+            with self.state.lock:
                 if job["status"] == "COMPLETED":
                     return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
-                job["status"], job["error"], job["error_type"] = "COMPLETED", "Request was cancelled", "request_cancelled"
-                state.stats["cancelled"] += 1
+                job["status"], job["error"], job["error_type"] = (
+                    "COMPLETED",
+                    "Request was cancelled",
+                    "request_cancelled",
+                )
+                self.state.stats["cancelled"] += 1
             return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
         except APIError as exc:
             return exc.response()
 
-    async def run_sync(request: Request) -> Response:
+    async def run_sync(self, request: Request) -> Response:
         try:
-            check_key(request)
-            model = model_of(request.path_params["model"])
-            body = await read_body(request)
+            self.check_key(request)
+            model = self.model_of(request.path_params["model"])
+            body = await self.read_body(request)
             count, size = plan(model, body)
-            return JSONResponse(output(request, model, body, count, size), headers={"x-fal-request-id": str(uuid.uuid4())})
+            return JSONResponse(
+                self.output(request, model, body, count, size),
+                headers={"x-fal-request-id": str(uuid.uuid4())},
+            )
         except APIError as exc:
             return exc.response()
 
-    async def jobs_settings(request: Request) -> Response:
+    async def jobs_settings(self, request: Request) -> Response:
         body = await request.json()
         for name in ("queue_polls", "progress_polls", "max_in_flight"):
             if name in body:
-                settings[name] = int(body[name])
-        return JSONResponse(settings)
+                self.settings[name] = int(body[name])
+        return JSONResponse(self.settings)
 
+
+def create_app(state: EmulatorState | None = None) -> Any:
+    state = state or EmulatorState()
+    state.delivery.ttl = 3600.0  # fal keeps outputs on its CDN; results expire from the queue
+    emu = _FalEmulator(state)
     requests_path = BASE_PATH + "/{owner}/{app}/requests/{rid}"
     routes = [
-        Route("/_emulator/jobs", jobs_settings, methods=["POST"]),
-        Route(requests_path + "/status", status, methods=["GET"]),
-        Route(requests_path + "/cancel", cancel, methods=["PUT"]),
-        Route(requests_path, result, methods=["GET"]),
-        Route(BASE_PATH + "/{model:path}", submit, methods=["POST"]),
-        Route("/run/{model:path}", run_sync, methods=["POST"]),
+        Route("/_emulator/jobs", emu.jobs_settings, methods=["POST"]),
+        Route(requests_path + "/status", emu.status, methods=["GET"]),
+        Route(requests_path + "/cancel", emu.cancel, methods=["PUT"]),
+        Route(requests_path, emu.result, methods=["GET"]),
+        Route(BASE_PATH + "/{model:path}", emu.submit, methods=["POST"]),
+        Route("/run/{model:path}", emu.run_sync, methods=["POST"]),
     ]
     return emulator_app(routes, state, error_body)

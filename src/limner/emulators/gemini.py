@@ -25,22 +25,39 @@ ASPECTS = {"1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:
 WIDE_ASPECTS = {"1:4", "4:1", "1:8", "8:1"}
 # Output image tokens by imageSize, per model (Google bills images as output tokens).
 MODELS: dict[str, dict[str, Any]] = {
-    "gemini-3-pro-image-preview": {"sizes": {"1K": 1120, "2K": 1120, "4K": 2000}, "aspects": ASPECTS, "thinks": True},
+    "gemini-3-pro-image-preview": {
+        "sizes": {"1K": 1120, "2K": 1120, "4K": 2000},
+        "aspects": ASPECTS,
+        "thinks": True,
+    },
     "gemini-3.1-flash-image-preview": {
         "sizes": {"512": 747, "1K": 1120, "2K": 1680, "4K": 2520},
         "aspects": ASPECTS | WIDE_ASPECTS,
     },
     "gemini-2.5-flash-image": {"sizes": {"1K": 1290}, "aspects": ASPECTS},
 }
-IMAGEN_MODELS = {"imagen-4.0-generate-001", "imagen-4.0-ultra-generate-001", "imagen-4.0-fast-generate-001"}
+IMAGEN_MODELS = {
+    "imagen-4.0-generate-001",
+    "imagen-4.0-ultra-generate-001",
+    "imagen-4.0-fast-generate-001",
+}
 # The emulator draws small images so that tests stay fast; the long edge per imageSize.
 EDGE = {"512": 128, "1K": 256, "2K": 320, "4K": 384}
 VERTEX_ONLY = {"personGeneration", "prominentPeople", "imageOutputOptions"}
 
 
-class APIError(Exception):
-    STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
 
+
+class APIError(Exception):
     def __init__(self, code: int, message: str):
         super().__init__(message)
         self.code = code
@@ -50,7 +67,9 @@ class APIError(Exception):
 
 
 def error_body(code: int, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "status": APIError.STATUS.get(code, "UNKNOWN")}}
+    return {
+        "error": {"code": code, "message": message, "status": GOOGLE_STATUS.get(code, "UNKNOWN")}
+    }
 
 
 def _dimensions(aspect: str, size: str) -> tuple[int, int]:
@@ -64,7 +83,10 @@ def _dimensions(aspect: str, size: str) -> tuple[int, int]:
 
 def _check_auth(request: Request) -> None:
     if not (request.headers.get("x-goog-api-key") or request.query_params.get("key")):
-        raise APIError(403, "Method doesn't allow unregistered callers. Please use API Key or other form of API consumer identity to call this API.")
+        raise APIError(
+            403,
+            "Method doesn't allow unregistered callers. Please use API Key or other form of API consumer identity to call this API.",
+        )
 
 
 def _read_parts(body: dict[str, Any]) -> tuple[str, list[bytes]]:
@@ -83,14 +105,20 @@ def _read_parts(body: dict[str, Any]) -> tuple[str, list[bytes]]:
                     raw = str(inline["data"]).replace("-", "+").replace("_", "/")
                     images.append(base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True))
                 except (KeyError, ValueError):
-                    raise APIError(400, "Invalid value at 'contents[0].parts[1].inline_data.data': invalid base64.") from None
+                    raise APIError(
+                        400,
+                        "Invalid value at 'contents[0].parts[1].inline_data.data': invalid base64.",
+                    ) from None
     return " ".join(texts), images
 
 
 def _generate_content(model: str, body: dict[str, Any]) -> dict[str, Any]:
     rules = MODELS.get(model)
     if rules is None:
-        raise APIError(404, f"models/{model} is not found for API version v1beta, or is not supported for generateContent.")
+        raise APIError(
+            404,
+            f"models/{model} is not found for API version v1beta, or is not supported for generateContent.",
+        )
     prompt, images = _read_parts(body)
     config = body.get("generationConfig") or {}
     image_config = config.get("imageConfig") or {}
@@ -112,8 +140,17 @@ def _generate_content(model: str, body: dict[str, Any]) -> dict[str, Any]:
     response_id = uuid.uuid4().hex[:22]
     if BLOCKED_WORD in prompt:
         usage.update(candidatesTokenCount=0, totalTokenCount=usage["promptTokenCount"])
-        candidate = {"finishReason": "IMAGE_SAFETY", "index": 0, "finishMessage": "Unable to show the generated image."}
-        return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": response_id}
+        candidate = {
+            "finishReason": "IMAGE_SAFETY",
+            "index": 0,
+            "finishMessage": "Unable to show the generated image.",
+        }
+        return {
+            "candidates": [candidate],
+            "usageMetadata": usage,
+            "modelVersion": model,
+            "responseId": response_id,
+        }
     parts: list[dict[str, Any]] = []
     if "TEXT" in modalities:
         parts.append({"text": f"Here is the image: {prompt[:60]}"})
@@ -125,24 +162,47 @@ def _generate_content(model: str, body: dict[str, Any]) -> dict[str, Any]:
         data = render_image(prompt + salt, seed, width, height, "png")
         if rules.get("thinks"):
             draft = render_image("draft " + prompt, seed, width // 2, height // 2, "png")
-            parts.insert(0, {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(draft).decode()}, "thought": True})
-        parts.append({"inlineData": {"mimeType": "image/png", "data": base64.b64encode(data).decode()}, "thoughtSignature": "c2lnbmF0dXJl"})
+            parts.insert(
+                0,
+                {
+                    "inlineData": {
+                        "mimeType": "image/png",
+                        "data": base64.b64encode(draft).decode(),
+                    },
+                    "thought": True,
+                },
+            )
+        parts.append(
+            {
+                "inlineData": {"mimeType": "image/png", "data": base64.b64encode(data).decode()},
+                "thoughtSignature": "c2lnbmF0dXJl",
+            }
+        )
         image_tokens = rules["sizes"][size]
     text_out = 8 if "TEXT" in modalities else 0
     usage.update(
         candidatesTokenCount=image_tokens + text_out,
         totalTokenCount=usage["promptTokenCount"] + image_tokens + text_out,
-        candidatesTokensDetails=[{"modality": "IMAGE", "tokenCount": image_tokens}] + ([{"modality": "TEXT", "tokenCount": text_out}] if text_out else []),
+        candidatesTokensDetails=[{"modality": "IMAGE", "tokenCount": image_tokens}]
+        + ([{"modality": "TEXT", "tokenCount": text_out}] if text_out else []),
     )
     candidate = {"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}
     if "IMAGE" in modalities and not parts:
         candidate["finishReason"] = "NO_IMAGE"
-    return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": response_id}
+    return {
+        "candidates": [candidate],
+        "usageMetadata": usage,
+        "modelVersion": model,
+        "responseId": response_id,
+    }
 
 
 def _predict(model: str, body: dict[str, Any]) -> dict[str, Any]:
     if model not in IMAGEN_MODELS:
-        raise APIError(404, f"models/{model} is not found for API version v1beta, or is not supported for predict.")
+        raise APIError(
+            404,
+            f"models/{model} is not found for API version v1beta, or is not supported for predict.",
+        )
     instances = body.get("instances") or [{}]
     prompt = str(instances[0].get("prompt", ""))
     params = body.get("parameters") or {}
@@ -150,10 +210,19 @@ def _predict(model: str, body: dict[str, Any]) -> dict[str, Any]:
     if not 1 <= count <= 4:
         raise APIError(400, "sampleCount must be between 1 and 4.")
     if BLOCKED_WORD in prompt:
-        return {"predictions": [{"raiFilteredReason": "Your current safety filter threshold filtered out the generated images."}]}
+        return {
+            "predictions": [
+                {
+                    "raiFilteredReason": "Your current safety filter threshold filtered out the generated images."
+                }
+            ]
+        }
     width, height = _dimensions(params.get("aspectRatio", "1:1"), "1K")
     predictions = [
-        {"bytesBase64Encoded": base64.b64encode(render_image(prompt, i, width, height)).decode(), "mimeType": "image/png"}
+        {
+            "bytesBase64Encoded": base64.b64encode(render_image(prompt, i, width, height)).decode(),
+            "mimeType": "image/png",
+        }
         for i in range(count)
     ]
     return {"predictions": predictions}
@@ -179,5 +248,8 @@ def create_app(state: EmulatorState | None = None) -> Any:
             return exc.response()
 
     # The google-genai SDK addresses /v1 by default and /v1beta when asked; both are served.
-    routes = [Route(f"{path}/models/{{target}}", model_method, methods=["POST"]) for path in (BASE_PATH, "/v1")]
+    routes = [
+        Route(f"{path}/models/{{target}}", model_method, methods=["POST"])
+        for path in (BASE_PATH, "/v1")
+    ]
     return emulator_app(routes, state, error_body)

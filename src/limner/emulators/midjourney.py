@@ -43,12 +43,18 @@ def error_body(status: int, message: str) -> dict[str, Any]:
     return {"code": status, "description": message, "result": None}
 
 
-def _ok(task_id: str, code: int = 1, description: str = "Submit success", **properties: Any) -> JSONResponse:
-    return JSONResponse({"code": code, "description": description, "result": task_id, "properties": properties})
+def _ok(
+    task_id: str, code: int = 1, description: str = "Submit success", **properties: Any
+) -> JSONResponse:
+    return JSONResponse(
+        {"code": code, "description": description, "result": task_id, "properties": properties}
+    )
 
 
 def _refuse(code: int, description: str, **properties: Any) -> JSONResponse:
-    return JSONResponse({"code": code, "description": description, "result": None, "properties": properties})
+    return JSONResponse(
+        {"code": code, "description": description, "result": None, "properties": properties}
+    )
 
 
 def _tile_size(prompt: str) -> tuple[int, int]:
@@ -83,11 +89,49 @@ def _decode_data_url(value: str) -> bytes:
 def _buttons(task: dict[str, Any]) -> list[dict[str, Any]]:
     digest = task["id"]
     if task["action"] == "UPSCALE":
-        names = [("upsample_v7_2x_subtle", 1, "Upscale (Subtle)"), ("low_variation", 1, "Vary (Subtle)")]
-        return [{"customId": f"MJ::JOB::{n}::{i}::{digest}::SOLO", "emoji": "", "label": label, "type": 2, "style": 2} for n, i, label in names]
-    buttons = [{"customId": f"MJ::JOB::upsample::{i}::{digest}", "emoji": "", "label": f"U{i}", "type": 2, "style": 2} for i in range(1, 5)]
-    buttons.append({"customId": f"MJ::JOB::reroll::0::{digest}::SOLO", "emoji": "🔄", "label": "", "type": 2, "style": 2})
-    buttons += [{"customId": f"MJ::JOB::variation::{i}::{digest}", "emoji": "", "label": f"V{i}", "type": 2, "style": 2} for i in range(1, 5)]
+        names = [
+            ("upsample_v7_2x_subtle", 1, "Upscale (Subtle)"),
+            ("low_variation", 1, "Vary (Subtle)"),
+        ]
+        return [
+            {
+                "customId": f"MJ::JOB::{n}::{i}::{digest}::SOLO",
+                "emoji": "",
+                "label": label,
+                "type": 2,
+                "style": 2,
+            }
+            for n, i, label in names
+        ]
+    buttons = [
+        {
+            "customId": f"MJ::JOB::upsample::{i}::{digest}",
+            "emoji": "",
+            "label": f"U{i}",
+            "type": 2,
+            "style": 2,
+        }
+        for i in range(1, 5)
+    ]
+    buttons.append(
+        {
+            "customId": f"MJ::JOB::reroll::0::{digest}::SOLO",
+            "emoji": "🔄",
+            "label": "",
+            "type": 2,
+            "style": 2,
+        }
+    )
+    buttons += [
+        {
+            "customId": f"MJ::JOB::variation::{i}::{digest}",
+            "emoji": "",
+            "label": f"V{i}",
+            "type": 2,
+            "style": 2,
+        }
+        for i in range(1, 5)
+    ]
     return buttons
 
 
@@ -139,12 +183,19 @@ class Proxy:
     def finish(self, task: dict[str, Any], base_url: str) -> None:
         now = int(time.time() * 1000)
         if FAIL_WORD in task["prompt"]:
-            task.update(status="FAILURE", failReason="Job failed: the Midjourney bot reported an error", finishTime=now)
+            task.update(
+                status="FAILURE",
+                failReason="Job failed: the Midjourney bot reported an error",
+                finishTime=now,
+            )
             return
         render = task["render"]
         if task["action"] == "DESCRIBE":
             salt = render["salt"]
-            lines = [f"{n}️⃣ a study in colour bands, reference {salt[:6]}, variant {n} --ar 1:1" for n in range(1, 5)]
+            lines = [
+                f"{n}️⃣ a study in colour bands, reference {salt[:6]}, variant {n} --ar 1:1"
+                for n in range(1, 5)
+            ]
             task["prompt"] = task["properties"]["finalPrompt"] = "\n\n".join(lines)
         elif task["action"] == "UPSCALE":
             tw, th = render["size"]
@@ -161,37 +212,51 @@ class Proxy:
         return {k: v for k, v in task.items() if k not in ("fetches", "render")}
 
 
-def create_app(state: EmulatorState | None = None) -> Any:
-    state = state or EmulatorState()
-    state.delivery.ttl = 24 * 3600.0  # Discord attachment URLs last about a day
-    proxy = Proxy(state)
+class Handlers:
+    """The HTTP handlers of the proxy emulator."""
 
-    def guard(request: Request) -> JSONResponse | None:
-        if not proxy.authorised(request):
-            return JSONResponse(error_body(401, "unauthorized: mj-api-secret is missing or wrong"), status_code=401)
-        if proxy.queue_size is not None and proxy.active() >= proxy.queue_size:
-            return _refuse(23, "queue is full, please try again later", numberOfQueues=proxy.active())
+    def __init__(self, state: EmulatorState, proxy: Proxy) -> None:
+        self.state, self.proxy = state, proxy
+
+    def guard(self, request: Request) -> JSONResponse | None:
+        if not self.proxy.authorised(request):
+            return JSONResponse(
+                error_body(401, "unauthorized: mj-api-secret is missing or wrong"), status_code=401
+            )
+        if self.proxy.queue_size is not None and self.proxy.active() >= self.proxy.queue_size:
+            return _refuse(
+                23, "queue is full, please try again later", numberOfQueues=self.proxy.active()
+            )
         return None
 
-    async def imagine(request: Request) -> Response:
-        if refused := guard(request):
+    async def imagine(self, request: Request) -> Response:
+        if refused := self.guard(request):
             return refused
         body = await request.json()
         prompt = str(body.get("prompt") or "")
         if not prompt:
             return _refuse(4, "prompt cannot be empty")
         if BLOCKED_WORD in prompt:
-            return _refuse(24, "may contain sensitive words", promptEn=prompt, bannedWord=BLOCKED_WORD)
+            return _refuse(
+                24, "may contain sensitive words", promptEn=prompt, bannedWord=BLOCKED_WORD
+            )
         try:
             images = [_decode_data_url(v) for v in body.get("base64Array") or []]
         except ValueError:
             return _refuse(4, "base64 format error")
         salt = hashlib.sha256(b"".join(images)).hexdigest()[:10] if images else ""
-        task_id, code = proxy.create("IMAGINE", prompt, {"prompt": prompt, "salt": salt, "size": _tile_size(prompt)})
-        return _ok(task_id, code, "Submit success" if code == 1 else "Waiting in queue", numberOfQueues=proxy.active() - 1)
+        task_id, code = self.proxy.create(
+            "IMAGINE", prompt, {"prompt": prompt, "salt": salt, "size": _tile_size(prompt)}
+        )
+        return _ok(
+            task_id,
+            code,
+            "Submit success" if code == 1 else "Waiting in queue",
+            numberOfQueues=self.proxy.active() - 1,
+        )
 
-    def act(parent_id: str, kind: str, index: int) -> JSONResponse:
-        parent = proxy.tasks.get(parent_id)
+    def act(self, parent_id: str, kind: str, index: int) -> JSONResponse:
+        parent = self.proxy.tasks.get(parent_id)
         if parent is None:
             return _refuse(3, "related task does not exist or has expired")
         if parent["status"] != "SUCCESS":
@@ -202,33 +267,35 @@ def create_app(state: EmulatorState | None = None) -> Any:
             render["index"] = index
         else:
             render["salt"] = f"{render['salt']}|{kind}{index}|{uuid.uuid4().hex[:6]}"
-        task_id, code = proxy.create(action, parent["prompt"], render)
+        task_id, code = self.proxy.create(action, parent["prompt"], render)
         return _ok(task_id, code)
 
-    async def action(request: Request) -> Response:
-        if refused := guard(request):
+    async def action(self, request: Request) -> Response:
+        if refused := self.guard(request):
             return refused
         body = await request.json()
         custom, parent_id = str(body.get("customId") or ""), str(body.get("taskId") or "")
         match = re.match(r"MJ::JOB::(upsample|variation|reroll)::(\d)::", custom)
         if not match:
             return _refuse(4, f"unsupported customId {custom!r}")
-        parent = proxy.tasks.get(parent_id)
+        parent = self.proxy.tasks.get(parent_id)
         if parent is not None and custom not in {b["customId"] for b in parent["buttons"]}:
             return _refuse(4, "customId does not belong to the task")
-        return act(parent_id, match.group(1), int(match.group(2)))
+        return self.act(parent_id, match.group(1), int(match.group(2)))
 
-    async def change(request: Request) -> Response:
-        if refused := guard(request):
+    async def change(self, request: Request) -> Response:
+        if refused := self.guard(request):
             return refused
         body = await request.json()
-        kind = {"UPSCALE": "upsample", "VARIATION": "variation", "REROLL": "reroll"}.get(str(body.get("action")))
+        kind = {"UPSCALE": "upsample", "VARIATION": "variation", "REROLL": "reroll"}.get(
+            str(body.get("action"))
+        )
         if kind is None:
             return _refuse(4, "action must be UPSCALE, VARIATION or REROLL")
-        return act(str(body.get("taskId") or ""), kind, int(body.get("index") or 0))
+        return self.act(str(body.get("taskId") or ""), kind, int(body.get("index") or 0))
 
-    async def describe(request: Request) -> Response:
-        if refused := guard(request):
+    async def describe(self, request: Request) -> Response:
+        if refused := self.guard(request):
             return refused
         body = await request.json()
         try:
@@ -238,11 +305,11 @@ def create_app(state: EmulatorState | None = None) -> Any:
         if not data:
             return _refuse(4, "base64 cannot be empty")
         salt = hashlib.sha256(data).hexdigest()
-        task_id, code = proxy.create("DESCRIBE", "", {"salt": salt})
+        task_id, code = self.proxy.create("DESCRIBE", "", {"salt": salt})
         return _ok(task_id, code)
 
-    async def blend(request: Request) -> Response:
-        if refused := guard(request):
+    async def blend(self, request: Request) -> Response:
+        if refused := self.guard(request):
             return refused
         body = await request.json()
         try:
@@ -251,16 +318,20 @@ def create_app(state: EmulatorState | None = None) -> Any:
             return _refuse(4, "base64 format error")
         if not 2 <= len(images) <= 5:
             return _refuse(4, "base64List size must be 2-5")
-        ratio = {"PORTRAIT": "2:3", "SQUARE": "1:1", "LANDSCAPE": "3:2"}.get(str(body.get("dimensions", "SQUARE")))
+        ratio = {"PORTRAIT": "2:3", "SQUARE": "1:1", "LANDSCAPE": "3:2"}.get(
+            str(body.get("dimensions", "SQUARE"))
+        )
         if ratio is None:
             return _refuse(4, "dimensions must be PORTRAIT, SQUARE or LANDSCAPE")
         prompt = f"blend --ar {ratio}"
         salt = hashlib.sha256(b"".join(images)).hexdigest()[:10]
-        task_id, code = proxy.create("BLEND", prompt, {"prompt": prompt, "salt": salt, "size": _tile_size(prompt)})
+        task_id, code = self.proxy.create(
+            "BLEND", prompt, {"prompt": prompt, "salt": salt, "size": _tile_size(prompt)}
+        )
         return _ok(task_id, code)
 
-    async def upload(request: Request) -> Response:
-        if refused := guard(request):
+    async def upload(self, request: Request) -> Response:
+        if refused := self.guard(request):
             return refused
         body = await request.json()
         urls = []
@@ -269,40 +340,49 @@ def create_app(state: EmulatorState | None = None) -> Any:
                 data = _decode_data_url(str(value))
             except ValueError:
                 return _refuse(4, "base64 format error")
-            urls.append(state.delivery.put(data, "image/png", str(request.base_url)))
+            urls.append(self.state.delivery.put(data, "image/png", str(request.base_url)))
         return JSONResponse({"code": 1, "description": "success", "result": urls})
 
-    async def fetch(request: Request) -> Response:
-        if not proxy.authorised(request):
+    async def fetch(self, request: Request) -> Response:
+        if not self.proxy.authorised(request):
             return JSONResponse(error_body(401, "unauthorized"), status_code=401)
-        task = proxy.tasks.get(request.path_params["task_id"])
+        task = self.proxy.tasks.get(request.path_params["task_id"])
         if task is None:
             return Response(status_code=404)
-        proxy.advance(task, str(request.base_url))
-        return JSONResponse(proxy.public(task))
+        self.proxy.advance(task, str(request.base_url))
+        return JSONResponse(self.proxy.public(task))
 
-    async def list_by_condition(request: Request) -> Response:
-        if not proxy.authorised(request):
+    async def list_by_condition(self, request: Request) -> Response:
+        if not self.proxy.authorised(request):
             return JSONResponse(error_body(401, "unauthorized"), status_code=401)
         ids = (await request.json()).get("ids") or []
-        return JSONResponse([proxy.public(proxy.tasks[i]) for i in ids if i in proxy.tasks])
+        return JSONResponse(
+            [self.proxy.public(self.proxy.tasks[i]) for i in ids if i in self.proxy.tasks]
+        )
 
-    async def settings(request: Request) -> Response:
+    async def settings(self, request: Request) -> Response:
         body = await request.json()
-        proxy.polls_to_finish = int(body.get("polls_to_finish", proxy.polls_to_finish))
-        proxy.queue_size = body.get("queue_size", proxy.queue_size)
-        proxy.secret = body.get("secret", proxy.secret)
-        return JSONResponse({"polls_to_finish": proxy.polls_to_finish, "queue_size": proxy.queue_size})
+        self.proxy.polls_to_finish = int(body.get("polls_to_finish", self.proxy.polls_to_finish))
+        self.proxy.queue_size = body.get("queue_size", self.proxy.queue_size)
+        self.proxy.secret = body.get("secret", self.proxy.secret)
+        return JSONResponse(
+            {"polls_to_finish": self.proxy.polls_to_finish, "queue_size": self.proxy.queue_size}
+        )
 
+
+def create_app(state: EmulatorState | None = None) -> Any:
+    state = state or EmulatorState()
+    state.delivery.ttl = 24 * 3600.0  # Discord attachment URLs last about a day
+    h = Handlers(state, Proxy(state))
     routes = [
-        Route("/_emulator/midjourney", settings, methods=["POST"]),
-        Route("/mj/submit/imagine", imagine, methods=["POST"]),
-        Route("/mj/submit/action", action, methods=["POST"]),
-        Route("/mj/submit/change", change, methods=["POST"]),
-        Route("/mj/submit/describe", describe, methods=["POST"]),
-        Route("/mj/submit/blend", blend, methods=["POST"]),
-        Route("/mj/submit/upload-discord-images", upload, methods=["POST"]),
-        Route("/mj/task/{task_id}/fetch", fetch, methods=["GET"]),
-        Route("/mj/task/list-by-condition", list_by_condition, methods=["POST"]),
+        Route("/_emulator/midjourney", h.settings, methods=["POST"]),
+        Route("/mj/submit/imagine", h.imagine, methods=["POST"]),
+        Route("/mj/submit/action", h.action, methods=["POST"]),
+        Route("/mj/submit/change", h.change, methods=["POST"]),
+        Route("/mj/submit/describe", h.describe, methods=["POST"]),
+        Route("/mj/submit/blend", h.blend, methods=["POST"]),
+        Route("/mj/submit/upload-discord-images", h.upload, methods=["POST"]),
+        Route("/mj/task/{task_id}/fetch", h.fetch, methods=["GET"]),
+        Route("/mj/task/list-by-condition", h.list_by_condition, methods=["POST"]),
     ]
     return emulator_app(routes, state, error_body)

@@ -30,8 +30,23 @@ V4_SIZES = {
     "1024x1024", "1536x768", "768x1536", "1280x832", "832x1280", "1216x896", "896x1216",
     "1152x896", "896x1152", "1344x768", "768x1344",
 }  # fmt: skip
-V4_PRO_SIZES = {"2048x2048", "3072x1536", "1536x3072", "2560x1664", "1664x2560", "2432x1792", "1792x2432"}
-V3_STYLES = {"realistic_image", "digital_illustration", "vector_illustration", "logo_raster", "icon", "any"}
+V4_PRO_SIZES = {
+    "2048x2048",
+    "3072x1536",
+    "1536x3072",
+    "2560x1664",
+    "1664x2560",
+    "2432x1792",
+    "1792x2432",
+}
+V3_STYLES = {
+    "realistic_image",
+    "digital_illustration",
+    "vector_illustration",
+    "logo_raster",
+    "icon",
+    "any",
+}
 V3_VECTOR_STYLES = {"vector_illustration", "icon", "logo", "any"}
 # model -> (credits per image, sizes, styles or None, vector output)
 MODELS: dict[str, tuple[int, set[str], set[str] | None, bool]] = {
@@ -46,7 +61,13 @@ MODELS: dict[str, tuple[int, set[str], set[str] | None, bool]] = {
     "recraftv3": (40, V3_SIZES, V3_STYLES, False),
     "recraftv3_vector": (80, V3_SIZES, V3_VECTOR_STYLES, True),
 }
-UTILITY_CREDITS = {"vectorize": 10, "removeBackground": 10, "crispUpscale": 4, "creativeUpscale": 250, "eraseRegion": 2}
+UTILITY_CREDITS = {
+    "vectorize": 10,
+    "removeBackground": 10,
+    "crispUpscale": 4,
+    "creativeUpscale": 250,
+    "eraseRegion": 2,
+}
 PROMPTED_OPS = {"imageToImage", "inpaint", "replaceBackground", "generateBackground"}
 MASKED_OPS = {"inpaint", "generateBackground", "eraseRegion"}
 
@@ -61,7 +82,9 @@ class APIError(Exception):
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
-    code = {401: "unauthorized", 429: "too_many_requests"}.get(status, "internal_error" if status >= 500 else "invalid_request")
+    code = {401: "unauthorized", 429: "too_many_requests"}.get(
+        status, "internal_error" if status >= 500 else "invalid_request"
+    )
     return {"code": code, "message": message}
 
 
@@ -97,7 +120,9 @@ def _render(prompt: str, seed: Any, size: str, vector: bool) -> tuple[bytes, str
     return render_image(prompt, seed, int(w), int(h)), "image/png"
 
 
-def _deliver(request: Request, state: EmulatorState, data: bytes, media: str, b64: bool) -> dict[str, Any]:
+def _deliver(
+    request: Request, state: EmulatorState, data: bytes, media: str, b64: bool
+) -> dict[str, Any]:
     import base64
 
     item: dict[str, Any] = {"image_id": str(uuid.uuid4())}
@@ -108,14 +133,18 @@ def _deliver(request: Request, state: EmulatorState, data: bytes, media: str, b6
     return item
 
 
-def _model(params: dict[str, Any], default: str) -> tuple[str, tuple[int, set[str], set[str] | None, bool]]:
+def _model(
+    params: dict[str, Any], default: str
+) -> tuple[str, tuple[int, set[str], set[str] | None, bool]]:
     name = str(params.get("model", default))
     if name not in MODELS:
         raise APIError(400, f"Unknown model: {name}", "invalid_model")
     return name, MODELS[name]
 
 
-def _check_params(params: dict[str, Any], rules: tuple[int, set[str], set[str] | None, bool], model: str) -> str:
+def _check_params(
+    params: dict[str, Any], rules: tuple[int, set[str], set[str] | None, bool], model: str
+) -> str:
     _, sizes, styles, _ = rules
     size = str(params.get("size", "1024x1024" if "1024x1024" in sizes else sorted(sizes)[0]))
     if size not in sizes:
@@ -157,7 +186,9 @@ def create_app(state: EmulatorState | None = None) -> Any:
             for i in range(n):
                 raw, media = _render(str(params["prompt"]), (seed or 0) + i, size, rules[3])
                 data.append(_deliver(request, state, raw, media, b64))
-            return JSONResponse({"created": int(time.time()), "credits": rules[0] * n, "data": data})
+            return JSONResponse(
+                {"created": int(time.time()), "credits": rules[0] * n, "data": data}
+            )
         except APIError as exc:
             return exc.response()
 
@@ -179,22 +210,41 @@ def create_app(state: EmulatorState | None = None) -> Any:
                     raise APIError(400, "mask is required", "invalid_mask")
                 mw, mh, _ = await _image_of(mask)
                 if (mw, mh) != (width, height):
-                    raise APIError(400, "mask must have the same dimensions as image", "invalid_mask")
+                    raise APIError(
+                        400, "mask must have the same dimensions as image", "invalid_mask"
+                    )
             salt = hashlib.sha256(data).hexdigest()[:12]
             if endpoint in PROMPTED_OPS:
                 _check_prompt(str(params.get("prompt", "")))
-                model, rules = _model(params, "recraftv3")
+                _, rules = _model(params, "recraftv3")
                 credits, vector = rules[0], rules[3]
                 n = int(params.get("n", 1))
                 seed = params.get("random_seed")
-                out = [_render(f"{endpoint}|{params['prompt']}|{salt}", f"{seed}-{i}", f"{width}x{height}", vector) for i in range(n)]
-                items = [_deliver(request, state, raw, media, params.get("response_format") == "b64_json") for raw, media in out]
-                return JSONResponse({"created": int(time.time()), "credits": credits * n, "data": items})
+                out = [
+                    _render(
+                        f"{endpoint}|{params['prompt']}|{salt}",
+                        f"{seed}-{i}",
+                        f"{width}x{height}",
+                        vector,
+                    )
+                    for i in range(n)
+                ]
+                items = [
+                    _deliver(
+                        request, state, raw, media, params.get("response_format") == "b64_json"
+                    )
+                    for raw, media in out
+                ]
+                return JSONResponse(
+                    {"created": int(time.time()), "credits": credits * n, "data": items}
+                )
             factor = {"crispUpscale": 4, "creativeUpscale": 4}.get(endpoint, 1)
             w, h = width * factor, height * factor
             raw, media = _render(f"{endpoint}|{salt}", None, f"{w}x{h}", endpoint == "vectorize")
             item = _deliver(request, state, raw, media, params.get("response_format") == "b64_json")
-            return JSONResponse({"created": int(time.time()), "credits": UTILITY_CREDITS[endpoint], "image": item})
+            return JSONResponse(
+                {"created": int(time.time()), "credits": UTILITY_CREDITS[endpoint], "image": item}
+            )
         except APIError as exc:
             return exc.response()
 
@@ -203,7 +253,14 @@ def create_app(state: EmulatorState | None = None) -> Any:
             _check_auth(request)
         except APIError as exc:
             return exc.response()
-        return JSONResponse({"id": "emulator", "email": "emulator@example.com", "name": "Emulator", "credits": 100000})
+        return JSONResponse(
+            {
+                "id": "emulator",
+                "email": "emulator@example.com",
+                "name": "Emulator",
+                "credits": 100000,
+            }
+        )
 
     routes = [
         Route(f"{BASE_PATH}/images/generations", generations, methods=["POST"]),

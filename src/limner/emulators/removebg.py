@@ -71,14 +71,19 @@ def create_app(state: EmulatorState | None = None) -> Any:
             return JSONResponse(_error(400, "No image given", "missing_source"), status_code=400)
         size = str(form.get("size") or "auto")
         if size not in SIZES:
-            return JSONResponse(_error(400, f"Invalid size: {size}", "invalid_parameters"), status_code=400)
+            return JSONResponse(
+                _error(400, f"Invalid size: {size}", "invalid_parameters"), status_code=400
+            )
         try:
             result = _cut_out(await upload.read(), size, str(form.get("bg_color") or "") or None)
         except OSError:
-            return JSONResponse(_error(400, "Failed to read image", "invalid_image"), status_code=400)
+            return JSONResponse(
+                _error(400, "Failed to read image", "invalid_image"), status_code=400
+            )
         if result is None:
             return JSONResponse(
-                _error(400, "Could not identify foreground in image.", "unknown_foreground"), status_code=400
+                _error(400, "Could not identify foreground in image.", "unknown_foreground"),
+                status_code=400,
             )
         data, width, height = result
         headers = {

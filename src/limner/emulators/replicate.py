@@ -30,7 +30,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from limner.emulators.common import BLOCKED_WORD, EmulatorState, emulator_app, media_type_for, render_image
+from limner.emulators.common import (
+    BLOCKED_WORD,
+    EmulatorState,
+    emulator_app,
+    media_type_for,
+    render_image,
+)
 
 __all__ = ["BASE_PATH", "MODELS", "VERSIONS", "create_app"]
 
@@ -39,24 +45,66 @@ FLUX_ASPECTS = {"1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3",
 SD_ASPECTS = {"1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "9:16", "9:21"}
 # kind: generate | fill | upscale | rembg; output: list or a single URL string.
 MODELS: dict[str, dict[str, Any]] = {
-    "black-forest-labs/flux-schnell": {"kind": "generate", "output": "list", "max_n": 4, "aspects": FLUX_ASPECTS},
-    "black-forest-labs/flux-dev": {"kind": "generate", "output": "list", "max_n": 4, "aspects": FLUX_ASPECTS},
+    "black-forest-labs/flux-schnell": {
+        "kind": "generate",
+        "output": "list",
+        "max_n": 4,
+        "aspects": FLUX_ASPECTS,
+    },
+    "black-forest-labs/flux-dev": {
+        "kind": "generate",
+        "output": "list",
+        "max_n": 4,
+        "aspects": FLUX_ASPECTS,
+    },
     "black-forest-labs/flux-pro": {"kind": "generate", "output": "str", "aspects": FLUX_ASPECTS},
-    "black-forest-labs/flux-1.1-pro": {"kind": "generate", "output": "str", "aspects": FLUX_ASPECTS | {"custom"}},
-    "black-forest-labs/flux-1.1-pro-ultra": {"kind": "generate", "output": "str", "aspects": FLUX_ASPECTS},
-    "black-forest-labs/flux-2-pro": {"kind": "generate", "output": "str", "aspects": FLUX_ASPECTS | {"match_input_image"}},
-    "black-forest-labs/flux-2-dev": {"kind": "generate", "output": "str", "aspects": FLUX_ASPECTS | {"match_input_image"}},
+    "black-forest-labs/flux-1.1-pro": {
+        "kind": "generate",
+        "output": "str",
+        "aspects": FLUX_ASPECTS | {"custom"},
+    },
+    "black-forest-labs/flux-1.1-pro-ultra": {
+        "kind": "generate",
+        "output": "str",
+        "aspects": FLUX_ASPECTS,
+    },
+    "black-forest-labs/flux-2-pro": {
+        "kind": "generate",
+        "output": "str",
+        "aspects": FLUX_ASPECTS | {"match_input_image"},
+    },
+    "black-forest-labs/flux-2-dev": {
+        "kind": "generate",
+        "output": "str",
+        "aspects": FLUX_ASPECTS | {"match_input_image"},
+    },
     "black-forest-labs/flux-fill-pro": {"kind": "fill", "output": "str"},
-    "stability-ai/stable-diffusion-3.5-large": {"kind": "generate", "output": "list", "aspects": SD_ASPECTS},
-    "stability-ai/stable-diffusion-3.5-large-turbo": {"kind": "generate", "output": "list", "aspects": SD_ASPECTS},
-    "stability-ai/stable-diffusion-3.5-medium": {"kind": "generate", "output": "list", "aspects": SD_ASPECTS},
+    "stability-ai/stable-diffusion-3.5-large": {
+        "kind": "generate",
+        "output": "list",
+        "aspects": SD_ASPECTS,
+    },
+    "stability-ai/stable-diffusion-3.5-large-turbo": {
+        "kind": "generate",
+        "output": "list",
+        "aspects": SD_ASPECTS,
+    },
+    "stability-ai/stable-diffusion-3.5-medium": {
+        "kind": "generate",
+        "output": "list",
+        "aspects": SD_ASPECTS,
+    },
 }
 VERSIONS: dict[str, dict[str, Any]] = {
     "42fed1c4974146d4d2414e2be2c5277c7fcf05fcc3a73abf41610695738c1d7b": {
-        "model": "nightmareai/real-esrgan", "kind": "upscale", "output": "str",
+        "model": "nightmareai/real-esrgan",
+        "kind": "upscale",
+        "output": "str",
     },
     "a029dff38972b5fda4ec5d75d7d1cd25aeff621d2cf4946a41055d7db66b80bc": {
-        "model": "851-labs/background-remover", "kind": "rembg", "output": "str",
+        "model": "851-labs/background-remover",
+        "kind": "rembg",
+        "output": "str",
     },
 }
 NSFW_MESSAGE = "NSFW content detected. Try running it again, or try a different prompt."
@@ -70,18 +118,28 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         body = {"title": self.title, "detail": self.detail, "status": self.status, **self.extra}
         headers = {"retry-after": "1"} if self.status == 429 else {}
-        return JSONResponse(body, status_code=self.status, media_type="application/problem+json", headers=headers)
+        return JSONResponse(
+            body, status_code=self.status, media_type="application/problem+json", headers=headers
+        )
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
     if status == 429:
         message = "Request was throttled. Your rate limit resets in ~1s."
-    return {"title": {401: "Unauthenticated", 402: "Insufficient credit", 429: "Too Many Requests"}.get(status, "Error"), "detail": message, "status": status}
+    return {
+        "title": {401: "Unauthenticated", 402: "Insufficient credit", 429: "Too Many Requests"}.get(
+            status, "Error"
+        ),
+        "detail": message,
+        "status": status,
+    }
 
 
 def _invalid(field: str, description: str) -> APIError:
     return APIError(
-        422, "Input validation failed", f"- input.{field}: {description}",
+        422,
+        "Input validation failed",
+        f"- input.{field}: {description}",
         invalid_fields=[{"type": "invalid", "field": f"input.{field}", "description": description}],
     )
 
@@ -143,49 +201,77 @@ def _plan_outputs(rules: dict[str, Any], inp: dict[str, Any]) -> tuple[int, tupl
         raise _invalid("num_outputs", f"must be between 1 and {rules.get('max_n', 1)}")
     aspect = str(inp.get("aspect_ratio", "1:1"))
     if aspect not in rules["aspects"]:
-        raise _invalid("aspect_ratio", f"aspect_ratio must be one of: {', '.join(sorted(rules['aspects']))}")
+        raise _invalid(
+            "aspect_ratio", f"aspect_ratio must be one of: {', '.join(sorted(rules['aspects']))}"
+        )
     images = inp.get("input_images") or ([inp["image"]] if "image" in inp else [])
     sizes = [_image_of("input_images", img) for img in images]
     if aspect == "custom" or ("width" in inp and "height" in inp):
         return count, (int(inp.get("width", 1024)), int(inp.get("height", 1024))), False
     if aspect == "match_input_image" and sizes:
         return count, sizes[0], False
-    megapixels = float(inp.get("megapixels", 1)) if str(inp.get("megapixels", "1")) != "match_input" else 1.0
+    megapixels = (
+        float(inp.get("megapixels", 1)) if str(inp.get("megapixels", "1")) != "match_input" else 1.0
+    )
     return count, _dims_for("1:1" if aspect == "match_input_image" else aspect, megapixels), False
 
 
-def create_app(state: EmulatorState | None = None) -> Any:
-    state = state or EmulatorState()
-    state.delivery.ttl = 3600.0  # API prediction outputs are kept for an hour
-    settings: dict[str, Any] = {"polls": 2, "duration": 0.0, "rate_limit": 600}
-    creates: list[float] = []
+class _ReplicateEmulator:
+    """Request handlers; predictions live in the shared ``EmulatorState.jobs``."""
 
-    def check_auth(request: Request) -> None:
+    def __init__(self, state: EmulatorState) -> None:
+        self.state = state
+        self.settings: dict[str, Any] = {"polls": 2, "duration": 0.0, "rate_limit": 600}
+        self.creates: list[float] = []
+
+    def check_auth(self, request: Request) -> None:
         header = request.headers.get("authorization", "")
-        if not (header.startswith("Bearer ") or header.startswith("Token ")) or len(header.split(" ", 1)[1]) < 2:
+        if (
+            not (header.startswith("Bearer ") or header.startswith("Token "))
+            or len(header.split(" ", 1)[1]) < 2
+        ):
             raise APIError(401, "Unauthenticated", "You did not pass a valid authentication token")
 
-    def throttle() -> None:
+    def throttle(self) -> None:
         now = time.time()
-        creates[:] = [t for t in creates if now - t < 60]
-        if len(creates) >= settings["rate_limit"]:
-            raise APIError(429, "Too Many Requests", "Request was throttled. Your rate limit resets in ~1s.")
-        creates.append(now)
+        self.creates[:] = [t for t in self.creates if now - t < 60]
+        if len(self.creates) >= self.settings["rate_limit"]:
+            raise APIError(
+                429, "Too Many Requests", "Request was throttled. Your rate limit resets in ~1s."
+            )
+        self.creates.append(now)
 
-    def to_json(request: Request, job: dict[str, Any]) -> dict[str, Any]:
+    def to_json(self, request: Request, job: dict[str, Any]) -> dict[str, Any]:
         base = str(request.base_url).rstrip("/") + BASE_PATH + "/predictions/" + job["id"]
-        predict = (job["completed"] - job["started"]) if job.get("completed") and job.get("started") else None
+        predict = (
+            (job["completed"] - job["started"])
+            if job.get("completed") and job.get("started")
+            else None
+        )
         return {
-            "id": job["id"], "model": job["model"], "version": job["version"], "input": job["input"],
-            "logs": job["logs"], "output": job.get("output"), "data_removed": False, "error": job.get("error"),
-            "status": job["status"], "source": "api", "created_at": _iso(job["created"]),
-            "started_at": _iso(job.get("started")), "completed_at": _iso(job.get("completed")),
+            "id": job["id"],
+            "model": job["model"],
+            "version": job["version"],
+            "input": job["input"],
+            "logs": job["logs"],
+            "output": job.get("output"),
+            "data_removed": False,
+            "error": job.get("error"),
+            "status": job["status"],
+            "source": "api",
+            "created_at": _iso(job["created"]),
+            "started_at": _iso(job.get("started")),
+            "completed_at": _iso(job.get("completed")),
             "deadline": _iso(job.get("deadline")),
-            "urls": {"get": base, "cancel": base + "/cancel", "web": f"https://replicate.com/p/{job['id']}"},
+            "urls": {
+                "get": base,
+                "cancel": base + "/cancel",
+                "web": f"https://replicate.com/p/{job['id']}",
+            },
             "metrics": {"predict_time": round(predict, 4)} if predict is not None else {},
         }
 
-    def finish(request: Request, job: dict[str, Any]) -> None:
+    def finish(self, request: Request, job: dict[str, Any]) -> None:
         now = time.time()
         job.setdefault("started", now)
         job["completed"] = now
@@ -194,18 +280,26 @@ def create_app(state: EmulatorState | None = None) -> Any:
             job["status"], job["error"] = "failed", NSFW_MESSAGE
             return
         count, (width, height), transparent = job["plan"]
-        fmt = {"jpg": "jpeg"}.get(str(inp.get("output_format", "webp")), str(inp.get("output_format", "webp")))
+        fmt = {"jpg": "jpeg"}.get(
+            str(inp.get("output_format", "webp")), str(inp.get("output_format", "webp"))
+        )
         if transparent:
             fmt = "png"
         urls = []
         for i in range(count):
-            data = render_image(str(inp.get("prompt", job["model"])), int(inp.get("seed", 0)) + i, width, height, fmt)
-            urls.append(state.delivery.put(data, media_type_for(fmt), str(request.base_url)))
+            data = render_image(
+                str(inp.get("prompt", job["model"])),
+                int(inp.get("seed", 0)) + i,
+                width,
+                height,
+                fmt,
+            )
+            urls.append(self.state.delivery.put(data, media_type_for(fmt), str(request.base_url)))
         job["output"] = urls if job["rules"]["output"] == "list" else urls[0]
         job["status"] = "succeeded"
         job["logs"] += "100%|##########| 4/4\n"
 
-    def advance(request: Request, job: dict[str, Any]) -> None:
+    def advance(self, request: Request, job: dict[str, Any]) -> None:
         if job["status"] in ("succeeded", "failed", "canceled"):
             return
         if job.get("deadline") and time.time() > job["deadline"]:
@@ -215,13 +309,17 @@ def create_app(state: EmulatorState | None = None) -> Any:
         job["polls"] += 1
         if job["polls"] == 1:
             job["status"] = "starting"
-        elif job["polls"] <= settings["polls"]:
+        elif job["polls"] <= self.settings["polls"]:
             job["status"], job["started"] = "processing", job.get("started", time.time())
-            job["logs"] += f"{int(100 * job['polls'] / (settings['polls'] + 1))}%|###  | step\n"
+            job["logs"] += (
+                f"{int(100 * job['polls'] / (self.settings['polls'] + 1))}%|###  | step\n"
+            )
         else:
-            finish(request, job)
+            self.finish(request, job)
 
-    async def create(request: Request, model: str, version: str, rules: dict[str, Any]) -> Response:
+    async def create(
+        self, request: Request, model: str, version: str, rules: dict[str, Any]
+    ) -> Response:
         try:
             body = await request.json()
         except ValueError:
@@ -230,38 +328,50 @@ def create_app(state: EmulatorState | None = None) -> Any:
         if not isinstance(inp, dict):
             raise APIError(422, "Input validation failed", "- input: input is required")
         plan = _plan_outputs(rules, inp)
-        throttle()
+        self.throttle()
         job: dict[str, Any] = {
-            "id": secrets.token_hex(13)[:26], "model": model, "version": version, "input": inp, "logs": "",
-            "status": "starting", "created": time.time(), "polls": 0, "plan": plan, "rules": rules,
+            "id": secrets.token_hex(13)[:26],
+            "model": model,
+            "version": version,
+            "input": inp,
+            "logs": "",
+            "status": "starting",
+            "created": time.time(),
+            "polls": 0,
+            "plan": plan,
+            "rules": rules,
         }
         if request.headers.get("cancel-after"):
             job["deadline"] = job["created"] + parse_duration(request.headers["cancel-after"])
-        state.jobs[job["id"]] = job
+        self.state.jobs[job["id"]] = job
         prefer = request.headers.get("prefer", "")
         if prefer.startswith("wait"):
             wait = float(prefer.partition("=")[2] or 60)
-            if settings["duration"] <= wait:
-                await asyncio.sleep(settings["duration"])
-                finish(request, job)
+            if self.settings["duration"] <= wait:
+                await asyncio.sleep(self.settings["duration"])
+                self.finish(request, job)
             else:
                 await asyncio.sleep(wait)
-        return JSONResponse(to_json(request, job), status_code=201)
+        return JSONResponse(self.to_json(request, job), status_code=201)
 
-    async def create_for_model(request: Request) -> Response:
+    async def create_for_model(self, request: Request) -> Response:
         try:
-            check_auth(request)
+            self.check_auth(request)
             model = f"{request.path_params['owner']}/{request.path_params['name']}"
             rules = MODELS.get(model)
             if rules is None:
-                raise APIError(404, "Not found", f"Model {model} not found, or it has no official predictions endpoint.")
-            return await create(request, model, "hidden", rules)
+                raise APIError(
+                    404,
+                    "Not found",
+                    f"Model {model} not found, or it has no official predictions endpoint.",
+                )
+            return await self.create(request, model, "hidden", rules)
         except APIError as exc:
             return exc.response()
 
-    async def create_for_version(request: Request) -> Response:
+    async def create_for_version(self, request: Request) -> Response:
         try:
-            check_auth(request)
+            self.check_auth(request)
             try:
                 body = await request.json()
             except ValueError:
@@ -269,52 +379,61 @@ def create_app(state: EmulatorState | None = None) -> Any:
             ref = str(body.get("version", ""))
             version = ref.rpartition(":")[2]
             if version in VERSIONS:
-                return await create(request, VERSIONS[version]["model"], version, VERSIONS[version])
+                return await self.create(
+                    request, VERSIONS[version]["model"], version, VERSIONS[version]
+                )
             if ref in MODELS:
-                return await create(request, ref, "hidden", MODELS[ref])
+                return await self.create(request, ref, "hidden", MODELS[ref])
             raise _invalid("version", f"Invalid version or not permitted: {ref!r}")
         except APIError as exc:
             return exc.response()
 
-    def find(request: Request) -> dict[str, Any]:
-        job = state.jobs.get(request.path_params["id"])
+    def find(self, request: Request) -> dict[str, Any]:
+        job = self.state.jobs.get(request.path_params["id"])
         if job is None:
             raise APIError(404, "Not found", "The requested resource could not be found.")
         return job
 
-    async def get_prediction(request: Request) -> Response:
+    async def get_prediction(self, request: Request) -> Response:
         try:
-            check_auth(request)
-            job = find(request)
-            with state.lock:
-                advance(request, job)
-            return JSONResponse(to_json(request, job))
+            self.check_auth(request)
+            job = self.find(request)
+            with self.state.lock:
+                self.advance(request, job)
+            return JSONResponse(self.to_json(request, job))
         except APIError as exc:
             return exc.response()
 
-    async def cancel(request: Request) -> Response:
+    async def cancel(self, request: Request) -> Response:
         try:
-            check_auth(request)
-            job = find(request)
-            with state.lock:
+            self.check_auth(request)
+            job = self.find(request)
+            with self.state.lock:
                 if job["status"] not in ("succeeded", "failed", "canceled"):
                     job["status"], job["completed"] = "canceled", time.time()
-            return JSONResponse(to_json(request, job))
+            return JSONResponse(self.to_json(request, job))
         except APIError as exc:
             return exc.response()
 
-    async def jobs_settings(request: Request) -> Response:
+    async def jobs_settings(self, request: Request) -> Response:
         body = await request.json()
         for name, cast in (("polls", int), ("duration", float), ("rate_limit", int)):
             if name in body:
-                settings[name] = cast(body[name])
-        return JSONResponse(settings)
+                self.settings[name] = cast(body[name])
+        return JSONResponse(self.settings)
 
+
+def create_app(state: EmulatorState | None = None) -> Any:
+    state = state or EmulatorState()
+    state.delivery.ttl = 3600.0  # API prediction outputs are kept for an hour
+    emu = _ReplicateEmulator(state)
     routes = [
-        Route("/_emulator/jobs", jobs_settings, methods=["POST"]),
-        Route(BASE_PATH + "/models/{owner}/{name}/predictions", create_for_model, methods=["POST"]),
-        Route(BASE_PATH + "/predictions", create_for_version, methods=["POST"]),
-        Route(BASE_PATH + "/predictions/{id}", get_prediction, methods=["GET"]),
-        Route(BASE_PATH + "/predictions/{id}/cancel", cancel, methods=["POST"]),
+        Route("/_emulator/jobs", emu.jobs_settings, methods=["POST"]),
+        Route(
+            BASE_PATH + "/models/{owner}/{name}/predictions", emu.create_for_model, methods=["POST"]
+        ),
+        Route(BASE_PATH + "/predictions", emu.create_for_version, methods=["POST"]),
+        Route(BASE_PATH + "/predictions/{id}", emu.get_prediction, methods=["GET"]),
+        Route(BASE_PATH + "/predictions/{id}/cancel", emu.cancel, methods=["POST"]),
     ]
     return emulator_app(routes, state, error_body)

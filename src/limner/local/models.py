@@ -217,7 +217,7 @@ def _spec(model_id: str, family: str, wire: dict[str, Any], description: str) ->
     return ModelSpec(
         id=model_id, provider="local", name=model_id, family=family, description=description,
         operations=ops, size_rule=SizeRule(multiple_of=fam.multiple_of, min_edge=32, max_edge=4096),
-        max_n=8, negative_prompt=fam.negative_prompt, seed=True, steps=True, guidance=True,
+        max_n=8, max_input_images=4, negative_prompt=fam.negative_prompt, seed=True, steps=True, guidance=True,
         mask_convention="white", licence="see the model card", self_hostable=True,
         price=Price(kind="free"), wire={"family": family, **wire},
         traits={"controlnet": "yes" if fam.controlnet else "no", "self_hosting": "yes"},

@@ -192,9 +192,13 @@ def build_tiny_controlnet(folder: Path, unet: Any) -> Path:
     from diffusers import ControlNetModel
 
     torch.manual_seed(0)
-    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32)).save_pretrained(
-        str(folder), safe_serialization=True
-    )
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    # A fresh ControlNet's output convolutions are zero, so it would change nothing: give them
+    # small random weights, as training would.
+    with torch.no_grad():
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            conv.weight.normal_(0.0, 0.05)
+    net.save_pretrained(str(folder), safe_serialization=True)
     return folder
 
 

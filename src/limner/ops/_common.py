@@ -105,20 +105,37 @@ def record_op(
         stored.append(item)
         images.append(
             GeneratedImage(
-                data=data, media_type="image/png", width=img.width, height=img.height,
-                sha256=item.sha256, path=item.path,
+                data=data,
+                media_type="image/png",
+                width=img.width,
+                height=img.height,
+                sha256=item.sha256,
+                path=item.path,
             )
         )
     timings = {"total": round(time.perf_counter() - started, 4)}
     entry = LogEntry(
-        operation=operation, provider="limner", model=model, prompt="", status="ok",
-        params={**params, "images": inputs}, warnings=warnings or None, parent_id=parent_id,
-        project=project, timings=timings, cost_usd=0.0, images=stored,
+        operation=operation,
+        provider="limner",
+        model=model,
+        prompt="",
+        status="ok",
+        params={**params, "images": inputs},
+        warnings=warnings or None,
+        parent_id=parent_id,
+        project=project,
+        timings=timings,
+        cost_usd=0.0,
+        images=stored,
     )
     store.record(entry)
     return OpResult(
-        images=images, operation=operation, model=model, generation_id=entry.id,
-        warnings=list(warnings or []), timings=timings,
+        images=images,
+        operation=operation,
+        model=model,
+        generation_id=entry.id,
+        warnings=list(warnings or []),
+        timings=timings,
     )
 
 

@@ -48,7 +48,8 @@ def parse_colour(text: str) -> tuple[int, int, int, int]:
         rgba = ImageColor.getcolor(value, "RGBA")
     except ValueError as exc:
         raise errors.InvalidRequestError(
-            f"{text!r} is not a colour.", param="background",
+            f"{text!r} is not a colour.",
+            param="background",
             hint="Use #rrggbb, r,g,b or a name such as white.",
         ) from exc
     assert isinstance(rgba, tuple)
@@ -77,7 +78,11 @@ def onnx_mask(img: Image, path: Path) -> Image:
     spec = session.get_inputs()[0]
     dims = [d if isinstance(d, int) and d > 0 else None for d in spec.shape]
     side_h, side_w = (dims[2] or 1024, dims[3] or 1024) if len(dims) == 4 else (1024, 1024)
-    std = IMAGENET_STD if "u2net" in path.name.lower() or "silueta" in path.name.lower() else (1.0, 1.0, 1.0)
+    std = (
+        IMAGENET_STD
+        if "u2net" in path.name.lower() or "silueta" in path.name.lower()
+        else (1.0, 1.0, 1.0)
+    )
     small = as_rgb(img).resize((side_w, side_h), PILImage.Resampling.BILINEAR)
     raw = np.asarray(small, dtype=np.float32) / 255.0
     pixels = (raw - np.array(IMAGENET_MEAN, np.float32)) / np.array(std, np.float32)
@@ -92,7 +97,9 @@ def onnx_mask(img: Image, path: Path) -> Image:
     return mask.resize(img.size, PILImage.Resampling.BILINEAR)
 
 
-def grabcut_mask(img: Image, *, inset: float = 0.05, iterations: int = 5, max_side: int = GRABCUT_MAX_SIDE) -> Image:
+def grabcut_mask(
+    img: Image, *, inset: float = 0.05, iterations: int = 5, max_side: int = GRABCUT_MAX_SIDE
+) -> Image:
     """A subject mask from GrabCut: the border band starts as background, the rest as unknown.
 
     Runs on a copy at most ``max_side`` pixels on its long edge (GrabCut is slow) and scales the
@@ -104,7 +111,11 @@ def grabcut_mask(img: Image, *, inset: float = 0.05, iterations: int = 5, max_si
 
     rgb = as_rgb(img)
     factor = min(1.0, max_side / max(rgb.size))
-    work = rgb.resize((max(int(rgb.width * factor), 8), max(int(rgb.height * factor), 8))) if factor < 1 else rgb
+    work = (
+        rgb.resize((max(int(rgb.width * factor), 8), max(int(rgb.height * factor), 8)))
+        if factor < 1
+        else rgb
+    )
     bgr = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2BGR)
     height, width = bgr.shape[:2]
     dx, dy = max(int(width * inset), 1), max(int(height * inset), 1)
@@ -172,10 +183,18 @@ def remove_background(
     mask, used = subject_mask(img, model)
     backdrop = _backdrop(background)
     result = record_op(
-        store or Store(), operation="remove-background", model=used,
+        store or Store(),
+        operation="remove-background",
+        model=used,
         outputs=[apply_background(img, mask, backdrop), mask],
-        params={"model": model or "grabcut", "background": background if isinstance(background, str) else None},
-        inputs=[input_sha(img)], started=started, warnings=notes, parent_id=parent_id,
+        params={
+            "model": model or "grabcut",
+            "background": background if isinstance(background, str) else None,
+        },
+        inputs=[input_sha(img)],
+        started=started,
+        warnings=notes,
+        parent_id=parent_id,
     )
     result.extras["mask_index"] = 1
     return result
@@ -188,7 +207,9 @@ def _backdrop(background: Any) -> str | Image | None:
     return img
 
 
-def _cloud_remove(source: Any, model: str, background: Any, client: Limner | None, parent_id: str | None) -> OpResult:
+def _cloud_remove(
+    source: Any, model: str, background: Any, client: Limner | None, parent_id: str | None
+) -> OpResult:
     from limner.client import Limner
     from limner.images import load_image
     from limner.types import ImageRequest, Operation
@@ -202,22 +223,35 @@ def _cloud_remove(source: Any, model: str, background: Any, client: Limner | Non
         cut, _ = read_image(images[0].data, name="provider result")
         alpha = cut.convert("RGBA").getchannel("A")
         mask_out = record_op(
-            engine.store, operation="mask", model=result.model, outputs=[alpha],
-            params={"source": "alpha of remove-background result"}, inputs=[images[0].sha256 or ""],
-            started=time.perf_counter(), parent_id=result.generation_id,
+            engine.store,
+            operation="mask",
+            model=result.model,
+            outputs=[alpha],
+            params={"source": "alpha of remove-background result"},
+            inputs=[images[0].sha256 or ""],
+            started=time.perf_counter(),
+            parent_id=result.generation_id,
         )
         if background is not None:
             composed = apply_background(cut, alpha, _backdrop(background))
             images[0] = record_op(
-                engine.store, operation="remove-background", model=result.model, outputs=[composed],
+                engine.store,
+                operation="remove-background",
+                model=result.model,
+                outputs=[composed],
                 params={"background": background if isinstance(background, str) else "image"},
-                inputs=[images[0].sha256 or ""], started=time.perf_counter(),
+                inputs=[images[0].sha256 or ""],
+                started=time.perf_counter(),
                 parent_id=result.generation_id,
             ).image
         images.append(mask_out.image)
     out = OpResult(
-        images=images, operation="remove-background", model=result.model,
-        generation_id=result.generation_id, warnings=warnings, timings=result.timings,
+        images=images,
+        operation="remove-background",
+        model=result.model,
+        generation_id=result.generation_id,
+        warnings=warnings,
+        timings=result.timings,
     )
     out.extras["mask_index"] = len(images) - 1
     return out

@@ -20,7 +20,14 @@ if TYPE_CHECKING:
     from limner.client import Limner
     from limner.types import ImageRequest, Operation, Result
 
-__all__ = ["Attempt", "GateResult", "QualityGateError", "recommended_alternatives", "run_with_gate"]
+__all__ = [
+    "Attempt",
+    "GateResult",
+    "QualityGateError",
+    "recommended_alternatives",
+    "requested_checks",
+    "run_with_gate",
+]
 
 TEXT_RANK = {"excellent": 0, "good": 1, "moderate": 2, "weak": 3, "none": 4}
 
@@ -59,13 +66,30 @@ class QualityGateError(errors.LimnerError):
             for i, a in enumerate(attempts, 1)
         ]
         super().__init__(
-            f"No image passed the quality checks in {len(attempts)} attempt(s): " + " | ".join(lines),
+            f"No image passed the quality checks in {len(attempts)} attempt(s): "
+            + " | ".join(lines),
             hint="Raise --max-attempts, relax the checks, or pick a model that renders text better.",
         )
         self.attempts = attempts
 
 
-def recommended_alternatives(client: Limner, spec: ModelSpec, op: Operation, needs_text: bool) -> list[str]:
+def requested_checks(
+    require_text: str | None = None, min_size: str | None = None, aspect: str | None = None
+) -> Checks | None:
+    """Only the checks a user asked for (``limner generate --require-text/--min-size``), or None."""
+    from limner.ops.checks import parse_size
+
+    if not (require_text or min_size or aspect):
+        return None
+    return Checks(
+        expect_text=require_text, min_size=parse_size(min_size) if min_size else None, aspect=aspect,
+        min_sharpness=None, max_clipped=None, duplicate_distance=None,
+    )  # fmt: skip
+
+
+def recommended_alternatives(
+    client: Limner, spec: ModelSpec, op: Operation, needs_text: bool
+) -> list[str]:
     """Other cloud models for ``op`` whose provider has a key: active ones, the same provider
     first, the best text renderers first when text is required.
 
@@ -81,7 +105,9 @@ def recommended_alternatives(client: Limner, spec: ModelSpec, op: Operation, nee
             cls = get_provider_class(other.provider)
         except errors.LimnerError:
             continue
-        if not cls.needs_key or not (other.provider in client.keys or client._has_key_for(other.provider)):
+        if not cls.needs_key or not (
+            other.provider in client.keys or client._has_key_for(other.provider)
+        ):
             continue
         candidates.append(other)
     text_rank = (lambda s: TEXT_RANK.get(s.text_rendering, 5)) if needs_text else (lambda s: 0)
@@ -89,7 +115,9 @@ def recommended_alternatives(client: Limner, spec: ModelSpec, op: Operation, nee
     return [c.ref for c in candidates]
 
 
-def _next_request(client: Limner, request: ImageRequest, spec: ModelSpec, queue: list[str], rng: random.Random) -> ImageRequest:
+def _next_request(
+    client: Limner, request: ImageRequest, spec: ModelSpec, queue: list[str], rng: random.Random
+) -> ImageRequest:
     if spec.seed and not queue:
         return request.model_copy(update={"seed": rng.randrange(2**31)})
     if queue:

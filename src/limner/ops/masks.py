@@ -36,7 +36,9 @@ def _numbers(text: str, what: str) -> list[float]:
     try:
         return [float(v) for v in text.replace(";", ",").replace(" ", ",").split(",") if v]
     except ValueError as exc:
-        raise errors.InvalidRequestError(f"{what} {text!r} is not a list of numbers.", param=what) from exc
+        raise errors.InvalidRequestError(
+            f"{what} {text!r} is not a list of numbers.", param=what
+        ) from exc
 
 
 def parse_box(text: str) -> tuple[int, int, int, int]:
@@ -97,7 +99,9 @@ def alpha_mask(img: Image) -> Image:
     return img.convert("RGBA").getchannel("A").point(lambda a: 255 if a < 128 else 0)
 
 
-def background_mask(img: Image, model: str | None = None, target: Literal["subject", "background"] = "background") -> Image:
+def background_mask(
+    img: Image, model: str | None = None, target: Literal["subject", "background"] = "background"
+) -> Image:
     from limner.ops.background import subject_mask
 
     subject, _ = subject_mask(img, model)
@@ -115,7 +119,8 @@ def sam_mask(img: Image, points: list[tuple[float, float]], model: str | None) -
     """
     if not model or "," not in model:
         raise errors.InvalidRequestError(
-            "Point prompts need a segment-anything model.", param="sam_model",
+            "Point prompts need a segment-anything model.",
+            param="sam_model",
             hint="Pass --sam-model ENCODER.onnx,DECODER.onnx (a SAM or MobileSAM ONNX export).",
         )
     import numpy as np
@@ -125,11 +130,17 @@ def sam_mask(img: Image, points: list[tuple[float, float]], model: str | None) -
     encoder_path, decoder_path = (Path(p.strip()).expanduser() for p in model.split(",", 1))
     for path in (encoder_path, decoder_path):
         if path.suffix.lower() != ".onnx" or not path.is_file():
-            raise errors.InvalidRequestError(f"{path} is not an ONNX file that exists.", param="sam_model")
+            raise errors.InvalidRequestError(
+                f"{path} is not an ONNX file that exists.", param="sam_model"
+            )
     scale = 1024 / max(img.size)
     resized = img.convert("RGB").resize((round(img.width * scale), round(img.height * scale)))
     canvas = np.zeros((1024, 1024, 3), np.float32)
-    pixels = (np.asarray(resized, np.float32) / 255.0 - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)
+    pixels = (np.asarray(resized, np.float32) / 255.0 - (0.485, 0.456, 0.406)) / (
+        0.229,
+        0.224,
+        0.225,
+    )
     canvas[: resized.height, : resized.width] = pixels
     encoder = ort.InferenceSession(str(encoder_path), providers=["CPUExecutionProvider"])
     decoder = ort.InferenceSession(str(decoder_path), providers=["CPUExecutionProvider"])
@@ -169,7 +180,9 @@ def invert(mask: Image) -> Image:
     return ImageOps.invert(mask.convert("L"))
 
 
-def preview(img: Image, mask: Image, colour: tuple[int, int, int] = (255, 0, 64), opacity: float = 0.5) -> Image:
+def preview(
+    img: Image, mask: Image, colour: tuple[int, int, int] = (255, 0, 64), opacity: float = 0.5
+) -> Image:
     """The image with the masked area tinted, to check a mask by eye."""
     from PIL import Image as PILImage
 

@@ -41,9 +41,13 @@ def _parse_aspect(text: str) -> float:
     try:
         value = float(a) / float(b)
     except (ValueError, ZeroDivisionError) as exc:
-        raise errors.InvalidRequestError(f"Aspect {text!r} is not W:H.", param="to_aspect", hint="E.g. 16:9.") from exc
+        raise errors.InvalidRequestError(
+            f"Aspect {text!r} is not W:H.", param="to_aspect", hint="E.g. 16:9."
+        ) from exc
     if not sep or value <= 0:
-        raise errors.InvalidRequestError(f"Aspect {text!r} is not W:H.", param="to_aspect", hint="E.g. 16:9.")
+        raise errors.InvalidRequestError(
+            f"Aspect {text!r} is not W:H.", param="to_aspect", hint="E.g. 16:9."
+        )
     return value
 
 
@@ -61,7 +65,9 @@ def _rounded(pad: Padding, width: int, height: int) -> Padding:
     """Grow the padding so the canvas edges are multiples of 8, as most models need."""
     dw = -(width + pad.left + pad.right) % ROUND_TO
     dh = -(height + pad.top + pad.bottom) % ROUND_TO
-    return Padding(pad.left + dw // 2, pad.right + dw - dw // 2, pad.top + dh // 2, pad.bottom + dh - dh // 2)
+    return Padding(
+        pad.left + dw // 2, pad.right + dw - dw // 2, pad.top + dh // 2, pad.bottom + dh - dh // 2
+    )
 
 
 def build_canvas(img: Image, pad: Padding) -> tuple[Image, Image]:
@@ -73,7 +79,9 @@ def build_canvas(img: Image, pad: Padding) -> tuple[Image, Image]:
         raise errors.InvalidRequestError("Padding cannot be negative.", param="padding")
     if pad.empty:
         raise errors.InvalidRequestError(
-            "Nothing to outpaint.", param="padding", hint="Give --left/--right/--top/--bottom or --to-aspect."
+            "Nothing to outpaint.",
+            param="padding",
+            hint="Give --left/--right/--top/--bottom or --to-aspect.",
         )
     pad = _rounded(pad, img.width, img.height)
     rgb = np.asarray(img.convert("RGB"))
@@ -115,9 +123,11 @@ def outpaint(
             hint="Pick a model with outpaint or inpaint in `limner models`.",
         )
     request = ImageRequest(
-        prompt=prompt, model=spec.ref,
+        prompt=prompt,
+        model=spec.ref,
         images=[load_image(encode_png(canvas), name="canvas.png")],
-        mask=load_image(encode_png(mask), name="mask.png"), **params,
+        mask=load_image(encode_png(mask), name="mask.png"),
+        **params,
     )
     result = client.run(op, request)
     result.warnings[:0] = notes

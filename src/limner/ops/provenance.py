@@ -23,7 +23,11 @@ C2PA_FORMATS = {"image/png", "image/jpeg", "image/webp"}
 GENERATION_LABEL = "org.limner.generation"
 # A signature chaining to a root outside the trust list still proves integrity; only these
 # codes (about trust, not tampering) leave a manifest "valid".
-TRUST_ONLY_CODES = {"signingCredential.untrusted", "signingCredential.ocsp.skipped", "timeStamp.untrusted"}
+TRUST_ONLY_CODES = {
+    "signingCredential.untrusted",
+    "signingCredential.ocsp.skipped",
+    "timeStamp.untrusted",
+}
 
 
 @dataclass
@@ -136,26 +140,39 @@ def sign_c2pa(
     try:
         import c2pa
     except ImportError as exc:
-        raise errors.UserError("Signing C2PA manifests needs c2pa-python.", hint="pip install c2pa-python") from exc
+        raise errors.UserError(
+            "Signing C2PA manifests needs c2pa-python.", hint="pip install c2pa-python"
+        ) from exc
     from limner import __version__ as version
 
     media_type = _media_type(data)
-    action = {"action": "c2pa.created", "digitalSourceType": IPTC_TRAINED, "softwareAgent": {"name": "limner", "version": version}}
+    action = {
+        "action": "c2pa.created",
+        "digitalSourceType": IPTC_TRAINED,
+        "softwareAgent": {"name": "limner", "version": version},
+    }
     manifest = {
         "claim_generator_info": [{"name": "limner", "version": version}],
         "title": title,
         "assertions": [
             {"label": "c2pa.actions", "data": {"actions": [action]}},
-            {"label": GENERATION_LABEL, "data": {"model": model, "provider": provider, "generator": "limner"}},
+            {
+                "label": GENERATION_LABEL,
+                "data": {"model": model, "provider": provider, "generator": "limner"},
+            },
         ],
     }
     try:
         alg = c2pa.C2paSigningAlg[algorithm.upper()]
     except KeyError as exc:
-        raise errors.InvalidRequestError(f"Unknown signing algorithm {algorithm!r}.", param="algorithm") from exc
+        raise errors.InvalidRequestError(
+            f"Unknown signing algorithm {algorithm!r}.", param="algorithm"
+        ) from exc
     out = io.BytesIO()
     try:
-        signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(alg, cert_chain_pem, private_key_pem, timestamp_url))
+        signer = c2pa.Signer.from_info(
+            c2pa.C2paSignerInfo(alg, cert_chain_pem, private_key_pem, timestamp_url)
+        )
         with c2pa.Builder(manifest) as builder:
             builder.sign(signer, media_type, io.BytesIO(data), out)
     except c2pa.C2paError as exc:

@@ -80,7 +80,11 @@ def _check_scale(scale: int) -> None:
 
 # -- tiling ------------------------------------------------------------------------------------
 def run_tiled(
-    array: np.ndarray, scale: int, fn: Tiler, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP
+    array: np.ndarray,
+    scale: int,
+    fn: Tiler,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
 ) -> np.ndarray:
     """Apply an upscaling ``fn`` (HxW[xC] -> sHxsW[xC]) tile by tile.
 
@@ -145,7 +149,8 @@ def opencv_superres(img: Image, path: Path, scale: int, tile: int = DEFAULT_TILE
         result = net.forward()[0, 0]
         if result.shape != (part.shape[0] * scale, part.shape[1] * scale):
             raise errors.InvalidRequestError(
-                f"{path.name} does not upscale by {scale}.", param="scale",
+                f"{path.name} does not upscale by {scale}.",
+                param="scale",
                 hint="Pick the model file for this scale (e.g. FSRCNN_x4.pb for --scale 4).",
             )
         return np.asarray(result, dtype=np.float32)
@@ -170,7 +175,9 @@ def onnx_superres(img: Image, path: Path, scale: int, tile: int = DEFAULT_TILE) 
         blob = np.ascontiguousarray(part.transpose(2, 0, 1)[None])
         result = np.asarray(session.run(None, {name: blob})[0][0]).transpose(1, 2, 0)
         if result.shape[:2] != (part.shape[0] * scale, part.shape[1] * scale):
-            raise errors.InvalidRequestError(f"{path.name} does not upscale by {scale}.", param="scale")
+            raise errors.InvalidRequestError(
+                f"{path.name} does not upscale by {scale}.", param="scale"
+            )
         return result
 
     out = run_tiled(rgb, scale, forward, tile)
@@ -185,16 +192,19 @@ def spandrel_superres(img: Image, path: Path, scale: int, tile: int = DEFAULT_TI
     except ImportError as exc:
         raise errors.UserError(
             f"Loading {path.name} needs spandrel and torch ({exc}).",
-            hint="pip install 'limner[local]' spandrel",
+            hint="pip install 'limner[upscale-models]' (spandrel, torch, torchvision).",
         ) from exc
     from PIL import Image as PILImage
 
     model = ModelLoader().load_from_file(str(path))
     if not isinstance(model, ImageModelDescriptor):
-        raise errors.InvalidRequestError(f"{path.name} is not an image-to-image model.", param="model")
+        raise errors.InvalidRequestError(
+            f"{path.name} is not an image-to-image model.", param="model"
+        )
     if model.scale != scale:
         raise errors.InvalidRequestError(
-            f"{path.name} upscales by {model.scale}, not {scale}.", param="scale",
+            f"{path.name} upscales by {model.scale}, not {scale}.",
+            param="scale",
             hint=f"Use --scale {model.scale}.",
         )
     model.eval()
@@ -255,7 +265,8 @@ def upscale_image(
             out = spandrel_superres(img, path, scale, tile)
         else:
             raise errors.InvalidRequestError(
-                f"limner cannot load {path.name} as an upscaler.", param="model",
+                f"limner cannot load {path.name} as an upscaler.",
+                param="model",
                 hint="Give a .safetensors, .onnx or OpenCV .pb file, a name (fsrcnn, espcn, lanczos) or provider:model.",
             )
         used = path.name
@@ -274,35 +285,50 @@ def upscale(
     client: Limner | None = None,
     tile: int = DEFAULT_TILE,
     parent_id: str | None = None,
+    provider_options: dict[str, Any] | None = None,
 ) -> OpResult:
     """Upscale an image (path, bytes or PIL image), store the result and log it.
 
-    ``model`` of the form ``provider:model`` runs a cloud upscaler through ``client``.
+    ``model`` of the form ``provider:model`` runs a cloud upscaler through ``client``; those
+    choose their own factor, set through ``provider_options`` where the provider takes one
+    (``{"scale": 4}`` on Replicate's Real-ESRGAN, say).
     """
     _check_scale(scale)
     if model and ":" in model and not Path(model).expanduser().exists():
-        return _cloud_upscale(source, scale, model, client, parent_id)
+        return _cloud_upscale(source, model, client, parent_id, provider_options or {})
     from limner.store import Store
 
     started = time.perf_counter()
     img, notes = read_image(source)
     out, used = upscale_image(img, scale, model, tile=tile)
     return record_op(
-        store or Store(), operation="upscale", model=used, outputs=[out],
+        store or Store(),
+        operation="upscale",
+        model=used,
+        outputs=[out],
         params={"scale": scale, "model": model or "lanczos", "size": f"{out.width}x{out.height}"},
-        inputs=[input_sha(img)], started=started, warnings=notes, parent_id=parent_id,
+        inputs=[input_sha(img)],
+        started=started,
+        warnings=notes,
+        parent_id=parent_id,
     )
 
 
-def _cloud_upscale(source: Any, scale: int, model: str, client: Limner | None, parent_id: str | None) -> OpResult:
+def _cloud_upscale(
+    source: Any, model: str, client: Limner | None, parent_id: str | None, options: dict[str, Any]
+) -> OpResult:
     from limner.client import Limner
     from limner.images import load_image
     from limner.types import ImageRequest, Operation
 
     engine = client or Limner()
-    request = ImageRequest(model=model, images=[load_image(source)], provider_options={"scale": scale})
+    request = ImageRequest(model=model, images=[load_image(source)], provider_options=options)
     result = engine.run(Operation.UPSCALE, request, parent_id=parent_id)
     return OpResult(
-        images=result.images, operation="upscale", model=result.model,
-        generation_id=result.generation_id, warnings=result.warnings, timings=result.timings,
+        images=result.images,
+        operation="upscale",
+        model=result.model,
+        generation_id=result.generation_id,
+        warnings=result.warnings,
+        timings=result.timings,
     )

@@ -56,7 +56,7 @@ def build_prompt(
     ``limner prompt keywords presets``): its text becomes the style and it fills the lighting,
     composition and technical parts left empty, and adds its negative presets."""
     if not parts.subject.strip():
-        raise UserError("A structured prompt needs a subject.", hint="Pass --subject \"...\".")
+        raise UserError("A structured prompt needs a subject.", hint='Pass --subject "...".')
     library = library or load_library()
     values = {name: getattr(parts, name).strip() for name in PARTS}
     preset_name = values["style"] if values["style"] in library.styles else None
@@ -70,7 +70,9 @@ def build_prompt(
         presets = [*presets, *[p for p in preset.get("negative", []) if p not in presets]]
         # A preset's negatives are suggestions: the user's own presets come first.
     values["setting"] = _setting_phrase(values["setting"])
-    pieces = [values[name] for name in PARTS if values[name]] + [e.strip() for e in parts.extra if e.strip()]
+    pieces = [values[name] for name in PARTS if values[name]] + [
+        e.strip() for e in parts.extra if e.strip()
+    ]
     prompt = ", ".join(pieces)
     return BuiltPrompt(
         prompt=prompt[0].upper() + prompt[1:],

@@ -8,7 +8,10 @@ from limner.prompting.library import Library, load_library
 
 __all__ = ["keyword_listing", "keywords"]
 
-SPECIAL = {"presets": "Named style presets for --style.", "negative": "Named negative-prompt presets."}
+SPECIAL = {
+    "presets": "Named style presets for --style.",
+    "negative": "Named negative-prompt presets.",
+}
 
 
 def keywords(category: str, group: str | None = None, library: Library | None = None) -> list[str]:
@@ -19,7 +22,10 @@ def keywords(category: str, group: str | None = None, library: Library | None = 
         if group not in groups:
             from limner.errors import UserError
 
-            raise UserError(f"Category {category!r} has no group {group!r}.", hint=f"Groups: {', '.join(groups)}.")
+            raise UserError(
+                f"Category {category!r} has no group {group!r}.",
+                hint=f"Groups: {', '.join(groups)}.",
+            )
         return list(groups[group])
     return [k for words in groups.values() for k in words]
 
@@ -38,5 +44,8 @@ def keyword_listing(category: str | None = None, library: Library | None = None)
     if category == "presets":
         return {n: {k: v for k, v in p.items()} for n, p in lib.styles.items()}
     if category == "negative":
-        return {n: {"description": p.get("description", ""), "terms": p.get("terms", [])} for n, p in lib.negatives.items()}
+        return {
+            n: {"description": p.get("description", ""), "terms": p.get("terms", [])}
+            for n, p in lib.negatives.items()
+        }
     return dict(lib.category(category).get("groups", {}))

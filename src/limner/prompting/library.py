@@ -41,7 +41,9 @@ def _read_toml(text: str, origin: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{origin} is not valid TOML: {exc}.", hint="Fix or remove the file.") from exc
+        raise UserError(
+            f"{origin} is not valid TOML: {exc}.", hint="Fix or remove the file."
+        ) from exc
 
 
 @dataclass(frozen=True)

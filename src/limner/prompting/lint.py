@@ -81,7 +81,9 @@ def _check_length(prompt: str, spec: ModelSpec, issues: list[LintIssue]) -> None
 
 
 def _check_syntax(prompt: str, spec: ModelSpec, dialect: str, issues: list[LintIssue]) -> None:
-    weights_ok = dialect == "sd" and (spec.provider in ("local", "comfyui") or spec.wire.get("prompt_weights"))
+    weights_ok = dialect == "sd" and (
+        spec.provider in ("local", "comfyui") or spec.wire.get("prompt_weights")
+    )
     if WEIGHT_SYNTAX.search(prompt) and not weights_ok:
         issues.append(LintIssue(
             "warning", "ignored-weights", f"{spec.ref} ignores (word:1.2)-style weights; they are read as text.",
@@ -94,7 +96,13 @@ def _check_syntax(prompt: str, spec: ModelSpec, dialect: str, issues: list[LintI
             "Use --aspect-ratio, --negative and --seed instead; limner translates them per model.",
         ))  # fmt: skip
     if "::" in prompt and dialect != "midjourney":
-        issues.append(LintIssue("warning", "ignored-multiprompt", f"'::' weights are Midjourney syntax; {spec.ref} reads them as text."))
+        issues.append(
+            LintIssue(
+                "warning",
+                "ignored-multiprompt",
+                f"'::' weights are Midjourney syntax; {spec.ref} reads them as text.",
+            )
+        )
 
 
 def _check_negation(prompt: str, spec: ModelSpec, dialect: str, issues: list[LintIssue]) -> None:
@@ -155,6 +163,13 @@ def lint_prompt(
             "info", "negative-folded", f"{spec.ref} takes no negative prompt; it will be folded in as 'Avoid: ...'.",
         ))  # fmt: skip
     if spec.is_retired():
-        issues.append(LintIssue("warning", "retired", f"{spec.ref} is retired.", f"Use {spec.successor or 'another model'}."))
+        issues.append(
+            LintIssue(
+                "warning",
+                "retired",
+                f"{spec.ref} is retired.",
+                f"Use {spec.successor or 'another model'}.",
+            )
+        )
     order = {"error": 0, "warning": 1, "info": 2}
     return sorted(issues, key=lambda i: order[i.level])

@@ -110,17 +110,23 @@ class _Parser:
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
         options = [ln for ln in lines if ln and not ln.startswith("#")]
         if not options:
-            raise WildcardError(f"Wildcard file {path} has no options.", hint="Add one option per line.")
+            raise WildcardError(
+                f"Wildcard file {path} has no options.", hint="Add one option per line."
+            )
         return Choice([parse(o, self.home, self.depth + 1, (*self.chain, name)) for o in options])
 
 
-def parse(pattern: str, home: Path | None = None, depth: int = 0, chain: tuple[str, ...] = ()) -> list[Part]:
+def parse(
+    pattern: str, home: Path | None = None, depth: int = 0, chain: tuple[str, ...] = ()
+) -> list[Part]:
     parser = _Parser(pattern, home or limner_home(), depth, chain)
     return parser.sequence(inside=False)
 
 
 def _count(parts: list[Part]) -> int:
-    return prod(sum(_count(a) for a in p.alternatives) if isinstance(p, Choice) else 1 for p in parts)
+    return prod(
+        sum(_count(a) for a in p.alternatives) if isinstance(p, Choice) else 1 for p in parts
+    )
 
 
 def _render(parts: list[Part], index: int) -> str:

@@ -53,7 +53,9 @@ class PollSettings:
             deadline = merged.get("deadline_s")
             return cls(
                 interval=interval,
-                max_interval=max(float(merged.get("poll_max_interval", cls.max_interval)), interval),
+                max_interval=max(
+                    float(merged.get("poll_max_interval", cls.max_interval)), interval
+                ),
                 backoff=max(float(merged.get("poll_backoff", cls.backoff)), 1.0),
                 deadline_s=float(deadline) if deadline is not None else None,
             )
@@ -155,12 +157,14 @@ def size_for_aspect(aspect: str, megapixels: float = 1.0, multiple: int = 16) ->
     width = height * ratio
 
     def snap(v: float) -> int:
-        return max(int(round(v / multiple)) * multiple, multiple)
+        return max(round(v / multiple) * multiple, multiple)
 
     return snap(width), snap(height)
 
 
-def padding_to(image: ImageInput, size: str | None, options: dict[str, Any], names: tuple[str, str, str, str]) -> dict[str, int]:
+def padding_to(
+    image: ImageInput, size: str | None, options: dict[str, Any], names: tuple[str, str, str, str]
+) -> dict[str, int]:
     """Outpaint padding (left, right, top, bottom under ``names``) from options or a target size.
 
     Explicit options win; else the image is centred in the target ``size``.
@@ -182,4 +186,9 @@ def padding_to(image: ImageInput, size: str | None, options: dict[str, Any], nam
             f"Outpaint size {size} must be larger than the image ({image.width}x{image.height}).",
             param="size",
         )
-    return {left: extra_w // 2, right: extra_w - extra_w // 2, top: extra_h // 2, bottom: extra_h - extra_h // 2}
+    return {
+        left: extra_w // 2,
+        right: extra_w - extra_w // 2,
+        top: extra_h // 2,
+        bottom: extra_h - extra_h // 2,
+    }

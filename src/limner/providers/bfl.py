@@ -9,7 +9,7 @@ Cost comes from the submit answer's ``cost`` in credits (1 credit = $0.01).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -45,6 +45,8 @@ class BFLProvider(Provider):
     display_name = "Black Forest Labs"
     key_env = "BFL_API_KEY"
     default_base_url = "https://api.bfl.ai/v1"
+    # How often to poll by default (provider options override).
+    poll_defaults: ClassVar[dict[str, float]] = {"poll_interval": 0.5, "poll_max_interval": 2.0}
 
     def _headers(self) -> dict[str, str]:
         return {"x-key": self.api_key} if self.api_key else {}
@@ -81,7 +83,9 @@ class BFLProvider(Provider):
         body.update(wire_options(request))
         return body
 
-    def _flux2(self, body: dict[str, Any], op: Operation, request: ImageRequest, spec: ModelSpec) -> None:
+    def _flux2(
+        self, body: dict[str, Any], op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> None:
         dims = request.dimensions()
         if dims is None and request.aspect_ratio:
             dims = size_for_aspect(request.aspect_ratio)
@@ -95,21 +99,29 @@ class BFLProvider(Provider):
             body["guidance"] = request.guidance
         _input_images(body, request)
 
-    def _kontext(self, body: dict[str, Any], op: Operation, request: ImageRequest, spec: ModelSpec) -> None:
+    def _kontext(
+        self, body: dict[str, Any], op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> None:
         if request.aspect_ratio:
             body["aspect_ratio"] = request.aspect_ratio
         _input_images(body, request)
 
-    def _pro(self, body: dict[str, Any], op: Operation, request: ImageRequest, spec: ModelSpec) -> None:
+    def _pro(
+        self, body: dict[str, Any], op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> None:
         dims = request.dimensions() or (
             size_for_aspect(request.aspect_ratio, 1.0, 32) if request.aspect_ratio else None
         )
         if dims:
             body["width"], body["height"] = dims
-        if request.references:
-            body["image_prompt"] = b64(request.references[0].image)
+        # FLUX 1.1 [pro] takes one image prompt (Redux): the given image, else the reference.
+        guides = [*request.images, *(r.image for r in request.references)]
+        if guides:
+            body["image_prompt"] = b64(guides[0])
 
-    def _ultra(self, body: dict[str, Any], op: Operation, request: ImageRequest, spec: ModelSpec) -> None:
+    def _ultra(
+        self, body: dict[str, Any], op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> None:
         if request.aspect_ratio:
             body["aspect_ratio"] = request.aspect_ratio
         refs = [*request.images, *(r.image for r in request.references)]
@@ -119,7 +131,9 @@ class BFLProvider(Provider):
             if weight is not None:
                 body["image_prompt_strength"] = weight
 
-    def _fill(self, body: dict[str, Any], op: Operation, request: ImageRequest, spec: ModelSpec) -> None:
+    def _fill(
+        self, body: dict[str, Any], op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> None:
         body["image"] = b64(request.images[0])
         if request.mask is not None:
             body["mask"] = b64(encode_mask(request.mask, "white"))
@@ -128,10 +142,16 @@ class BFLProvider(Provider):
         if request.guidance is not None:
             body["guidance"] = request.guidance
 
-    def _expand(self, body: dict[str, Any], op: Operation, request: ImageRequest, spec: ModelSpec) -> None:
+    def _expand(
+        self, body: dict[str, Any], op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> None:
         image = request.images[0]
         body["image"] = b64(image)
-        body.update(padding_to(image, request.size, request.provider_options, ("left", "right", "top", "bottom")))
+        body.update(
+            padding_to(
+                image, request.size, request.provider_options, ("left", "right", "top", "bottom")
+            )
+        )
         if request.steps is not None:
             body["steps"] = request.steps
         if request.guidance is not None:
@@ -140,17 +160,28 @@ class BFLProvider(Provider):
     def _endpoint(self, spec: ModelSpec) -> str:
         return str(spec.wire.get("endpoint", spec.id))
 
-    def native_request(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
+    def native_request(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> dict[str, Any]:
         body = self._body(op, request, spec)
-        shown = {k: (f"<base64, {len(v)} chars>" if k in _IMAGE_FIELDS else v) for k, v in body.items()}
-        return {"method": "POST", "path": f"/{self._endpoint(spec)}", "json": shown, "then": "GET polling_url until Ready"}
+        shown = {
+            k: (f"<base64, {len(v)} chars>" if k in _IMAGE_FIELDS else v) for k, v in body.items()
+        }
+        return {
+            "method": "POST",
+            "path": f"/{self._endpoint(spec)}",
+            "json": shown,
+            "then": "GET polling_url until Ready",
+        }
 
     # -- the flow ------------------------------------------------------------------------------
     def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
-        settings = PollSettings.from_options(self.options, request)
+        settings = PollSettings.from_options({**self.poll_defaults, **self.options}, request)
         body = self._body(op, request, spec)
         url = f"{self.base_url}/{self._endpoint(spec)}"
-        response: httpx.Response = yield Send(httpx.Request("POST", url, json=body, headers=self._headers()))
+        response: httpx.Response = yield Send(
+            httpx.Request("POST", url, json=body, headers=self._headers())
+        )
         if response.status_code >= 400:
             raise self._error(response, None)
         submitted = response.json()
@@ -176,14 +207,19 @@ class BFLProvider(Provider):
         result = final.json().get("result") or {}
         sample = result.get("sample")
         if not sample:
-            raise errors.JobFailedError("bfl: the task is Ready but holds no sample.", provider=self.name, request_id=task_id)
+            raise errors.JobFailedError(
+                "bfl: the task is Ready but holds no sample.",
+                provider=self.name,
+                request_id=task_id,
+            )
         fetched: Fetched = yield Download(sample, {})  # signed URL: never the key
         seed = result.get("seed")
         image = image_from_bytes(fetched.data, seed=int(seed) if seed is not None else None)
         credits = submitted.get("cost")
-        usage = Usage(credits=float(credits) if credits is not None else None, raw={
-            k: submitted[k] for k in ("cost", "input_mp", "output_mp") if k in submitted
-        })
+        usage = Usage(
+            credits=float(credits) if credits is not None else None,
+            raw={k: submitted[k] for k in ("cost", "input_mp", "output_mp") if k in submitted},
+        )
         return ProviderOutput(
             images=[image],
             usage=usage,
@@ -196,12 +232,21 @@ class BFLProvider(Provider):
         lowered = (message or "").lower()
         if "moderat" in lowered or "nsfw" in lowered:
             return errors.ContentPolicyError(
-                f"bfl: {message}", provider=self.name, status=response.status_code, request_id=request_id
+                f"bfl: {message}",
+                provider=self.name,
+                status=response.status_code,
+                request_id=request_id,
             )
         return map_http_error(self.name, response, message, request_id=request_id)
 
 
-_IMAGE_FIELDS = {"image", "mask", "image_prompt", "input_image", *(f"input_image_{i}" for i in range(2, 11))}
+_IMAGE_FIELDS = {
+    "image",
+    "mask",
+    "image_prompt",
+    "input_image",
+    *(f"input_image_{i}" for i in range(2, 11)),
+}
 
 
 def _input_images(body: dict[str, Any], request: ImageRequest) -> None:
@@ -239,14 +284,18 @@ class _StatusTracker:
             )
         if status in FAILED:
             detail = body.get("details") or body.get("error") or status
-            raise errors.JobFailedError(f"bfl: the task failed ({detail}).", provider=name, request_id=self.task_id)
+            raise errors.JobFailedError(
+                f"bfl: the task failed ({detail}).", provider=name, request_id=self.task_id
+            )
         return False
 
     def _not_found(self) -> bool:
         self.not_found += 1
         if self.not_found >= MAX_NOT_FOUND:
             raise errors.JobFailedError(
-                f"bfl: task {self.task_id} not found.", provider=self.provider.name, request_id=self.task_id
+                f"bfl: task {self.task_id} not found.",
+                provider=self.provider.name,
+                request_id=self.task_id,
             )
         return False
 
@@ -256,4 +305,6 @@ class _StatusTracker:
         except ValueError:
             return None
         fraction = body.get("progress")
-        return Progress(float(fraction) if fraction is not None else None, str(body.get("status", "")))
+        return Progress(
+            float(fraction) if fraction is not None else None, str(body.get("status", ""))
+        )

@@ -55,7 +55,9 @@ class ComfyUIProvider(Provider):
         )  # fmt: skip
 
     # -- building the workflow ----------------------------------------------------------------
-    def _workflow(self, op: Operation, request: ImageRequest, spec: ModelSpec, names: dict[str, str]) -> dict[str, Any]:
+    def _workflow(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec, names: dict[str, str]
+    ) -> dict[str, Any]:
         from limner.local.comfyui import workflow_for
 
         options = request.provider_options
@@ -68,9 +70,13 @@ class ComfyUIProvider(Provider):
         if "workflow" in options:
             workflow = options["workflow"]
             if not isinstance(workflow, dict):
-                raise errors.InvalidRequestError("The workflow option must be an API-format workflow object.", param="workflow")
+                raise errors.InvalidRequestError(
+                    "The workflow option must be an API-format workflow object.", param="workflow"
+                )
             return workflow
-        width, height = request.dimensions() or ((request.images[0].width, request.images[0].height) if request.images else (1024, 1024))
+        width, height = request.dimensions() or (
+            (request.images[0].width, request.images[0].height) if request.images else (1024, 1024)
+        )
         seed = request.seed if request.seed is not None else random.randrange(2**31)
         loras = [(str(x).rpartition(":")[0] or str(x), float(str(x).rpartition(":")[2] or 1)) if ":" in str(x) else (str(x), 1.0)
                  for x in options.get("loras", [])]  # fmt: skip
@@ -83,11 +89,17 @@ class ComfyUIProvider(Provider):
             filename_prefix=str(options.get("filename_prefix", "limner")),
         )  # fmt: skip
 
-    def native_request(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
+    def native_request(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> dict[str, Any]:
         names = {"image": "<uploaded image>"} if request.images else {}
         if request.mask:
             names["mask"] = "<uploaded mask>"
-        return {"method": "POST", "path": "/prompt", "json": {"prompt": self._workflow(op, request, spec, names), "client_id": "<uuid>"}}
+        return {
+            "method": "POST",
+            "path": "/prompt",
+            "json": {"prompt": self._workflow(op, request, spec, names), "client_id": "<uuid>"},
+        }
 
     # -- the flow ------------------------------------------------------------------------------
     def _upload(self, name: str, data: bytes) -> Flow:
@@ -104,10 +116,14 @@ class ComfyUIProvider(Provider):
         if request.images:
             names["image"] = yield from self._upload(f"limner-{stem}.png", request.images[0].data)
         if request.mask is not None:
-            names["mask"] = yield from self._upload(f"limner-{stem}-mask.png", encode_mask(request.mask, "white"))
+            names["mask"] = yield from self._upload(
+                f"limner-{stem}-mask.png", encode_mask(request.mask, "white")
+            )
         workflow = self._workflow(op, request, spec, names)
         body = {"prompt": workflow, "client_id": uuid.uuid4().hex}
-        response: httpx.Response = yield Send(httpx.Request("POST", f"{self.base_url}/prompt", json=body), retry=False)
+        response: httpx.Response = yield Send(
+            httpx.Request("POST", f"{self.base_url}/prompt", json=body), retry=False
+        )
         if response.status_code == 400:
             raise _validation_error(response)
         if response.status_code >= 400:
@@ -116,8 +132,14 @@ class ComfyUIProvider(Provider):
         try:
             item = yield from self._wait(prompt_id)
         except DeadlineExceeded:
-            yield Send(httpx.Request("POST", f"{self.base_url}/interrupt", json={"prompt_id": prompt_id}), retry=False)
-            yield Send(httpx.Request("POST", f"{self.base_url}/queue", json={"delete": [prompt_id]}), retry=False)
+            yield Send(
+                httpx.Request("POST", f"{self.base_url}/interrupt", json={"prompt_id": prompt_id}),
+                retry=False,
+            )
+            yield Send(
+                httpx.Request("POST", f"{self.base_url}/queue", json={"delete": [prompt_id]}),
+                retry=False,
+            )
             raise
         images = []
         for output in item.get("outputs", {}).values():
@@ -127,13 +149,21 @@ class ComfyUIProvider(Provider):
                 fetched = yield Download(f"{self.base_url}/view?{query}")
                 images.append(image_from_bytes(fetched.data))
         if not images:
-            raise errors.JobFailedError(f"comfyui: prompt {prompt_id} finished without images.", provider=self.name, request_id=prompt_id)
-        return ProviderOutput(images=images, request_id=prompt_id, cost_usd=0.0, raw={"workflow": workflow})
+            raise errors.JobFailedError(
+                f"comfyui: prompt {prompt_id} finished without images.",
+                provider=self.name,
+                request_id=prompt_id,
+            )
+        return ProviderOutput(
+            images=images, request_id=prompt_id, cost_usd=0.0, raw={"workflow": workflow}
+        )
 
     def _wait(self, prompt_id: str) -> Flow:
         polls = 0
         while True:
-            response: httpx.Response = yield Send(httpx.Request("GET", f"{self.base_url}/history/{prompt_id}"))
+            response: httpx.Response = yield Send(
+                httpx.Request("GET", f"{self.base_url}/history/{prompt_id}")
+            )
             if response.status_code >= 400:
                 raise map_http_error(self.name, response, None, request_id=prompt_id)
             item = response.json().get(prompt_id)
@@ -167,8 +197,12 @@ def _validation_error(response: httpx.Response) -> errors.LimnerError:
     details = []
     for node_id, node in (body.get("node_errors") or {}).items():
         for err in node.get("errors", []):
-            details.append(f"node {node_id or '-'} ({node.get('class_type', '?')}): {err.get('message')}")
+            details.append(
+                f"node {node_id or '-'} ({node.get('class_type', '?')}): {err.get('message')}"
+            )
     message = (body.get("error") or {}).get("message", "the workflow was refused")
     return errors.ProviderRejectedError(
-        f"comfyui: {message}" + (": " + "; ".join(details[:5]) if details else ""), status=400, provider="comfyui"
+        f"comfyui: {message}" + (": " + "; ".join(details[:5]) if details else ""),
+        status=400,
+        provider="comfyui",
     )

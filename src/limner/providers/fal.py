@@ -18,7 +18,7 @@ endpoint), ``size_mode`` (``image_size`` or ``aspect_ratio``), ``image_field`` /
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -49,6 +49,8 @@ class FalProvider(Provider):
     display_name = "fal.ai"
     key_env = "FAL_KEY"
     default_base_url = "https://queue.fal.run"
+    # How often to poll by default (provider options override).
+    poll_defaults: ClassVar[dict[str, float]] = {"poll_interval": 0.25, "poll_max_interval": 2.0}
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Key {self.api_key}"} if self.api_key else {}
@@ -70,7 +72,12 @@ class FalProvider(Provider):
         endpoints: dict[str, str] = spec.wire.get("endpoints", {})
         if op == Operation.GENERATE and request is not None and request.references:
             # Text-to-image endpoints take no images: references go to the edit endpoint.
-            return endpoints.get("style-reference") or endpoints.get("edit") or endpoints.get("generate") or spec.id
+            return (
+                endpoints.get("style-reference")
+                or endpoints.get("edit")
+                or endpoints.get("generate")
+                or spec.id
+            )
         return endpoints.get(op.value) or endpoints.get("generate") or spec.id
 
     def _input(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
@@ -119,13 +126,17 @@ class FalProvider(Provider):
             if extra and wire.get("control_field"):
                 fields[wire["control_field"]] = data_url(extra[0])
         if request.mask is not None:
-            fields[wire.get("mask_field", "mask_url")] = data_url(encode_mask(request.mask, "white"))
+            fields[wire.get("mask_field", "mask_url")] = data_url(
+                encode_mask(request.mask, "white")
+            )
 
     def _mode(self, request: ImageRequest) -> str:
         mode = str({**self.options, **request.provider_options}.get("mode", "queue"))
         if mode not in ("queue", "sync"):
             raise errors.InvalidRequestError(
-                f"fal mode {mode!r} is not known.", param="provider_options", hint="Use mode 'queue' or 'sync'."
+                f"fal mode {mode!r} is not known.",
+                param="provider_options",
+                hint="Use mode 'queue' or 'sync'.",
             )
         return mode
 
@@ -136,9 +147,13 @@ class FalProvider(Provider):
         if start_timeout is not None:
             headers["X-Fal-Request-Timeout"] = str(start_timeout)
         base = self.sync_base_url(request) if self._mode(request) == "sync" else self.base_url
-        return httpx.Request("POST", f"{base}/{endpoint}", json=self._input(op, request, spec), headers=headers)
+        return httpx.Request(
+            "POST", f"{base}/{endpoint}", json=self._input(op, request, spec), headers=headers
+        )
 
-    def native_request(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
+    def native_request(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> dict[str, Any]:
         import json
 
         req = self._submit(op, request, spec)
@@ -147,7 +162,11 @@ class FalProvider(Provider):
             k: (
                 [f"<data URL, {len(i)} chars>" for i in v]
                 if isinstance(v, list) and v and isinstance(v[0], str) and v[0].startswith("data:")
-                else (f"<data URL, {len(v)} chars>" if isinstance(v, str) and v.startswith("data:") else v)
+                else (
+                    f"<data URL, {len(v)} chars>"
+                    if isinstance(v, str) and v.startswith("data:")
+                    else v
+                )
             )
             for k, v in body.items()
         }
@@ -155,13 +174,15 @@ class FalProvider(Provider):
 
     # -- the flow ------------------------------------------------------------------------------
     def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
-        settings = PollSettings.from_options(self.options, request)
+        settings = PollSettings.from_options({**self.poll_defaults, **self.options}, request)
         submit = self._submit(op, request, spec)
         response: httpx.Response = yield Send(submit)
         if response.status_code >= 400:
             raise self._error(response, response.headers.get("x-fal-request-id"))
         if self._mode(request) == "sync":
-            return (yield from self._collect(response.json(), response.headers.get("x-fal-request-id")))
+            return (
+                yield from self._collect(response.json(), response.headers.get("x-fal-request-id"))
+            )
         queued = response.json()
         rid = str(queued.get("request_id", ""))
         status_url, response_url = queued.get("status_url"), queued.get("response_url")
@@ -170,20 +191,29 @@ class FalProvider(Provider):
             if not url or not self.owns_url(url):
                 raise errors.ProviderError(
                     f"fal: the queue answered a URL off its own host ({url!r}); refusing to send the key.",
-                    provider=self.name, request_id=rid,
+                    provider=self.name,
+                    request_id=rid,
                 )
         try:
             yield from poll(
                 settings,
-                lambda: httpx.Request("GET", status_url, params={"logs": "1"}, headers=self._headers()),
+                lambda: httpx.Request(
+                    "GET", status_url, params={"logs": "1"}, headers=self._headers()
+                ),
                 lambda r: self._completed(r, rid),
                 _progress,
             )
-        except DeadlineExceeded:
+        except DeadlineExceeded as exc:
             # Free the queue slot: nothing should run (and bill) after we gave up.
             yield Send(httpx.Request("PUT", cancel_url, headers=self._headers()), retry=False)
-            raise
-        result: httpx.Response = yield Send(httpx.Request("GET", response_url, headers=self._headers()))
+            raise errors.ProviderTimeoutError(
+                f"{self.name}: no result before the deadline; request {rid} was cancelled.",
+                provider=self.name,
+                request_id=rid,
+            ) from exc
+        result: httpx.Response = yield Send(
+            httpx.Request("GET", response_url, headers=self._headers())
+        )
         if result.status_code >= 400:
             raise self._error(result, rid)
         return (yield from self._collect(result.json(), rid))
@@ -196,18 +226,24 @@ class FalProvider(Provider):
             return False
         if body.get("error"):
             kind = body.get("error_type") or "error"
-            raise errors.JobFailedError(f"fal: {body['error']} ({kind}).", provider=self.name, request_id=rid)
+            raise errors.JobFailedError(
+                f"fal: {body['error']} ({kind}).", provider=self.name, request_id=rid
+            )
         return True
 
     def _collect(self, output: dict[str, Any], rid: str | None) -> Flow:
-        items = output.get("images") or ([output["image"]] if isinstance(output.get("image"), dict) else [])
+        items = output.get("images") or (
+            [output["image"]] if isinstance(output.get("image"), dict) else []
+        )
         flags = output.get("has_nsfw_concepts") or output.get("nsfw_content_detected") or []
         seed = output.get("seed")
         images: list[GeneratedImage] = []
         warnings: list[str] = []
         for index, item in enumerate(items):
             if index < len(flags) and flags[index]:
-                warnings.append(f"fal: image {index + 1} was flagged by the safety checker and dropped.")
+                warnings.append(
+                    f"fal: image {index + 1} was flagged by the safety checker and dropped."
+                )
                 continue
             url = str(item.get("url", ""))
             if url.startswith("data:"):
@@ -215,13 +251,19 @@ class FalProvider(Provider):
             else:
                 fetched: Fetched = yield Download(url, {})  # CDN URLs are public: no key
                 data = fetched.data
-            images.append(image_from_bytes(data, seed=int(seed) + index if seed is not None else None))
+            images.append(
+                image_from_bytes(data, seed=int(seed) + index if seed is not None else None)
+            )
         if not images:
             if flags and any(flags):
                 raise errors.ContentPolicyError(
-                    "fal: the safety checker flagged every image (has_nsfw_concepts).", provider=self.name, request_id=rid
+                    "fal: the safety checker flagged every image (has_nsfw_concepts).",
+                    provider=self.name,
+                    request_id=rid,
                 )
-            raise errors.JobFailedError("fal: the output held no image.", provider=self.name, request_id=rid)
+            raise errors.JobFailedError(
+                "fal: the output held no image.", provider=self.name, request_id=rid
+            )
         usage = Usage(raw={"timings": output.get("timings") or {}})
         return ProviderOutput(images=images, usage=usage, request_id=rid, warnings=warnings)
 
@@ -230,9 +272,13 @@ class FalProvider(Provider):
         kind = response.headers.get("x-fal-error-type", "")
         lowered = f"{message} {kind}".lower()
         if "content_policy" in lowered or "nsfw" in lowered:
-            return errors.ContentPolicyError(f"fal: {message}", provider=self.name, status=response.status_code, request_id=rid)
+            return errors.ContentPolicyError(
+                f"fal: {message}", provider=self.name, status=response.status_code, request_id=rid
+            )
         if response.status_code == 403 and "balance" in lowered:
-            return errors.InsufficientCreditsError(f"fal: {message}", provider=self.name, status=403, request_id=rid)
+            return errors.InsufficientCreditsError(
+                f"fal: {message}", provider=self.name, status=403, request_id=rid
+            )
         return map_http_error(self.name, response, message, request_id=rid)
 
 

@@ -9,12 +9,14 @@ The retired Imagen models keep their ``:predict`` wire format for compatible ser
 from __future__ import annotations
 
 import base64
+import os
 from typing import Any
 
 import httpx
 
 from limner import errors
 from limner.catalog import ModelSpec
+from limner.config import KeyStore
 from limner.flows import Flow, ProviderOutput, Send
 from limner.http import map_http_error
 from limner.providers.base import Provider, b64_image
@@ -24,15 +26,32 @@ __all__ = ["SAFETY_FINISH_REASONS", "GeminiProvider"]
 
 # finishReason values that mean the safety system withheld the image.
 SAFETY_FINISH_REASONS = frozenset(
-    {"SAFETY", "IMAGE_SAFETY", "PROHIBITED_CONTENT", "IMAGE_PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION"}
+    {
+        "SAFETY",
+        "IMAGE_SAFETY",
+        "PROHIBITED_CONTENT",
+        "IMAGE_PROHIBITED_CONTENT",
+        "BLOCKLIST",
+        "SPII",
+        "RECITATION",
+    }
 )
 # generationConfig keys a caller may pass through provider_options.
-PASSTHROUGH_OPTIONS = {"temperature", "topP", "topK", "candidateCount", "thinkingConfig", "responseModalities"}
+PASSTHROUGH_OPTIONS = {
+    "temperature",
+    "topP",
+    "topK",
+    "candidateCount",
+    "thinkingConfig",
+    "responseModalities",
+}
 TOP_LEVEL_OPTIONS = {"safetySettings", "tools", "systemInstruction"}
 
 
 def _inline(image: ImageInput) -> dict[str, Any]:
-    return {"inlineData": {"mimeType": image.media_type, "data": base64.b64encode(image.data).decode()}}
+    return {
+        "inlineData": {"mimeType": image.media_type, "data": base64.b64encode(image.data).decode()}
+    }
 
 
 class GeminiProvider(Provider):
@@ -41,6 +60,11 @@ class GeminiProvider(Provider):
     key_env = "GEMINI_API_KEY"
     extra_key_envs = ("GOOGLE_API_KEY",)
     default_base_url = "https://generativelanguage.googleapis.com/v1beta"
+
+    @classmethod
+    def resolve_key(cls, explicit: str | None = None, keys: KeyStore | None = None) -> str | None:
+        """As the base, then GOOGLE_API_KEY, which Google's own SDK also reads."""
+        return super().resolve_key(explicit, keys) or os.environ.get("GOOGLE_API_KEY") or None
 
     def _headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self.api_key} if self.api_key else {}
@@ -72,7 +96,10 @@ class GeminiProvider(Provider):
                 hint=f"Allowed: {', '.join(sorted(PASSTHROUGH_OPTIONS | TOP_LEVEL_OPTIONS))}.",
             )
         config.update({k: v for k, v in options.items() if k in PASSTHROUGH_OPTIONS})
-        body: dict[str, Any] = {"contents": [{"role": "user", "parts": parts}], "generationConfig": config}
+        body: dict[str, Any] = {
+            "contents": [{"role": "user", "parts": parts}],
+            "generationConfig": config,
+        }
         body.update({k: v for k, v in options.items() if k in TOP_LEVEL_OPTIONS})
         return body
 
@@ -91,7 +118,9 @@ class GeminiProvider(Provider):
         method = "predict" if spec.wire.get("api") == "imagen" else "generateContent"
         return model, method
 
-    def native_request(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
+    def native_request(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> dict[str, Any]:
         model, method = self._endpoint(spec)
         if method == "predict":
             body = self._predict_body(request)
@@ -105,9 +134,15 @@ class GeminiProvider(Provider):
     # -- the flow ------------------------------------------------------------------------------
     def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
         model, method = self._endpoint(spec)
-        body = self._predict_body(request) if method == "predict" else self._generate_content_body(request, spec)
+        body = (
+            self._predict_body(request)
+            if method == "predict"
+            else self._generate_content_body(request, spec)
+        )
         url = f"{self.base_url}/models/{model}:{method}"
-        response: httpx.Response = yield Send(httpx.Request("POST", url, json=body, headers=self._headers()))
+        response: httpx.Response = yield Send(
+            httpx.Request("POST", url, json=body, headers=self._headers())
+        )
         if response.status_code >= 400:
             raise self._error(response)
         data = response.json()
@@ -152,15 +187,23 @@ class GeminiProvider(Provider):
             )
         for image in images:
             image.revised_prompt = " ".join(texts) or None
-        return ProviderOutput(images=images, usage=_usage(data.get("usageMetadata")), request_id=request_id)
+        return ProviderOutput(
+            images=images, usage=_usage(data.get("usageMetadata")), request_id=request_id
+        )
 
     def _parse_predict(self, data: dict[str, Any]) -> ProviderOutput:
         predictions = data.get("predictions") or []
-        images = [b64_image(p["bytesBase64Encoded"]) for p in predictions if p.get("bytesBase64Encoded")]
+        images = [
+            b64_image(p["bytesBase64Encoded"]) for p in predictions if p.get("bytesBase64Encoded")
+        ]
         if not images:
-            reason = next((p.get("raiFilteredReason") for p in predictions if p.get("raiFilteredReason")), None)
+            reason = next(
+                (p.get("raiFilteredReason") for p in predictions if p.get("raiFilteredReason")),
+                None,
+            )
             raise errors.ContentPolicyError(
-                f"gemini: the image was filtered ({reason or 'no image returned'}).", provider=self.name
+                f"gemini: the image was filtered ({reason or 'no image returned'}).",
+                provider=self.name,
             )
         return ProviderOutput(images=images)
 
@@ -179,7 +222,9 @@ class GeminiProvider(Provider):
 def _modality_counts(details: list[dict[str, Any]] | None) -> dict[str, int]:
     counts: dict[str, int] = {}
     for item in details or []:
-        counts[str(item.get("modality", ""))] = counts.get(str(item.get("modality", "")), 0) + int(item.get("tokenCount", 0))
+        counts[str(item.get("modality", ""))] = counts.get(str(item.get("modality", "")), 0) + int(
+            item.get("tokenCount", 0)
+        )
     return counts
 
 
@@ -193,7 +238,9 @@ def _usage(raw: dict[str, Any] | None) -> Usage:
     return Usage(
         input_tokens=raw.get("promptTokenCount"),
         output_tokens=output_tokens,
-        input_text_tokens=prompt.get("TEXT", raw.get("promptTokenCount")) if prompt or raw.get("promptTokenCount") else None,
+        input_text_tokens=prompt.get("TEXT", raw.get("promptTokenCount"))
+        if prompt or raw.get("promptTokenCount")
+        else None,
         input_image_tokens=prompt.get("IMAGE", 0),
         output_image_tokens=out.get("IMAGE", output_tokens),
         raw=raw,

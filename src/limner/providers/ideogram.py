@@ -5,7 +5,9 @@
 * ``v3`` (Ideogram 3.0): multipart ``/v1/ideogram-v3/{generate,remix,edit,reframe}``.
 * ``v2`` (Ideogram 4.x): the action API ``/v2/image/{action}/{model}``; ``?dry_run=true``
   returns a price quote, which limner fetches first and records as the cost (turn it off with
-  ``provider_options={"price_quote": False}``).
+  ``provider_options={"price_quote": False}``). Tool endpoints (upscale, remove background)
+  and images asked with ``{"async": True}`` answer a ``generation_id``, polled at
+  ``/v2/generations/{id}`` every ``poll_interval`` seconds (default 1) up to ``poll_timeout``.
 
 Masks: black marks the area to change. Unsafe results come back with ``is_image_safe: false``
 and no URL; when every image is unsafe that is a content-policy error.
@@ -14,13 +16,14 @@ and no URL; when every image is unsafe that is a content-policy error.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
 
 from limner import errors
 from limner.catalog import ModelSpec
-from limner.flows import Download, Fetched, Flow, ProviderOutput, Send
+from limner.flows import Download, Fetched, Flow, Progress, ProviderOutput, Send, Sleep
 from limner.http import map_http_error
 from limner.images import encode_mask
 from limner.providers.base import Provider, image_from_bytes
@@ -30,10 +33,10 @@ __all__ = ["IdeogramProvider", "describe"]
 
 Files = list[tuple[str, tuple[str, bytes, str]]]
 # Options limner reads itself; everything else in provider_options must be a known wire field.
-CONTROL_OPTIONS = {"price_quote"}
+CONTROL_OPTIONS = {"price_quote", "poll_interval", "poll_timeout"}
 WIRE_OPTIONS = {
     "magic_prompt", "color_palette", "style_codes", "style_preset", "resemblance", "detail",
-    "resolution", "factor", "enable_copyright_detection", "image_weight",
+    "resolution", "factor", "enable_copyright_detection", "image_weight", "async",
 }  # fmt: skip
 PRESET_PALETTES = {"EMBER", "FRESH", "JUNGLE", "MAGIC", "MELON", "MOSAIC", "PASTEL", "ULTRAMARINE"}
 
@@ -59,7 +62,9 @@ def _magic(value: Any, lower: bool) -> str:
         value = "ON" if value else "OFF"
     text = str(value).upper()
     if text not in {"AUTO", "ON", "OFF"}:
-        raise errors.InvalidRequestError(f"magic_prompt {value!r} is not AUTO, ON or OFF.", param="provider_options.magic_prompt")
+        raise errors.InvalidRequestError(
+            f"magic_prompt {value!r} is not AUTO, ON or OFF.", param="provider_options.magic_prompt"
+        )
     return text.lower() if lower else text
 
 
@@ -136,8 +141,17 @@ class IdeogramProvider(Provider):
             fields[key] = _magic(opts["magic_prompt"], lower=api == "v2")
         if "color_palette" in opts:
             fields["color_palette"] = _palette(opts["color_palette"])
+        fields.update(self._surface_fields(request, spec, api))
+        return fields
+
+    def _surface_fields(self, request: ImageRequest, spec: ModelSpec, api: str) -> dict[str, Any]:
+        """Fields only one API surface has: model and speed or quality, style codes, resolution."""
+        opts = request.provider_options
+        fields: dict[str, Any] = {}
         if api == "legacy":
-            fields["model"] = spec.wire.get("turbo_model" if request.quality == "turbo" else "model", "V_2")
+            fields["model"] = spec.wire.get(
+                "turbo_model" if request.quality == "turbo" else "model", "V_2"
+            )
         elif api == "v3":
             if request.quality:
                 fields["rendering_speed"] = request.quality.upper()
@@ -147,7 +161,7 @@ class IdeogramProvider(Provider):
         else:
             if request.quality:
                 fields["quality"] = request.quality
-            for key in ("resolution", "enable_copyright_detection"):
+            for key in ("resolution", "enable_copyright_detection", "async"):
                 if key in opts:
                     fields[key] = opts[key]
         return fields
@@ -171,17 +185,35 @@ class IdeogramProvider(Provider):
         if op == Operation.REMOVE_BACKGROUND:
             return "/v2/image/remove-background/ideogram-1", "multipart"
         if op == Operation.UPSCALE:
-            return ("/v2/image/upscale/auto", "multipart") if api == "v2" else ("/upscale", "legacy-multipart")
+            return (
+                ("/v2/image/upscale/auto", "multipart")
+                if api == "v2"
+                else ("/upscale", "legacy-multipart")
+            )
         if api == "legacy":
-            paths = {Operation.GENERATE: "/generate", Operation.STYLE_REFERENCE: "/generate", Operation.EDIT: "/remix", Operation.INPAINT: "/edit"}
-            return paths[op], "json" if op in (Operation.GENERATE, Operation.STYLE_REFERENCE) else "legacy-multipart"
+            paths = {
+                Operation.GENERATE: "/generate",
+                Operation.STYLE_REFERENCE: "/generate",
+                Operation.EDIT: "/remix",
+                Operation.INPAINT: "/edit",
+            }
+            return paths[op], "json" if op in (
+                Operation.GENERATE,
+                Operation.STYLE_REFERENCE,
+            ) else "legacy-multipart"
         if api == "v3":
-            action = {Operation.EDIT: "remix", Operation.INPAINT: "edit", Operation.OUTPAINT: "reframe"}.get(op, "generate")
+            action = {
+                Operation.EDIT: "remix",
+                Operation.INPAINT: "edit",
+                Operation.OUTPAINT: "reframe",
+            }.get(op, "generate")
             return f"/v1/ideogram-v3/{action}", "multipart"
         action = "remix" if op == Operation.EDIT else "generate"
         return f"/v2/image/{action}/{slug}", "multipart"
 
-    def _payload(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> tuple[str, dict[str, Any], Files]:
+    def _payload(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> tuple[str, dict[str, Any], Files]:
         """(path, fields, files) for one call."""
         self._check_options(request, spec)
         api = spec.wire.get("api", "v3")
@@ -193,7 +225,9 @@ class IdeogramProvider(Provider):
             if op == Operation.UPSCALE and api == "v2":
                 fields = {k: opts[k] for k in ("factor",) if k in opts}
             elif op == Operation.UPSCALE:
-                upscale = {k: opts[k] for k in ("resemblance", "detail") if k in opts}
+                upscale: dict[str, Any] = {
+                    k: opts[k] for k in ("resemblance", "detail") if k in opts
+                }
                 if request.prompt:
                     upscale["prompt"] = request.prompt
                 if request.seed is not None:
@@ -212,13 +246,19 @@ class IdeogramProvider(Provider):
         if op == Operation.INPAINT and request.mask is not None:
             files.append(("mask", ("mask.png", encode_mask(request.mask, "black"), "image/png")))
         if op == Operation.OUTPAINT:
-            fields = {"resolution": opts.get("resolution") or request.size or _resolution_for(request.aspect_ratio)}
+            fields = {
+                "resolution": opts.get("resolution")
+                or request.size
+                or _resolution_for(request.aspect_ratio)
+            }
         files.extend(self._reference_files(request, api))
         if api == "legacy" and op in (Operation.EDIT,):
             fields = {"image_request": fields}
         return path, fields, files
 
-    def _http_request(self, op: Operation, request: ImageRequest, spec: ModelSpec, *, dry_run: bool = False) -> httpx.Request:
+    def _http_request(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec, *, dry_run: bool = False
+    ) -> httpx.Request:
         path, fields, files = self._payload(op, request, spec)
         _, encoding = self._route(op, spec)
         url = f"{self.base_url}{path}"
@@ -228,9 +268,13 @@ class IdeogramProvider(Provider):
             return httpx.Request("POST", url, json=body, params=params, headers=self._headers())
         if spec.wire.get("api") == "v2" and not files:
             return httpx.Request("POST", url, json=fields, params=params, headers=self._headers())
-        return httpx.Request("POST", url, files=_multipart(fields, files), params=params, headers=self._headers())
+        return httpx.Request(
+            "POST", url, files=_multipart(fields, files), params=params, headers=self._headers()
+        )
 
-    def native_request(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
+    def native_request(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> dict[str, Any]:
         path, fields, files = self._payload(op, request, spec)
         _, encoding = self._route(op, spec)
         described = {name: f"<{content[0]}>" for name, content in files}
@@ -241,7 +285,9 @@ class IdeogramProvider(Provider):
 
     # -- the flow ------------------------------------------------------------------------------
     def _quotes(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> bool:
-        return spec.wire.get("api") == "v2" and bool(request.provider_options.get("price_quote", True))
+        return spec.wire.get("api") == "v2" and bool(
+            request.provider_options.get("price_quote", True)
+        )
 
     def quote_flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
         """Ask Ideogram for the price of ``request`` (``dry_run``): nothing is generated."""
@@ -249,7 +295,9 @@ class IdeogramProvider(Provider):
         if response.status_code >= 400:
             raise self._error(response)
         quote = response.json()
-        return ProviderOutput(images=[], cost_usd=int(quote.get("usd_micros", 0)) / 1_000_000, raw={"quote": quote})
+        return ProviderOutput(
+            images=[], cost_usd=int(quote.get("usd_micros", 0)) / 1_000_000, raw={"quote": quote}
+        )
 
     def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
         cost: float | None = None
@@ -261,14 +309,27 @@ class IdeogramProvider(Provider):
         if response.status_code >= 400:
             raise self._error(response)
         body = response.json()
-        request_id = body.get("generation_id") or body.get("request_id") or response.headers.get("x-request-id")
+        if "data" not in body and body.get("generation_id"):
+            # Accepted asynchronously (tool endpoints always are; images with "async"): poll.
+            body = yield from self._poll(str(body["generation_id"]), request)
+            if cost is None and body.get("usage_cost_usd_micros") is not None:
+                cost = int(body["usage_cost_usd_micros"]) / 1_000_000
+        request_id = (
+            body.get("generation_id")
+            or body.get("request_id")
+            or response.headers.get("x-request-id")
+        )
         images, withheld = [], 0
         for item in body.get("data") or []:
             if item.get("is_image_safe") is False or not item.get("url"):
                 withheld += 1
                 continue
             fetched: Fetched = yield Download(item["url"])  # image hosts get no key
-            images.append(image_from_bytes(fetched.data, seed=item.get("seed"), revised_prompt=item.get("prompt")))
+            images.append(
+                image_from_bytes(
+                    fetched.data, seed=item.get("seed"), revised_prompt=item.get("prompt")
+                )
+            )
         if not images:
             raise errors.ContentPolicyError(
                 "ideogram: the result was withheld as unsafe (is_image_safe: false).",
@@ -277,8 +338,51 @@ class IdeogramProvider(Provider):
             )
         warnings = [f"ideogram withheld {withheld} unsafe image(s)."] if withheld else []
         if cost is not None and withheld and quote.get("quantity"):
-            warnings.append("The quoted price covers every requested image, including withheld ones.")
-        return ProviderOutput(images=images, request_id=request_id, warnings=warnings, cost_usd=cost, raw={"quote": quote})
+            warnings.append(
+                "The quoted price covers every requested image, including withheld ones."
+            )
+        return ProviderOutput(
+            images=images,
+            request_id=request_id,
+            warnings=warnings,
+            cost_usd=cost,
+            raw={"quote": quote},
+        )
+
+    def _poll(self, generation_id: str, request: ImageRequest) -> Any:
+        """Poll ``/v2/generations/{id}`` until completed or failed; return the completed body."""
+        opts = request.provider_options
+        interval = float(opts.get("poll_interval", self.options.get("poll_interval", 1.0)))
+        timeout = float(opts.get("poll_timeout", self.options.get("poll_timeout", 600.0)))
+        started = time.monotonic()
+        url = f"{self.base_url}/v2/generations/{generation_id}"
+        while True:
+            yield Sleep(interval)
+            response: httpx.Response = yield Send(
+                httpx.Request("GET", url, headers=self._headers())
+            )
+            if response.status_code >= 400:
+                raise self._error(response)
+            body = response.json()
+            status = body.get("status")
+            yield Progress(1.0 if status == "completed" else None, f"ideogram {status}")
+            if status == "completed":
+                return body
+            if status == "failed":
+                reason = str(body.get("failure_reason") or "no reason given")
+                unsafe = "safety" in reason.lower() or "moderat" in reason.lower()
+                cls = errors.ContentPolicyError if unsafe else errors.JobFailedError
+                raise cls(
+                    f"ideogram: generation {generation_id} failed: {reason}",
+                    provider=self.name,
+                    request_id=generation_id,
+                )
+            if time.monotonic() - started > timeout:
+                raise errors.ProviderTimeoutError(
+                    f"ideogram: generation {generation_id} not done within {timeout:g}s.",
+                    provider=self.name,
+                    request_id=generation_id,
+                )
 
     def describe_flow(self, image: ImageInput, spec: ModelSpec | None = None) -> Flow:
         """Describe ``image`` in words; the descriptions are in ``output.raw["descriptions"]``."""
@@ -301,10 +405,16 @@ class IdeogramProvider(Provider):
             body = response.json()
         except ValueError:
             body = {}
-        detail = body.get("detail") or body.get("message") or body.get("error") if isinstance(body, dict) else None
+        detail = (
+            body.get("detail") or body.get("message") or body.get("error")
+            if isinstance(body, dict)
+            else None
+        )
         message = detail if isinstance(detail, str) else (json.dumps(detail) if detail else None)
         if response.status_code in (400, 422) and message and "safety" in message.lower():
-            return errors.ContentPolicyError(f"ideogram: {message}", provider=self.name, status=response.status_code)
+            return errors.ContentPolicyError(
+                f"ideogram: {message}", provider=self.name, status=response.status_code
+            )
         return map_http_error(self.name, response, message)
 
 
@@ -323,7 +433,9 @@ def describe(image: Any, *, model: str = "ideogram:ideogram-v3", client: Any = N
             raise errors.InvalidRequestError(f"{spec.ref} is not an Ideogram model.", param="model")
         if not provider.api_key:
             raise IdeogramProvider.missing_key_error()
-        runner = FlowRunner(engine.http, provider.name, retry=engine.retry, fetcher=engine._fetcher(provider))
+        runner = FlowRunner(
+            engine.http, provider.name, retry=engine.retry, fetcher=engine._fetcher(provider)
+        )
         output = runner.run(provider.describe_flow(load_image(image), spec))
         return list(output.raw["descriptions"])
     finally:

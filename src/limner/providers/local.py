@@ -32,7 +32,9 @@ class LocalProvider(Provider):
 
         return spec_for_reference(model_id)
 
-    def native_request(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
+    def native_request(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> dict[str, Any]:
         from limner.local.models import source_for
         from limner.local.options import precheck
 
@@ -60,7 +62,9 @@ class LocalProvider(Provider):
                 if event.kind == "status":
                     yield Progress(None, event.message)
                 elif event.kind == "step":
-                    yield Progress(event.step / max(event.total, 1), f"step {event.step}/{event.total}")
+                    yield Progress(
+                        event.step / max(event.total, 1), f"step {event.step}/{event.total}"
+                    )
                 elif event.kind == "error":
                     raise _user_facing(event.error)
                 else:
@@ -95,5 +99,9 @@ def _output(result: dict[str, Any]) -> ProviderOutput:
         f"{info['model_revision']}, " + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     )
     return ProviderOutput(
-        images=images, usage=Usage(raw=info), warnings=[*result["notes"], summary], cost_usd=0.0, raw=info
+        images=images,
+        usage=Usage(raw=info),
+        warnings=[*result["notes"], summary],
+        cost_usd=0.0,
+        raw=info,
     )

@@ -43,7 +43,11 @@ OK_CODES = {1, 21, 22}  # submitted; already exists; queued
 QUEUE_FULL_CODE = 23
 BANNED_CODE = 24
 RATE_LIMIT_RETRIES = 3
-ACTION_PREFIX = {"upscale": "MJ::JOB::upsample::", "variation": "MJ::JOB::variation::", "reroll": "MJ::JOB::reroll::"}
+ACTION_PREFIX = {
+    "upscale": "MJ::JOB::upsample::",
+    "variation": "MJ::JOB::variation::",
+    "reroll": "MJ::JOB::reroll::",
+}
 POLICY_HINTS = ("banned", "moderation", "blocked", "not allowed", "community guidelines")
 
 
@@ -59,15 +63,15 @@ def _code(response: httpx.Response) -> Any:
     return body.get("code") if isinstance(body, dict) else None
 
 
-def split_grid(image: GeneratedImage) -> list[GeneratedImage]:
-    """Cut a 2x2 Midjourney grid into its four images (top-left, top-right, bottom-left, ...)."""
+def split_grid(image: GeneratedImage, count: int = 4) -> list[GeneratedImage]:
+    """Cut the first ``count`` images out of a 2x2 Midjourney grid (top-left, top-right, ...)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(image.data)) as grid:
         grid.load()
         half_w, half_h = grid.width // 2, grid.height // 2
         tiles = []
-        for top, left in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        for top, left in ((0, 0), (0, 1), (1, 0), (1, 1))[: max(min(count, 4), 1)]:
             tile = grid.crop((left * half_w, top * half_h, (left + 1) * half_w, (top + 1) * half_h))
             buf = io.BytesIO()
             tile.save(buf, format="PNG")
@@ -83,16 +87,15 @@ class MidjourneyProvider(Provider):
     default_base_url = "http://localhost:8080"
     needs_key = False  # a proxy without a secret is valid (loopback deployments)
 
-    def __init__(self, *, api_key: str | None = None, base_url: str | None = None, **options: Any):
-        # The secret is optional, so core does not look it up (needs_key is False): do it here.
-        super().__init__(api_key=api_key or type(self).resolve_key(), base_url=base_url, **options)
-
     def _headers(self) -> dict[str, str]:
         return {"mj-api-secret": self.api_key} if self.api_key else {}
 
     def _post(self, path: str, body: dict[str, Any]) -> Send:
         # Submits are not retried blindly: a retried imagine would queue (and bill) a second job.
-        return Send(httpx.Request("POST", f"{self.base_url}{path}", json=body, headers=self._headers()), retry=False)
+        return Send(
+            httpx.Request("POST", f"{self.base_url}{path}", json=body, headers=self._headers()),
+            retry=False,
+        )
 
     # -- request building ----------------------------------------------------------------------
     def _check_options(self, request: ImageRequest, spec: ModelSpec) -> None:
@@ -110,7 +113,9 @@ class MidjourneyProvider(Provider):
         task_id = opts.get("task_id")
         if op == Operation.GENERATE and opts.get("action") == "reroll":
             if not task_id:
-                raise errors.InvalidRequestError("reroll needs provider_options task_id.", param="provider_options.task_id")
+                raise errors.InvalidRequestError(
+                    "reroll needs provider_options task_id.", param="provider_options.task_id"
+                )
             return "reroll", str(task_id), 0
         if op in (Operation.UPSCALE, Operation.VARIATION) and (task_id or op == Operation.UPSCALE):
             if not task_id:
@@ -121,13 +126,22 @@ class MidjourneyProvider(Provider):
                 )
             index = int(opts.get("index", 1))
             if not 1 <= index <= 4:
-                raise errors.InvalidRequestError(f"index must be 1-4; got {index}.", param="provider_options.index")
+                raise errors.InvalidRequestError(
+                    f"index must be 1-4; got {index}.", param="provider_options.index"
+                )
             return ("upscale" if op == Operation.UPSCALE else "variation"), str(task_id), index
         return None
 
-    def _imagine_body(self, request: ImageRequest, spec: ModelSpec, reference_urls: list[str]) -> tuple[dict[str, Any], list[str]]:
-        prompt, warnings = midjourney_prompt(request, version=spec.wire.get("version"), reference_urls=reference_urls)
-        body: dict[str, Any] = {"prompt": prompt, "base64Array": [_data_url(img) for img in request.images]}
+    def _imagine_body(
+        self, request: ImageRequest, spec: ModelSpec, reference_urls: list[str]
+    ) -> tuple[dict[str, Any], list[str]]:
+        prompt, warnings = midjourney_prompt(
+            request, version=spec.wire.get("version"), reference_urls=reference_urls
+        )
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "base64Array": [_data_url(img) for img in request.images],
+        }
         if request.provider_options.get("notify_hook"):
             body["notifyHook"] = request.provider_options["notify_hook"]
         return body, warnings
@@ -141,18 +155,26 @@ class MidjourneyProvider(Provider):
         shape = "SQUARE" if abs(ratio - 1) < 0.2 else ("LANDSCAPE" if ratio > 1 else "PORTRAIT")
         return {"base64Array": [_data_url(img) for img in request.images], "dimensions": shape}
 
-    def native_request(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
+    def native_request(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> dict[str, Any]:
         self._check_options(request, spec)
         action = self._task_action(op, request)
         if action:
             kind, task_id, index = action
             custom = f"{ACTION_PREFIX[kind]}{index}::<hash from the task's buttons>"
-            return {"method": "POST", "path": "/mj/submit/action", "json": {"customId": custom, "taskId": task_id}}
+            return {
+                "method": "POST",
+                "path": "/mj/submit/action",
+                "json": {"customId": custom, "taskId": task_id},
+            }
         if op == Operation.VARIATION:
             body = self._blend_body(request)
             body["base64Array"] = [f"<image {i + 1}>" for i in range(len(body["base64Array"]))]
             return {"method": "POST", "path": "/mj/submit/blend", "json": body}
-        urls = [f"<uploaded {ref.kind} reference {i + 1}>" for i, ref in enumerate(request.references)]
+        urls = [
+            f"<uploaded {ref.kind} reference {i + 1}>" for i, ref in enumerate(request.references)
+        ]
         body, _ = self._imagine_body(request, spec, urls)
         body["base64Array"] = [f"<image {i + 1}>" for i in range(len(body["base64Array"]))]
         return {"method": "POST", "path": "/mj/submit/imagine", "json": body}
@@ -170,17 +192,29 @@ class MidjourneyProvider(Provider):
                     "Midjourney blends two to five images, or varies a cell of an earlier task (task_id, index).",
                     param="image",
                 )
-            task_id = yield from self._submit("/mj/submit/blend", self._blend_body(request), self._interval(request))
+            task_id = yield from self._submit(
+                "/mj/submit/blend", self._blend_body(request), self._interval(request)
+            )
         else:
-            urls = (yield from self._upload([r.image for r in request.references])) if request.references else []
+            urls = (
+                (yield from self._upload([r.image for r in request.references]))
+                if request.references
+                else []
+            )
             body, warnings = self._imagine_body(request, spec, urls)
             task_id = yield from self._submit("/mj/submit/imagine", body, self._interval(request))
         task = yield from self._wait(task_id, request)
-        fetched: Fetched = yield Download(task["imageUrl"])  # image hosts (Discord CDN) get no secret
-        image = image_from_bytes(fetched.data, revised_prompt=task.get("promptEn") or task.get("prompt"))
+        fetched: Fetched = yield Download(
+            task["imageUrl"]
+        )  # image hosts (Discord CDN) get no secret
+        image = image_from_bytes(
+            fetched.data, revised_prompt=task.get("promptEn") or task.get("prompt")
+        )
         single = task.get("action") == "UPSCALE"
-        images = [image] if single else split_grid(image)[: max(request.n, 1)]
-        return ProviderOutput(images=images, request_id=task_id, warnings=warnings, raw={"task": task})
+        images = [image] if single else split_grid(image, request.n)
+        return ProviderOutput(
+            images=images, request_id=task_id, warnings=warnings, raw={"task": task}
+        )
 
     def _interval(self, request: ImageRequest | None) -> float:
         opts = request.provider_options if request else {}
@@ -200,12 +234,15 @@ class MidjourneyProvider(Provider):
         code = data.get("code")
         if code == QUEUE_FULL_CODE:
             raise errors.RateLimitError(
-                f"midjourney: {data.get('description') or 'the proxy queue is full'}.", provider=self.name, status=200
+                f"midjourney: {data.get('description') or 'the proxy queue is full'}.",
+                provider=self.name,
+                status=200,
             )
         if code == BANNED_CODE:
             word = (data.get("properties") or {}).get("bannedWord")
             raise errors.ContentPolicyError(
-                f"midjourney: the prompt contains a banned word{f' ({word})' if word else ''}.", provider=self.name
+                f"midjourney: the prompt contains a banned word{f' ({word})' if word else ''}.",
+                provider=self.name,
             )
         if code not in OK_CODES or not data.get("result"):
             raise errors.ProviderRejectedError(
@@ -216,12 +253,18 @@ class MidjourneyProvider(Provider):
         return str(data["result"])
 
     def _upload(self, images: list[ImageInput]) -> Any:
-        response: httpx.Response = yield self._post("/mj/submit/upload-discord-images", {"base64Array": [_data_url(i) for i in images]})
+        response: httpx.Response = yield self._post(
+            "/mj/submit/upload-discord-images", {"base64Array": [_data_url(i) for i in images]}
+        )
         if response.status_code >= 400:
             raise self._http_error(response)
         data = response.json()
         urls = data.get("result")
-        if data.get("code") not in OK_CODES or not isinstance(urls, list) or len(urls) != len(images):
+        if (
+            data.get("code") not in OK_CODES
+            or not isinstance(urls, list)
+            or len(urls) != len(images)
+        ):
             raise errors.ProviderRejectedError(
                 f"midjourney: uploading the reference images failed ({data.get('description') or 'no URLs returned'}).",
                 provider=self.name,
@@ -231,19 +274,38 @@ class MidjourneyProvider(Provider):
     def _submit_action(self, kind: str, task_id: str, index: int, pause: float = 1.0) -> Any:
         task = yield from self._fetch(task_id)
         prefix = f"{ACTION_PREFIX[kind]}{index}::" if kind != "reroll" else ACTION_PREFIX[kind]
-        custom = next((b["customId"] for b in task.get("buttons") or [] if str(b.get("customId", "")).startswith(prefix)), None)
+        custom = next(
+            (
+                b["customId"]
+                for b in task.get("buttons") or []
+                if str(b.get("customId", "")).startswith(prefix)
+            ),
+            None,
+        )
         if custom is None:
             raise errors.InvalidRequestError(
-                f"midjourney task {task_id} offers no {kind} {index or ''} button (status {task.get('status')}).".replace("  ", " "),
+                f"midjourney task {task_id} offers no {kind} {index or ''} button (status {task.get('status')}).".replace(
+                    "  ", " "
+                ),
                 param="provider_options.task_id",
                 hint="Use the request_id of a finished imagine, variation or reroll.",
             )
-        return (yield from self._submit("/mj/submit/action", {"customId": custom, "taskId": task_id}, pause))
+        return (
+            yield from self._submit(
+                "/mj/submit/action", {"customId": custom, "taskId": task_id}, pause
+            )
+        )
 
     def _fetch(self, task_id: str) -> Any:
-        response: httpx.Response = yield Send(httpx.Request("GET", f"{self.base_url}/mj/task/{task_id}/fetch", headers=self._headers()))
+        response: httpx.Response = yield Send(
+            httpx.Request(
+                "GET", f"{self.base_url}/mj/task/{task_id}/fetch", headers=self._headers()
+            )
+        )
         if response.status_code == 404:
-            raise errors.InvalidRequestError(f"midjourney: no task {task_id}.", param="provider_options.task_id")
+            raise errors.InvalidRequestError(
+                f"midjourney: no task {task_id}.", param="provider_options.task_id"
+            )
         if response.status_code >= 400:
             raise self._http_error(response)
         try:
@@ -251,7 +313,9 @@ class MidjourneyProvider(Provider):
         except ValueError:
             task = None
         if not isinstance(task, dict):
-            raise errors.ProviderError(f"midjourney: task {task_id} could not be read.", provider=self.name)
+            raise errors.ProviderError(
+                f"midjourney: task {task_id} could not be read.", provider=self.name
+            )
         return task
 
     def _wait(self, task_id: str, request: ImageRequest) -> Any:
@@ -267,12 +331,23 @@ class MidjourneyProvider(Provider):
             yield Progress(fraction, f"midjourney {status} {task.get('progress') or ''}".strip())
             if status == "SUCCESS":
                 if not task.get("imageUrl") and task.get("action") != "DESCRIBE":
-                    raise errors.JobFailedError(f"midjourney: task {task_id} succeeded without an image.", provider=self.name)
+                    raise errors.JobFailedError(
+                        f"midjourney: task {task_id} succeeded without an image.",
+                        provider=self.name,
+                    )
                 return task
             if status in ("FAILURE", "CANCEL"):
                 reason = task.get("failReason") or status.lower()
-                cls = errors.ContentPolicyError if any(h in reason.lower() for h in POLICY_HINTS) else errors.JobFailedError
-                raise cls(f"midjourney: task {task_id} failed: {reason}", provider=self.name, request_id=task_id)
+                cls = (
+                    errors.ContentPolicyError
+                    if any(h in reason.lower() for h in POLICY_HINTS)
+                    else errors.JobFailedError
+                )
+                raise cls(
+                    f"midjourney: task {task_id} failed: {reason}",
+                    provider=self.name,
+                    request_id=task_id,
+                )
             if time.monotonic() - started > timeout:
                 raise errors.ProviderTimeoutError(
                     f"midjourney: task {task_id} did not finish within {timeout:g}s (last status {status}).",
@@ -284,23 +359,33 @@ class MidjourneyProvider(Provider):
 
     def describe_flow(self, image: ImageInput, request: ImageRequest | None = None) -> Flow:
         """Four prompt suggestions for ``image`` (``output.raw["descriptions"]``)."""
-        task_id = yield from self._submit("/mj/submit/describe", {"base64": _data_url(image)}, self._interval(request))
+        task_id = yield from self._submit(
+            "/mj/submit/describe", {"base64": _data_url(image)}, self._interval(request)
+        )
         task = yield from self._wait(task_id, request or ImageRequest())
         text = str((task.get("properties") or {}).get("finalPrompt") or task.get("prompt") or "")
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         cleaned = [line.lstrip("1234️⃣ ").strip() for line in lines]
-        return ProviderOutput(images=[], request_id=task_id, raw={"descriptions": cleaned, "task": task})
+        return ProviderOutput(
+            images=[], request_id=task_id, raw={"descriptions": cleaned, "task": task}
+        )
 
     def _http_error(self, response: httpx.Response) -> errors.LimnerError:
         try:
             body = response.json()
         except ValueError:
             body = {}
-        message = (body.get("description") or body.get("message") or body.get("error")) if isinstance(body, dict) else None
+        message = (
+            (body.get("description") or body.get("message") or body.get("error"))
+            if isinstance(body, dict)
+            else None
+        )
         return map_http_error(self.name, response, message)
 
 
-def describe(image: Any, *, model: str = "midjourney:v7", client: Any = None, poll_interval: float = 3.0) -> list[str]:
+def describe(
+    image: Any, *, model: str = "midjourney:v7", client: Any = None, poll_interval: float = 3.0
+) -> list[str]:
     """Describe an image (path, bytes or PIL image) with Midjourney's /describe."""
     from limner.client import Limner
     from limner.http import FlowRunner
@@ -312,8 +397,12 @@ def describe(image: Any, *, model: str = "midjourney:v7", client: Any = None, po
         spec = engine.resolve(model)
         provider = engine.provider(spec.provider)
         if not isinstance(provider, MidjourneyProvider):
-            raise errors.InvalidRequestError(f"{spec.ref} is not a Midjourney model.", param="model")
-        runner = FlowRunner(engine.http, provider.name, retry=engine.retry, fetcher=engine._fetcher(provider))
+            raise errors.InvalidRequestError(
+                f"{spec.ref} is not a Midjourney model.", param="model"
+            )
+        runner = FlowRunner(
+            engine.http, provider.name, retry=engine.retry, fetcher=engine._fetcher(provider)
+        )
         request = ImageRequest(provider_options={"poll_interval": poll_interval})
         output = runner.run(provider.describe_flow(load_image(image), request))
         return list(output.raw["descriptions"])

@@ -56,9 +56,14 @@ def _number(key: str, value: Any, low: float, high: float) -> str:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise errors.InvalidRequestError(f"{key} must be a number; got {value!r}.", param=f"provider_options.{key}") from None
+        raise errors.InvalidRequestError(
+            f"{key} must be a number; got {value!r}.", param=f"provider_options.{key}"
+        ) from None
     if not low <= number <= high:
-        raise errors.InvalidRequestError(f"{key} must be between {low:g} and {high:g}; got {value}.", param=f"provider_options.{key}")
+        raise errors.InvalidRequestError(
+            f"{key} must be between {low:g} and {high:g}; got {value}.",
+            param=f"provider_options.{key}",
+        )
     return f"{number:g}"
 
 
@@ -89,7 +94,9 @@ def _reference_flags(
         elif v7:
             flag, weight_flag = "--oref", "--ow"
             if "--oref" not in groups:
-                warnings.append("Midjourney V7 has no --cref: the character reference was sent as an omni reference (--oref).")
+                warnings.append(
+                    "Midjourney V7 has no --cref: the character reference was sent as an omni reference (--oref)."
+                )
         else:
             flag, weight_flag = "--cref", "--cw"
         urls, weights = groups.setdefault(flag, ([], []))
@@ -104,6 +111,19 @@ def _reference_flags(
             weight_flag = {"--sref": "--sw", "--cref": "--cw", "--oref": "--ow"}[flag]
             flags += [weight_flag, _number(weight_flag, max(weights), 0, limits[weight_flag])]
     return front, flags
+
+
+def _option_flags(options: dict[str, Any]) -> list[list[str]]:
+    """Flags from provider_options (stylize, chaos, tile, ...), range-checked."""
+    out: list[list[str]] = []
+    for key, spec in FLAG_OPTIONS.items():
+        value = options.get(key)
+        if key == "raw" or value is None or value is False:
+            continue
+        out.append(
+            [f"--{key}"] if spec is None else [spec[0], _number(key, value, spec[1], spec[2])]
+        )
+    return out
 
 
 def midjourney_prompt(
@@ -131,26 +151,26 @@ def midjourney_prompt(
         add("--no", request.negative_prompt.strip())
     if request.seed is not None:
         if not 0 <= request.seed <= SEED_MAX:
-            raise errors.InvalidRequestError(f"Midjourney seeds are 0-{SEED_MAX}; got {request.seed}.", param="seed")
+            raise errors.InvalidRequestError(
+                f"Midjourney seeds are 0-{SEED_MAX}; got {request.seed}.", param="seed"
+            )
         add("--seed", str(request.seed))
     if request.quality:
         if request.quality not in QUALITIES:
             raise errors.InvalidRequestError(
-                f"Midjourney quality must be one of {', '.join(sorted(QUALITIES))}.", param="quality"
+                f"Midjourney quality must be one of {', '.join(sorted(QUALITIES))}.",
+                param="quality",
             )
         add("--q", request.quality)
     options = request.provider_options
     if request.style == "raw" or options.get("raw"):
         add("--style", "raw")
     elif request.style:
-        raise errors.InvalidRequestError(f"Midjourney style {request.style!r} is not supported.", param="style", hint="Use raw.")
-    for key, spec in FLAG_OPTIONS.items():
-        if key not in options or key == "raw" or options[key] is None or options[key] is False:
-            continue
-        if spec is None:
-            add(f"--{key}")
-        else:
-            add(spec[0], _number(key, options[key], spec[1], spec[2]))
+        raise errors.InvalidRequestError(
+            f"Midjourney style {request.style!r} is not supported.", param="style", hint="Use raw."
+        )
+    for flag, *values in _option_flags(options):
+        add(flag, *values)
     if request.steps is not None or request.guidance is not None:
         warnings.append("Midjourney takes no steps or guidance: they were not sent.")
     front, ref_flags = _reference_flags(request, reference_urls, version, warnings)

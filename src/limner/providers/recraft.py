@@ -47,8 +47,23 @@ DEFAULT_ACTION = {
     Operation.REMOVE_BACKGROUND: "remove-background",
 }
 # Endpoints that work on the image alone: no model, style or size fields.
-UTILITY_ENDPOINTS = {"vectorize", "crispUpscale", "creativeUpscale", "removeBackground", "eraseRegion"}
-PASSTHROUGH = {"substyle", "style_id", "controls", "text_layout", "artistic_level", "colors", "background_color", "no_text"}
+UTILITY_ENDPOINTS = {
+    "vectorize",
+    "crispUpscale",
+    "creativeUpscale",
+    "removeBackground",
+    "eraseRegion",
+}
+PASSTHROUGH = {
+    "substyle",
+    "style_id",
+    "controls",
+    "text_layout",
+    "artistic_level",
+    "colors",
+    "background_color",
+    "no_text",
+}
 CONTROL_KEYS = {"artistic_level", "colors", "background_color", "no_text"}
 POLICY_CODES = {"nsfw_content", "content_moderation", "prompt_nsfw"}
 
@@ -112,12 +127,24 @@ class RecraftProvider(Provider):
             controls[key] = value
         if controls:
             fields["controls"] = controls
-        fields.update({k: v for k, v in request.provider_options.items() if k in PASSTHROUGH - CONTROL_KEYS - {"controls"}})
+        fields.update(
+            {
+                k: v
+                for k, v in request.provider_options.items()
+                if k in PASSTHROUGH - CONTROL_KEYS - {"controls"}
+            }
+        )
         return fields
 
-    def native_request(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
+    def native_request(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> dict[str, Any]:
         if op == Operation.GENERATE:
-            return {"method": "POST", "path": "/images/generations", "json": self._fields(request, spec, True)}
+            return {
+                "method": "POST",
+                "path": "/images/generations",
+                "json": self._fields(request, spec, True),
+            }
         endpoint, takes_prompt, needs_mask = self._action(op, request)
         fields = self._fields(request, spec, takes_prompt and endpoint not in UTILITY_ENDPOINTS)
         files = {"image": "<image>", **({"mask": "<mask, white = area>"} if needs_mask else {})}
@@ -126,7 +153,9 @@ class RecraftProvider(Provider):
     def _build(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> httpx.Request:
         if op == Operation.GENERATE:
             body = self._fields(request, spec, True)
-            return httpx.Request("POST", f"{self.base_url}/images/generations", json=body, headers=self._headers())
+            return httpx.Request(
+                "POST", f"{self.base_url}/images/generations", json=body, headers=self._headers()
+            )
         endpoint, takes_prompt, needs_mask = self._action(op, request)
         fields = self._fields(request, spec, takes_prompt and endpoint not in UTILITY_ENDPOINTS)
         if endpoint == "imageToImage" and request.strength is not None:
@@ -136,7 +165,13 @@ class RecraftProvider(Provider):
         files = [("image", (image.name, image.data, image.media_type))]
         if needs_mask and request.mask is not None:
             files.append(("mask", ("mask.png", encode_mask(request.mask, "white"), "image/png")))
-        return httpx.Request("POST", f"{self.base_url}/images/{endpoint}", data=data, files=files, headers=self._headers())
+        return httpx.Request(
+            "POST",
+            f"{self.base_url}/images/{endpoint}",
+            data=data,
+            files=files,
+            headers=self._headers(),
+        )
 
     # -- the flow ------------------------------------------------------------------------------
     def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
@@ -150,16 +185,17 @@ class RecraftProvider(Provider):
             if item.get("b64_json"):
                 images.append(b64_image(item["b64_json"]))
             elif item.get("url"):
-                # Recraft's result URLs are on its storage host: never send the key there.
-                headers = self._headers() if self.owns_url(item["url"]) and "/delivery/" not in item["url"] else {}
-                fetched: Fetched = yield Download(item["url"], headers)
+                # Result URLs are public storage links: the key never travels with downloads.
+                fetched: Fetched = yield Download(item["url"])
                 images.append(image_from_bytes(fetched.data))
         if not images:
             raise errors.ProviderError("recraft: the response held no image.", provider=self.name)
         credits = body.get("credits")
         cost = float(credits) / UNITS_PER_USD if isinstance(credits, (int, float)) else None
         request_id = ",".join(str(i["image_id"]) for i in items if i.get("image_id")) or None
-        return ProviderOutput(images=images, cost_usd=cost, request_id=request_id, raw={"credits": credits})
+        return ProviderOutput(
+            images=images, cost_usd=cost, request_id=request_id, raw={"credits": credits}
+        )
 
     def _error(self, response: httpx.Response) -> errors.LimnerError:
         try:
@@ -170,9 +206,13 @@ class RecraftProvider(Provider):
         message = (body.get("message") or body.get("detail")) if isinstance(body, dict) else None
         if code in POLICY_CODES:
             return errors.ContentPolicyError(
-                f"recraft: {message or 'refused by the content filter'}", provider=self.name, status=response.status_code
+                f"recraft: {message or 'refused by the content filter'}",
+                provider=self.name,
+                status=response.status_code,
             )
-        return map_http_error(self.name, response, f"{message} ({code})" if code and message else message)
+        return map_http_error(
+            self.name, response, f"{message} ({code})" if code and message else message
+        )
 
 
 def _rgb(value: Any) -> list[int]:
@@ -180,7 +220,9 @@ def _rgb(value: Any) -> list[int]:
     if isinstance(value, str):
         text = value.lstrip("#")
         if len(text) != 6:
-            raise errors.InvalidRequestError(f"Colour {value!r} is not #RRGGBB.", param="provider_options.colors")
+            raise errors.InvalidRequestError(
+                f"Colour {value!r} is not #RRGGBB.", param="provider_options.colors"
+            )
         return [int(text[i : i + 2], 16) for i in (0, 2, 4)]
     return [int(v) for v in value]
 

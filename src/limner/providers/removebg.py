@@ -35,7 +35,8 @@ class RemoveBgProvider(Provider):
         if unknown:
             raise errors.InvalidRequestError(
                 f"{spec.ref} does not take provider option(s) {', '.join(sorted(unknown))}.",
-                param="provider_options", hint=f"Allowed: {', '.join(sorted(OPTIONS))}.",
+                param="provider_options",
+                hint=f"Allowed: {', '.join(sorted(OPTIONS))}.",
             )
         fields = {"size": "auto", "format": "png"}
         fields.update({k: str(v) for k, v in request.provider_options.items()})
@@ -46,7 +47,9 @@ class RemoveBgProvider(Provider):
             )
         return fields
 
-    def native_request(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
+    def native_request(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> dict[str, Any]:
         return {
             "method": "POST",
             "path": "/removebg",
@@ -72,7 +75,9 @@ class RemoveBgProvider(Provider):
         credits = _float(response.headers.get("x-credits-charged"))
         result = image_from_bytes(response.content)
         return ProviderOutput(
-            images=[result], usage=Usage(credits=credits), request_id=request_id,
+            images=[result],
+            usage=Usage(credits=credits),
+            request_id=request_id,
         )
 
     def _error(self, response: httpx.Response, request_id: str | None) -> errors.LimnerError:

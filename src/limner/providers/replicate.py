@@ -15,7 +15,7 @@ Per-model input names live in the catalog's ``wire`` table: ``n_field``, ``steps
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -41,6 +41,8 @@ class ReplicateProvider(Provider):
     display_name = "Replicate"
     key_env = "REPLICATE_API_TOKEN"
     default_base_url = "https://api.replicate.com/v1"
+    # How often to poll by default (provider options override).
+    poll_defaults: ClassVar[dict[str, float]] = {"poll_interval": 0.5, "poll_max_interval": 2.0}
 
     def _headers(self, request: ImageRequest | None = None) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -49,7 +51,11 @@ class ReplicateProvider(Provider):
         options = {**self.options, **request.provider_options}
         wait = options.get("wait", 60)
         if wait not in (False, None, 0):
-            headers["Prefer"] = "wait" if wait is True else f"wait={max(1, min(int(wait), 60))}"
+            seconds = 60 if wait is True else int(wait)
+            # Never block in one request past limner's own deadline.
+            if options.get("deadline_s") is not None:
+                seconds = min(seconds, int(float(options["deadline_s"])))
+            headers["Prefer"] = f"wait={max(1, min(seconds, 60))}"
         # Replicate's own deadline: set explicitly, or taken from limner's deadline_s option, so
         # that the prediction stops remotely even if this process dies while waiting.
         cancel_after = options.get("cancel_after") or _deadline_option(options.get("deadline_s"))
@@ -70,7 +76,9 @@ class ReplicateProvider(Provider):
         if request.seed is not None and spec.seed:
             fields["seed"] = request.seed
         if request.output_format:
-            fields["output_format"] = "jpg" if request.output_format == "jpeg" else request.output_format
+            fields["output_format"] = (
+                "jpg" if request.output_format == "jpeg" else request.output_format
+            )
         for attr, key in (("steps", "steps_field"), ("guidance", "guidance_field")):
             value = getattr(request, attr)
             if value is not None and wire.get(key):
@@ -89,7 +97,9 @@ class ReplicateProvider(Provider):
         elif mode == "dims" and request.aspect_ratio:
             fields["aspect_ratio"] = request.aspect_ratio
 
-    def _images(self, fields: dict[str, Any], op: Operation, request: ImageRequest, wire: dict[str, Any]) -> None:
+    def _images(
+        self, fields: dict[str, Any], op: Operation, request: ImageRequest, wire: dict[str, Any]
+    ) -> None:
         images = [*request.images, *(r.image for r in request.references)]
         if not images:
             return
@@ -105,7 +115,9 @@ class ReplicateProvider(Provider):
         if op == Operation.UPSCALE and wire.get("scale_field") and dims and request.images:
             fields[wire["scale_field"]] = max(1, round(dims[0] / request.images[0].width))
 
-    def _create(self, spec: ModelSpec, body_input: dict[str, Any], request: ImageRequest) -> httpx.Request:
+    def _create(
+        self, spec: ModelSpec, body_input: dict[str, Any], request: ImageRequest
+    ) -> httpx.Request:
         version = spec.wire.get("version")
         headers = self._headers(request)
         if version:
@@ -113,16 +125,23 @@ class ReplicateProvider(Provider):
             return httpx.Request("POST", f"{self.base_url}/predictions", json=body, headers=headers)
         model = spec.wire.get("model", spec.id)
         return httpx.Request(
-            "POST", f"{self.base_url}/models/{model}/predictions", json={"input": body_input}, headers=headers
+            "POST",
+            f"{self.base_url}/models/{model}/predictions",
+            json={"input": body_input},
+            headers=headers,
         )
 
-    def native_request(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
+    def native_request(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec
+    ) -> dict[str, Any]:
         req = self._create(spec, self._input(op, request, spec), request)
         import json
 
         body = json.loads(req.content)
         shown = {
-            k: (f"<data URL, {len(v)} chars>" if isinstance(v, str) and v.startswith("data:") else v)
+            k: (
+                f"<data URL, {len(v)} chars>" if isinstance(v, str) and v.startswith("data:") else v
+            )
             for k, v in body["input"].items()
         }
         body["input"] = shown
@@ -131,7 +150,7 @@ class ReplicateProvider(Provider):
 
     # -- the flow ------------------------------------------------------------------------------
     def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
-        settings = PollSettings.from_options(self.options, request)
+        settings = PollSettings.from_options({**self.poll_defaults, **self.options}, request)
         create = self._create(spec, self._input(op, request, spec), request)
         response: httpx.Response = yield Send(create)
         if response.status_code >= 400:
@@ -145,7 +164,8 @@ class ReplicateProvider(Provider):
             if not self.owns_url(url):
                 raise errors.ProviderError(
                     f"replicate: refusing to send the token to {url!r}, not the API host.",
-                    provider=self.name, request_id=pid,
+                    provider=self.name,
+                    request_id=pid,
                 )
         if prediction.get("status") not in TERMINAL:
             try:
@@ -155,29 +175,49 @@ class ReplicateProvider(Provider):
                     lambda r: self._terminal(r, pid),
                     _progress,
                 )
-            except DeadlineExceeded:
+            except DeadlineExceeded as exc:
                 # Stop the prediction so it does not keep running (and billing) after we gave up.
                 yield Send(httpx.Request("POST", cancel_url, headers=self._headers()), retry=False)
-                raise
+                raise errors.ProviderTimeoutError(
+                    f"{self.name}: no result before the deadline; prediction {pid} was cancelled.",
+                    provider=self.name,
+                    request_id=pid,
+                ) from exc
             prediction = final.json()
-        return (yield from self._collect(prediction, pid))
+        return (yield from self._collect(prediction, pid, "cancel-after" in create.headers))
 
     def _terminal(self, response: httpx.Response, pid: str) -> bool:
         if response.status_code >= 400:
             raise self._error(response, pid)
         return response.json().get("status") in TERMINAL
 
-    def _collect(self, prediction: dict[str, Any], pid: str) -> Flow:
+    def _collect(self, prediction: dict[str, Any], pid: str, had_deadline: bool = False) -> Flow:
         status = prediction.get("status")
+        if status == "canceled" and had_deadline:
+            raise errors.ProviderTimeoutError(
+                "replicate: the prediction was canceled at its Cancel-After deadline.",
+                provider=self.name,
+                request_id=pid,
+            )
         if status != "succeeded":
             message = str(prediction.get("error") or f"the prediction ended {status}")
             if any(marker in message.lower() for marker in POLICY_MARKERS):
-                raise errors.ContentPolicyError(f"replicate: {message}", provider=self.name, request_id=pid)
+                raise errors.ContentPolicyError(
+                    f"replicate: {message}", provider=self.name, request_id=pid
+                )
             raise errors.JobFailedError(f"replicate: {message}", provider=self.name, request_id=pid)
         output = prediction.get("output")
-        urls = [u for u in (output if isinstance(output, list) else [output]) if isinstance(u, str) and u]
+        urls = [
+            u
+            for u in (output if isinstance(output, list) else [output])
+            if isinstance(u, str) and u
+        ]
         if not urls:
-            raise errors.JobFailedError("replicate: the prediction succeeded without output.", provider=self.name, request_id=pid)
+            raise errors.JobFailedError(
+                "replicate: the prediction succeeded without output.",
+                provider=self.name,
+                request_id=pid,
+            )
         images = []
         for url in urls:
             fetched: Fetched = yield Download(url, {})
@@ -189,7 +229,10 @@ class ReplicateProvider(Provider):
         message = error_detail(response)
         if response.status_code == 402:
             return errors.InsufficientCreditsError(
-                f"replicate: {message}", provider=self.name, status=402, request_id=pid,
+                f"replicate: {message}",
+                provider=self.name,
+                status=402,
+                request_id=pid,
                 hint="Add credit at replicate.com/account/billing.",
             )
         return map_http_error(self.name, response, message, request_id=pid)

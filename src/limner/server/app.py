@@ -8,8 +8,10 @@ queue and the gallery.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -49,6 +51,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Store writes and checks run in threads; the default pool (CPUs + 4) would queue them
+        # behind each other at a few hundred requests in flight.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=64))
         ctx.open()
         if settings.run_worker:
             await queue.start()

@@ -31,6 +31,8 @@ from limner.types import ImageRequest, Operation, Result
 
 __all__ = ["ServerContext", "SubmissionObserver", "current_submission"]
 
+HTTP_SHARDS = 8
+
 
 class SubmissionObserver(Protocol):
     """Told about each provider submission (a POST) before it is sent and after it answers."""
@@ -64,12 +66,14 @@ class ServerContext:
     store: Store
     keys: KeyRing
     catalog: Catalog = field(default_factory=get_catalog)
-    http: httpx.AsyncClient | None = None
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+    _next_client: int = 0
     inflight: int = 0
     slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: Any = None  # the JobQueue, set by create_app
+    guards: list[Any] | None = None
     _secret: bytes = b""
 
     @classmethod
@@ -80,23 +84,41 @@ class ServerContext:
         return ctx
 
     def open(self) -> None:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        self.http = httpx.AsyncClient(
-            timeout=DEFAULT_TIMEOUT, limits=limits,
-            event_hooks={"request": [_on_request], "response": [_on_response]},
-        )  # fmt: skip
+        # Several small connection pools rather than one big one: httpcore scans every pooled
+        # connection for each request, which turns quadratic at hundreds of calls in flight.
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)
+        self.clients = [
+            httpx.AsyncClient(
+                timeout=DEFAULT_TIMEOUT, limits=limits,
+                event_hooks={"request": [_on_request], "response": [_on_response]},
+            )
+            for _ in range(HTTP_SHARDS)
+        ]  # fmt: skip
+
+    @property
+    def http(self) -> httpx.AsyncClient | None:
+        """An HTTP client (round robin over the shards); None before the app started."""
+        if not self.clients:
+            return None
+        self._next_client = (self._next_client + 1) % len(self.clients)
+        return self.clients[self._next_client]
 
     async def aclose(self) -> None:
-        if self.http is not None:
-            await self.http.aclose()
+        for client in self.clients:
+            await client.aclose()
         self.store.close()
 
     # -- engine --------------------------------------------------------------------------------
     def limner(self, on_progress: Callable[[float | None, str], None] | None = None) -> Limner:
-        return Limner(
+        client = Limner(
             home=self.settings.home, store=self.store, catalog=self.catalog,
-            async_http_client=self.http, on_progress=on_progress,
+            async_http_client=self.http, on_progress=on_progress, guards=self.guards,
         )  # fmt: skip
+        if self.guards is None:
+            # The guards read their settings at call time, so one set serves every request;
+            # building them per request would rescan the installed plugins each time.
+            self.guards = client.guards
+        return client
 
     def resolve(self, model: str | None) -> ModelSpec:
         return self.limner().resolve(model)

@@ -19,8 +19,18 @@ from limner.fetch import SafeFetcher
 from limner.images import load_image
 from limner.types import ImageInput
 
-__all__ = ["image_from_b64", "image_from_upload", "image_from_url", "image_from_value"]
+__all__ = [
+    "ASPECT_PATTERN",
+    "SIZE_PATTERN",
+    "image_from_b64",
+    "image_from_upload",
+    "image_from_url",
+    "image_from_value",
+]
 
+# Shapes checked at the edge, so that malformed sizes get a 400 naming the field.
+SIZE_PATTERN = r"^\s*(auto|[1-9]\d{0,4}\s*[xX×]\s*[1-9]\d{0,4})\s*$"
+ASPECT_PATTERN = r"^[1-9]\d{0,2}(\.\d{1,3})?:[1-9]\d{0,2}(\.\d{1,3})?$"
 URL_FETCH_TIMEOUT_S = 15.0
 URL_MAX_REDIRECTS = 3
 

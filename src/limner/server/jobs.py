@@ -34,7 +34,7 @@ from limner.server.auth import Principal
 from limner.server.context import ServerContext, current_submission
 from limner.server.deps import context, needs
 from limner.server.errors import ApiError
-from limner.server.inputs import image_from_value
+from limner.server.inputs import ASPECT_PATTERN, SIZE_PATTERN, image_from_value
 from limner.store import db, new_id
 from limner.store.jobs_schema import server_jobs
 from limner.types import ImageInput, ImageRequest, Operation
@@ -56,8 +56,8 @@ class JobSpec(BaseModel):
     prompt: str = Field("", max_length=32000)
     model: str | None = None
     n: int = Field(1, ge=1, le=10)
-    size: str | None = None
-    aspect_ratio: str | None = None
+    size: str | None = Field(None, pattern=SIZE_PATTERN)
+    aspect_ratio: str | None = Field(None, pattern=ASPECT_PATTERN)
     quality: str | None = None
     style: str | None = None
     seed: int | None = None

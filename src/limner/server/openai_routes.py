@@ -22,7 +22,7 @@ from limner.server.auth import Principal
 from limner.server.context import ServerContext
 from limner.server.deps import context, needs
 from limner.server.errors import ApiError
-from limner.server.inputs import image_from_upload
+from limner.server.inputs import ASPECT_PATTERN, SIZE_PATTERN, image_from_upload
 from limner.types import ImageInput, ImageRequest, Operation, Result
 
 __all__ = ["router"]
@@ -37,7 +37,7 @@ class _Common(BaseModel):
 
     model: str | None = None
     n: int = Field(1, ge=1, le=10)
-    size: str | None = None
+    size: str | None = Field(None, pattern=SIZE_PATTERN)
     quality: str | None = None
     response_format: ResponseFormat | None = None
     output_format: Literal["png", "jpeg", "webp"] | None = None
@@ -50,7 +50,7 @@ class _Common(BaseModel):
     seed: int | None = None
     steps: int | None = Field(None, ge=1, le=500)
     guidance: float | None = Field(None, ge=0, le=100)
-    aspect_ratio: str | None = Field(None, max_length=16)
+    aspect_ratio: str | None = Field(None, pattern=ASPECT_PATTERN)
     tags: list[str] = Field(default_factory=list, max_length=32)
     project: str | None = Field(None, max_length=200)
     provider_options: dict[str, Any] = Field(default_factory=dict)

@@ -2,7 +2,7 @@
 
 An item is keyed by its request hash and the occurrence of that hash in the batch (a file that
 asks for the same unseeded prompt twice wants two images). Its life: ``pending`` -> ``running``
-(claimed just before the provider call) -> ``done`` (set in the transaction that records the
+(claimed before the provider call; ``sent_at`` set as its first request leaves) -> ``done`` (set in the transaction that records the
 generation) or ``failed`` (with the reason). ``uncertain`` marks a claim that a crash left open
 when the batch is run with ``--uncertain park``.
 """
@@ -32,7 +32,9 @@ batches = sa.Table(
 batch_items = sa.Table(
     "batch_items",
     db.metadata,
-    sa.Column("batch_id", sa.String(64), sa.ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column(
+        "batch_id", sa.String(64), sa.ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    ),
     sa.Column("item_key", sa.String(80), primary_key=True),
     sa.Column("idx", sa.Integer, nullable=False),
     sa.Column("line", sa.Integer),
@@ -44,6 +46,7 @@ batch_items = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("run_id", sa.String(32)),
     sa.Column("claimed_at", sa.Float),
+    sa.Column("sent_at", sa.Float),  # the first request left for the provider
     sa.Column("generation_id", sa.String(32), index=True),
     sa.Column("error_type", sa.String(64)),
     sa.Column("error_message", sa.Text),

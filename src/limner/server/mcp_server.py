@@ -1,0 +1,134 @@
+"""``limner mcp``: limner as tools for AI assistants over MCP (stdio), on the official SDK.
+
+Tools: ``generate``, ``edit``, ``recommend_model``, ``estimate_cost`` and ``search_log``.
+Images come back as MCP image content plus a JSON summary with their stored paths; every call
+goes through :class:`limner.Limner`, so budgets, policy checks, the cache and the log apply
+exactly as in the library and the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from limner import errors
+from limner.types import ImageRequest, Operation, Result
+
+__all__ = ["build_server", "run_stdio"]
+
+
+def _summary(result: Result) -> str:
+    return json.dumps(
+        {
+            "generation_id": result.generation_id, "model": result.model,
+            "cost_usd": result.cost_usd, "warnings": result.warnings,
+            "images": [
+                {"path": str(img.path) if img.path else None, "width": img.width,
+                 "height": img.height, "seed": img.seed, "media_type": img.media_type}
+                for img in result.images
+            ],
+        }
+    )  # fmt: skip
+
+
+def build_server() -> Any:
+    """The MCP server with limner's tools registered."""
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+    from mcp.server.mcpserver.utilities.types import Image
+
+    from limner import __version__
+    from limner.client import Limner
+
+    server = MCPServer(
+        name="limner",
+        version=__version__,
+        instructions="Generate and edit images with any limner model; recommend models and estimate costs first.",
+    )
+
+    def run(op: Operation, request: ImageRequest) -> list[Any]:
+        try:
+            with Limner() as client:
+                result = client.run(op, request)
+        except errors.LimnerError as exc:
+            raise ToolError(str(exc)) from exc
+        images: list[Any] = [
+            Image(data=img.data, format=img.extension.replace("jpg", "jpeg")) for img in result.images
+        ]
+        return [*images, _summary(result)]
+
+    @server.tool(structured_output=False)
+    def generate(
+        prompt: str,
+        model: str | None = None,
+        size: str | None = None,
+        n: int = 1,
+        quality: str | None = None,
+        seed: int | None = None,
+        negative_prompt: str | None = None,
+    ) -> list[Any]:
+        """Make images from a prompt. ``model`` is any limner model (e.g. openai:gpt-image-2)."""
+        request = ImageRequest(
+            prompt=prompt, model=model, size=size, n=n, quality=quality, seed=seed,
+            negative_prompt=negative_prompt,
+        )  # fmt: skip
+        return run(Operation.GENERATE, request)
+
+    @server.tool(structured_output=False)
+    def edit(image_path: str, prompt: str, mask_path: str | None = None, model: str | None = None) -> list[Any]:
+        """Edit the image file at ``image_path``; with ``mask_path``, only the marked area
+        (white, or transparent) changes."""
+        from limner.images import load_image
+
+        try:
+            image = load_image(image_path)
+            mask = load_image(mask_path, name="mask.png") if mask_path else None
+        except errors.LimnerError as exc:
+            raise ToolError(str(exc)) from exc
+        op = Operation.INPAINT if mask is not None else Operation.EDIT
+        return run(op, ImageRequest(prompt=prompt, model=model, images=[image], mask=mask))
+
+    @server.tool()
+    def recommend_model(
+        prompt: str = "", budget_usd: float | None = None, commercial: bool = False, needs: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Rank models for a prompt: best first, with reasons and the price per image."""
+        from limner.recommend import parse_needs, recommend
+
+        try:
+            found = recommend(prompt, budget=budget_usd, commercial=commercial, needs=parse_needs(needs))
+        except errors.LimnerError as exc:
+            raise ToolError(str(exc)) from exc
+        return [r.to_dict() for r in found]
+
+    @server.tool()
+    def estimate_cost(model: str, n: int = 1, size: str | None = None, quality: str | None = None) -> dict[str, Any]:
+        """The list price of ``n`` images from ``model`` at this size and quality, in USD."""
+        from limner.catalog import get_catalog
+        from limner.cost import estimate
+
+        try:
+            catalog = get_catalog()
+            return estimate(catalog.resolve(model), n, size, quality, catalog).to_dict()
+        except errors.LimnerError as exc:
+            raise ToolError(str(exc)) from exc
+
+    @server.tool()
+    def search_log(query: str = "", model: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Search past generations (newest first) by words in the prompt, model or tags."""
+        with Limner() as client:
+            entries = client.store.search(query or None, model=model, limit=min(max(limit, 1), 200))
+        return [
+            {
+                "id": e.id, "created_at": e.created_at, "prompt": e.prompt, "model": e.model,
+                "status": e.status, "cost_usd": e.cost_usd, "tags": e.tags,
+                "images": [str(img.path) for img in e.images],
+            }
+            for e in entries
+        ]  # fmt: skip
+
+    return server
+
+
+def run_stdio() -> None:
+    build_server().run("stdio")

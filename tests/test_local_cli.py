@@ -1,0 +1,83 @@
+"""`limner models add`, `limner rerun` and `limner export comfyui` on a tiny local model."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from limner.cli import cli  # noqa: E402
+from limner.client import Limner  # noqa: E402
+from limner.types import ImageRequest  # noqa: E402
+
+pytestmark = pytest.mark.local
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from limner.local.testing import build_tiny
+
+    folder = tmp_path_factory.getbasetemp() / "tiny-local-models" / "sd15"
+    if not (folder / "model_index.json").exists():
+        build_tiny("sd15", folder)
+    return folder
+
+
+def test_models_add_registers_a_folder(tiny_sd: Path) -> None:
+    runner = CliRunner()
+    out = runner.invoke(cli, ["models", "add", "tiny", str(tiny_sd), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["family"] == "sd"
+    with Limner() as client:
+        spec = client.resolve("local:tiny")
+        assert spec.wire["path"] == str(tiny_sd.resolve())
+        result = client.run("generate", ImageRequest(prompt="the cat", model="local:tiny", size="64x64", steps=2, seed=1))
+    assert result.model == "local:tiny"
+
+
+def test_models_add_refuses_pickles(tmp_path: Path) -> None:
+    evil = tmp_path / "model.ckpt"
+    evil.write_bytes(pickle.dumps({"weights": 1}))
+    out = CliRunner().invoke(cli, ["models", "add", "evil", str(evil)])
+    assert out.exit_code == 2
+    assert "pickle" in out.output
+
+
+def test_rerun_reproduces_and_export_comfyui(tiny_sd: Path, tmp_path: Path) -> None:
+    with Limner() as client:
+        first = client.run("generate", ImageRequest(prompt="the cat", negative_prompt="dog", model=f"local:{tiny_sd}",
+                                                    size="64x64", steps=3, guidance=4.0, seed=21,
+                                                    provider_options={"scheduler": "euler-a"}))  # fmt: skip
+    runner = CliRunner()
+    out = runner.invoke(cli, ["rerun", first.generation_id or "", "-o", str(tmp_path), "--json"])
+    assert out.exit_code == 0, out.output
+    payload = json.loads(out.output)
+    again = np.asarray(Image.open(payload["images"][0]["path"]).convert("RGB"))
+    assert np.array_equal(again, np.asarray(first.images[0].to_pil().convert("RGB")))
+    assert payload["images"][0]["seed"] == 21
+
+    out = runner.invoke(cli, ["export", "comfyui", first.generation_id or ""])
+    assert out.exit_code == 0, out.output
+    workflow = json.loads(out.output)
+    sampler = next(n["inputs"] for n in workflow.values() if n["class_type"] == "KSampler")
+    assert (sampler["seed"], sampler["steps"], sampler["cfg"], sampler["sampler_name"]) == (21, 3, 4.0, "euler_ancestral")
+    latent = next(n["inputs"] for n in workflow.values() if n["class_type"] == "EmptyLatentImage")
+    assert (latent["width"], latent["height"]) == (64, 64)
+    texts = sorted(n["inputs"]["text"] for n in workflow.values() if n["class_type"] == "CLIPTextEncode")
+    assert texts == ["dog", "the cat"]
+    assert workflow["4"]["inputs"]["ckpt_name"] == "sd15.safetensors"
+
+
+def test_rerun_of_an_unknown_id_is_a_user_error() -> None:
+    out = CliRunner().invoke(cli, ["rerun", "nope"])
+    assert out.exit_code == 2
+    assert "No generation" in out.output

@@ -1,0 +1,44 @@
+"""``limner mcp`` over stdio, driven by the official MCP client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+import pytest
+
+mcp = pytest.importorskip("mcp")
+
+
+def _params(env: dict[str, str]) -> Any:
+    from mcp.client.stdio import StdioServerParameters
+
+    code = "import sys; from limner.cli import main; main(sys.argv[1:])"
+    return StdioServerParameters(command=sys.executable, args=["-c", code, "mcp"], env={**os.environ, **env})
+
+
+async def _session(env: dict[str, str]) -> tuple[list[str], Any, Any, Any]:
+    from mcp import Client
+
+    async with Client(_params(env)) as client:
+        tools = sorted(t.name for t in (await client.list_tools()).tools)
+        generated = await client.call_tool("generate", {"prompt": "a snail", "model": "openai:gpt-image-2", "size": "256x256"})
+        estimate = await client.call_tool("estimate_cost", {"model": "openai:gpt-image-2", "n": 4, "size": "1024x1024", "quality": "low"})
+        refused = await client.call_tool("generate", {"prompt": "x", "model": "no-such-model"})
+        return tools, generated, estimate, refused
+
+
+def test_mcp_tools_generate_estimate_and_refuse(openai_env: Any) -> None:
+    _, base = openai_env
+    env = {"OPENAI_API_KEY": "sk-test", "LIMNER_OPENAI_BASE_URL": base}
+    tools, generated, estimate, refused = asyncio.run(_session(env))
+    assert tools == ["edit", "estimate_cost", "generate", "recommend_model", "search_log"]
+    kinds = [c.type for c in generated.content]
+    assert kinds == ["image", "text"] and generated.content[0].mime_type == "image/png"
+    summary = json.loads(generated.content[1].text)
+    assert summary["images"][0]["width"] == 256 and os.path.exists(summary["images"][0]["path"])
+    assert json.loads(estimate.content[0].text)["total_usd"] == pytest.approx(4 * 0.006)
+    assert refused.is_error and "Unknown model" in refused.content[0].text
