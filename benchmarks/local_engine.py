@@ -67,7 +67,9 @@ def build_full(kind: str) -> Any:
     from limner.local.testing import tiny_clip_tokenizer, tiny_t5_tokenizer
 
     tok = tiny_clip_tokenizer()
-    euler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    euler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
     if kind == "sd15":
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
         return StableDiffusionPipeline(unet=unet, vae=_vae(4, sample_size=512), text_encoder=_clip(768, 12, 12),
@@ -119,7 +121,9 @@ def _timed(pipe: Any, size: int, steps: int, repeats: int) -> tuple[float, Any]:
     return statistics.median(times), out
 
 
-def measure_pair(pipe: Any, label: str, size: int, steps: int, repeats: int, cuda_graphs: bool) -> dict[str, Any]:
+def measure_pair(
+    pipe: Any, label: str, size: int, steps: int, repeats: int, cuda_graphs: bool
+) -> dict[str, Any]:
     """Plain diffusers, then the same pipeline after limner's optimisations, in one process."""
     import numpy as np
     import torch
@@ -152,7 +156,9 @@ def measure_pair(pipe: Any, label: str, size: int, steps: int, repeats: int, cud
     return row
 
 
-def gpu_benchmark(models: list[str], repeats: int, steps: int | None, cuda_graphs: bool) -> list[dict[str, Any]]:
+def gpu_benchmark(
+    models: list[str], repeats: int, steps: int | None, cuda_graphs: bool
+) -> list[dict[str, Any]]:
     import torch
 
     rows = []
@@ -176,7 +182,10 @@ def check_gpu_path() -> list[dict[str, Any]]:
     """The GPU measurement code on the tiny pipelines, on CPU: it must run and agree."""
     from limner.local.testing import build_tiny
 
-    return [measure_pair(build_tiny(kind), f"tiny-{kind}", 64, 2, 1, False) for kind in ("sd15", "sd3", "flux")]
+    return [
+        measure_pair(build_tiny(kind), f"tiny-{kind}", 64, 2, 1, False)
+        for kind in ("sd15", "sd3", "flux")
+    ]
 
 
 # -- CPU overhead ------------------------------------------------------------------------------
@@ -228,14 +237,20 @@ def _row_text(row: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gpu", action="store_true", help="GPU part only")
     parser.add_argument("--cpu", action="store_true", help="CPU overhead part only")
-    parser.add_argument("--check-gpu-path", action="store_true", help="run the GPU code on tiny models on CPU")
+    parser.add_argument(
+        "--check-gpu-path", action="store_true", help="run the GPU code on tiny models on CPU"
+    )
     parser.add_argument("--models", default="sd15,sdxl,flux")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cuda-graphs", action="store_true", help="compile with CUDA graphs (max-autotune)")
+    parser.add_argument(
+        "--cuda-graphs", action="store_true", help="compile with CUDA graphs (max-autotune)"
+    )
     parser.add_argument("--cpu-size", type=int, default=64)
     parser.add_argument("--cpu-steps", type=int, default=4)
     args = parser.parse_args()
@@ -256,7 +271,9 @@ def main() -> None:
     if not args.cpu and not args.check_gpu_path:
         if torch.cuda.is_available():
             print(header)
-            report["gpu"] = gpu_benchmark(args.models.split(","), args.repeats, args.steps, args.cuda_graphs)
+            report["gpu"] = gpu_benchmark(
+                args.models.split(","), args.repeats, args.steps, args.cuda_graphs
+            )
         else:
             print("No CUDA device: GPU part skipped.")
     if not args.gpu and not args.check_gpu_path:

@@ -31,8 +31,10 @@ def _settings(url: str, **values: Any) -> None:
     httpx.post(f"{url}/_emulator/comfyui", json=values).raise_for_status()
 
 
-def test_generate_queues_polls_and_downloads(comfy: tuple[EmulatorServer, str], tmp_path: Any) -> None:
-    server, url = comfy
+def test_generate_queues_polls_and_downloads(
+    comfy: tuple[EmulatorServer, str], tmp_path: Any
+) -> None:
+    _, url = comfy
     _settings(url, run_seconds=0.4)
     with Limner(home=tmp_path) as client:
         result = client.run("generate", ImageRequest(prompt="a lighthouse", model="comfyui:sd_xl_base_1.0.safetensors",
@@ -56,21 +58,43 @@ def test_edit_uploads_the_image_and_mask(comfy: tuple[EmulatorServer, str], tmp_
 
 
 def test_workflow_errors_name_the_node(comfy: tuple[EmulatorServer, str], tmp_path: Any) -> None:
-    bad = {"1": {"class_type": "NoSuchNode", "inputs": {}}, "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": ["1", 0]}}}
-    with Limner(home=tmp_path) as client, pytest.raises(errors.ProviderRejectedError, match="NoSuchNode"):
-        client.run("generate", ImageRequest(prompt="x", model="comfyui:any.safetensors", provider_options={"workflow": bad}))
+    bad = {
+        "1": {"class_type": "NoSuchNode", "inputs": {}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": ["1", 0]}},
+    }
+    with (
+        Limner(home=tmp_path) as client,
+        pytest.raises(errors.ProviderRejectedError, match="NoSuchNode"),
+    ):
+        client.run(
+            "generate",
+            ImageRequest(
+                prompt="x", model="comfyui:any.safetensors", provider_options={"workflow": bad}
+            ),
+        )
 
 
 def test_execution_error_is_a_failed_job(comfy: tuple[EmulatorServer, str], tmp_path: Any) -> None:
-    with Limner(home=tmp_path) as client, pytest.raises(errors.JobFailedError, match="content filter"):
-        client.run("generate", ImageRequest(prompt=f"a {BLOCKED_WORD}", model="comfyui:any.safetensors", size="64x64"))
+    with (
+        Limner(home=tmp_path) as client,
+        pytest.raises(errors.JobFailedError, match="content filter"),
+    ):
+        client.run(
+            "generate",
+            ImageRequest(prompt=f"a {BLOCKED_WORD}", model="comfyui:any.safetensors", size="64x64"),
+        )
 
 
 def test_deadline_interrupts_the_prompt(comfy: tuple[EmulatorServer, str], tmp_path: Any) -> None:
     _, url = comfy
     _settings(url, run_seconds=30)
-    with Limner(home=tmp_path, deadline_s=0.6) as client, pytest.raises(errors.ProviderTimeoutError):
-        client.run("generate", ImageRequest(prompt="slow", model="comfyui:any.safetensors", size="64x64"))
+    with (
+        Limner(home=tmp_path, deadline_s=0.6) as client,
+        pytest.raises(errors.ProviderTimeoutError),
+    ):
+        client.run(
+            "generate", ImageRequest(prompt="slow", model="comfyui:any.safetensors", size="64x64")
+        )
     stats = httpx.get(f"{url}/_emulator/stats").json()
     assert stats["POST /interrupt"] == 1 and stats["POST /queue"] == 1
 
@@ -81,8 +105,13 @@ def test_exported_workflow_is_accepted_by_the_server(comfy: tuple[EmulatorServer
                       steps=3, cfg=1.5, width=512, height=512, scheduler="dpm++-2m-karras",
                       loras=[("style.safetensors", 0.7)])  # fmt: skip
     sampler = wf["3"]["inputs"]
-    assert (sampler["seed"], sampler["steps"], sampler["cfg"], sampler["sampler_name"], sampler["scheduler"]) == (
-        42, 3, 1.5, "dpmpp_2m", "karras")
+    assert (
+        sampler["seed"],
+        sampler["steps"],
+        sampler["cfg"],
+        sampler["sampler_name"],
+        sampler["scheduler"],
+    ) == (42, 3, 1.5, "dpmpp_2m", "karras")
     assert wf["5"]["inputs"] == {"width": 512, "height": 512, "batch_size": 1}
     response = httpx.post(f"{url}/prompt", json={"prompt": wf})
     assert response.status_code == 200, response.text

@@ -12,12 +12,12 @@ from click.testing import CliRunner
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from limner.cli import cli  # noqa: E402
-from limner.client import Limner  # noqa: E402
-from limner.types import ImageRequest  # noqa: E402
+from limner.cli import cli
+from limner.client import Limner
+from limner.types import ImageRequest
 
 pytestmark = pytest.mark.local
 
@@ -40,7 +40,10 @@ def test_models_add_registers_a_folder(tiny_sd: Path) -> None:
     with Limner() as client:
         spec = client.resolve("local:tiny")
         assert spec.wire["path"] == str(tiny_sd.resolve())
-        result = client.run("generate", ImageRequest(prompt="the cat", model="local:tiny", size="64x64", steps=2, seed=1))
+        result = client.run(
+            "generate",
+            ImageRequest(prompt="the cat", model="local:tiny", size="64x64", steps=2, seed=1),
+        )
     assert result.model == "local:tiny"
 
 
@@ -69,10 +72,17 @@ def test_rerun_reproduces_and_export_comfyui(tiny_sd: Path, tmp_path: Path) -> N
     assert out.exit_code == 0, out.output
     workflow = json.loads(out.output)
     sampler = next(n["inputs"] for n in workflow.values() if n["class_type"] == "KSampler")
-    assert (sampler["seed"], sampler["steps"], sampler["cfg"], sampler["sampler_name"]) == (21, 3, 4.0, "euler_ancestral")
+    assert (sampler["seed"], sampler["steps"], sampler["cfg"], sampler["sampler_name"]) == (
+        21,
+        3,
+        4.0,
+        "euler_ancestral",
+    )
     latent = next(n["inputs"] for n in workflow.values() if n["class_type"] == "EmptyLatentImage")
     assert (latent["width"], latent["height"]) == (64, 64)
-    texts = sorted(n["inputs"]["text"] for n in workflow.values() if n["class_type"] == "CLIPTextEncode")
+    texts = sorted(
+        n["inputs"]["text"] for n in workflow.values() if n["class_type"] == "CLIPTextEncode"
+    )
     assert texts == ["dog", "the cat"]
     assert workflow["4"]["inputs"]["ckpt_name"] == "sd15.safetensors"
 

@@ -3,7 +3,6 @@ transformers), saved with save_pretrained and loaded through `-m local:/path`, a
 
 from __future__ import annotations
 
-import io
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -14,13 +13,13 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from limner import errors  # noqa: E402
-from limner.client import Limner  # noqa: E402
-from limner.images import load_image  # noqa: E402
-from limner.types import ImageRequest, Result  # noqa: E402
+from limner import errors
+from limner.client import Limner
+from limner.images import load_image
+from limner.types import ImageRequest, Result
 
 pytestmark = pytest.mark.local
 
@@ -35,7 +34,11 @@ class TinyModels:
         from limner.local import testing
 
         folder = self.root / kind
-        if (folder / "model_index.json").exists() or (folder / "config.json").exists() or any(folder.glob("*.safetensors")):
+        if (
+            (folder / "model_index.json").exists()
+            or (folder / "config.json").exists()
+            or any(folder.glob("*.safetensors"))
+        ):
             return folder
         if kind in ("sd15", "sd3", "flux"):
             testing.build_tiny(kind, folder)
@@ -76,7 +79,9 @@ def photo(size: tuple[int, int] = (64, 64)) -> Any:
 
 # -- text-to-image, reproducibility, logging ----------------------------------------------------
 @pytest.mark.parametrize("kind", ["sd15", "sd3", "flux"])
-def test_text_to_image_logs_seed_scheduler_and_versions(client: Limner, tiny: TinyModels, kind: str) -> None:
+def test_text_to_image_logs_seed_scheduler_and_versions(
+    client: Limner, tiny: TinyModels, kind: str
+) -> None:
     result = run(client, "generate", tiny.path(kind), seed=7, n=2)
     assert [(i.width, i.height, i.seed) for i in result.images] == [(64, 64, 7), (64, 64, 8)]
     entry = client.store.get(result.generation_id or "")
@@ -87,7 +92,9 @@ def test_text_to_image_logs_seed_scheduler_and_versions(client: Limner, tiny: Ti
 
 
 @pytest.mark.parametrize("kind", ["sd15", "flux"])
-def test_image_k_of_a_batch_equals_its_seed_alone(client: Limner, tiny: TinyModels, kind: str) -> None:
+def test_image_k_of_a_batch_equals_its_seed_alone(
+    client: Limner, tiny: TinyModels, kind: str
+) -> None:
     batch = run(client, "generate", tiny.path(kind), seed=100, n=3)
     alone = run(client, "generate", tiny.path(kind), seed=102, n=1)
     assert np.abs(pixels(batch, 2) - pixels(alone)).max() <= 2
@@ -100,16 +107,27 @@ def test_same_seed_same_image_and_schedulers_differ(client: Limner, tiny: TinyMo
     assert np.array_equal(pixels(first), pixels(again))
     outputs = {}
     for name in ("euler-a", "dpm++-2m-karras", "unipc", "lcm", "ddim"):
-        result = run(client, "generate", tiny.path("sd15"), seed=3, provider_options={"scheduler": name})
+        result = run(
+            client, "generate", tiny.path("sd15"), seed=3, provider_options={"scheduler": name}
+        )
         outputs[name] = pixels(result)
-        assert any(name.split("-")[0].replace("++", "PP").lower()[:3] in w.lower() or "Scheduler" in w for w in result.warnings)
+        assert any(
+            name.split("-")[0].replace("++", "PP").lower()[:3] in w.lower() or "Scheduler" in w
+            for w in result.warnings
+        )
     assert not np.array_equal(outputs["euler-a"], outputs["unipc"])
 
 
-def test_negative_prompt_guidance_and_weighting_change_the_image(client: Limner, tiny: TinyModels) -> None:
+def test_negative_prompt_guidance_and_weighting_change_the_image(
+    client: Limner, tiny: TinyModels
+) -> None:
     base = pixels(run(client, "generate", tiny.path("sd15"), seed=1, guidance=5.0))
-    negative = pixels(run(client, "generate", tiny.path("sd15"), seed=1, guidance=5.0, negative_prompt="the dog"))
-    weighted = run(client, "generate", tiny.path("sd15"), seed=1, guidance=5.0, prompt="the (cat:1.5)")
+    negative = pixels(
+        run(client, "generate", tiny.path("sd15"), seed=1, guidance=5.0, negative_prompt="the dog")
+    )
+    weighted = run(
+        client, "generate", tiny.path("sd15"), seed=1, guidance=5.0, prompt="the (cat:1.5)"
+    )
     assert not np.array_equal(base, negative)
     assert not np.array_equal(base, pixels(weighted))
     long = run(client, "generate", tiny.path("sd15"), seed=1, prompt="the cat on " * 60)
@@ -118,7 +136,9 @@ def test_negative_prompt_guidance_and_weighting_change_the_image(client: Limner,
 
 # -- image operations ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["sd15", "sd3"])
-def test_img2img_strength_sets_the_denoising_steps(tmp_path: Path, tiny: TinyModels, kind: str) -> None:
+def test_img2img_strength_sets_the_denoising_steps(
+    tmp_path: Path, tiny: TinyModels, kind: str
+) -> None:
     progress: list[str] = []
     client = Limner(home=tmp_path / "h", on_progress=lambda f, m: progress.append(m))
     weak = run(client, "edit", tiny.path(kind), images=[photo()], strength=0.5, seed=2, steps=4)
@@ -126,7 +146,9 @@ def test_img2img_strength_sets_the_denoising_steps(tmp_path: Path, tiny: TinyMod
     assert [m for m in progress if m.startswith("step")] == ["step 1/2", "step 2/2"]
     strong = run(client, "edit", tiny.path(kind), images=[photo()], strength=1.0, seed=2, steps=4)
     assert not np.array_equal(pixels(weak), pixels(strong))
-    other = run(client, "edit", tiny.path(kind), images=[photo((80, 64))], strength=0.5, seed=2, steps=4)
+    other = run(
+        client, "edit", tiny.path(kind), images=[photo((80, 64))], strength=0.5, seed=2, steps=4
+    )
     assert (other.images[0].width, other.images[0].height) == (80, 64)
 
 
@@ -161,7 +183,12 @@ def test_controlnet_canny_and_several_at_once(client: Limner, tiny: TinyModels) 
 def test_controlnet_without_its_image_is_refused(client: Limner, tiny: TinyModels) -> None:
     net = str(tiny.path("controlnet"))
     with pytest.raises(errors.UserError, match="control image"):
-        run(client, "controlnet", tiny.path("sd15"), provider_options={"controlnets": [{"type": "canny", "model": net}]})
+        run(
+            client,
+            "controlnet",
+            tiny.path("sd15"),
+            provider_options={"controlnets": [{"type": "canny", "model": net}]},
+        )
 
 
 def test_hed_soft_edges_from_the_packaged_weights() -> None:
@@ -182,13 +209,29 @@ def test_lora_weights_fuse_and_listing(client: Limner, tiny: TinyModels) -> None
 
     lora = tiny.path("lora-sd15-1") / "pytorch_lora_weights.safetensors"
     base = pixels(run(client, "generate", tiny.path("sd15"), seed=9))
-    full = run(client, "lora", tiny.path("sd15"), seed=9, provider_options={"loras": [f"{lora}:1.0"]})
-    zero = run(client, "lora", tiny.path("sd15"), seed=9, provider_options={"loras": [{"path": str(lora), "weight": 0.0}]})
-    fused = run(client, "lora", tiny.path("sd15"), seed=9, provider_options={"loras": [f"{lora}:1.0"], "fuse_lora": True})
+    full = run(
+        client, "lora", tiny.path("sd15"), seed=9, provider_options={"loras": [f"{lora}:1.0"]}
+    )
+    zero = run(
+        client,
+        "lora",
+        tiny.path("sd15"),
+        seed=9,
+        provider_options={"loras": [{"path": str(lora), "weight": 0.0}]},
+    )
+    fused = run(
+        client,
+        "lora",
+        tiny.path("sd15"),
+        seed=9,
+        provider_options={"loras": [f"{lora}:1.0"], "fuse_lora": True},
+    )
     assert not np.array_equal(base, pixels(full))
     assert np.abs(base - pixels(zero)).max() <= 1
     assert np.abs(pixels(full) - pixels(fused)).max() <= 2
-    status = next(m for m in get_engine().status() if m["model"] == str(tiny.path("sd15").resolve()))
+    status = next(
+        m for m in get_engine().status() if m["model"] == str(tiny.path("sd15").resolve())
+    )
     assert list(status["loras"].values()) == [str(lora)]
     after = pixels(run(client, "generate", tiny.path("sd15"), seed=9))
     assert np.abs(base - after).max() <= 1  # unfused and switched off again
@@ -203,7 +246,9 @@ def test_lora_for_another_base_is_refused(client: Limner, tiny: TinyModels) -> N
 def test_flux_lora(client: Limner, tiny: TinyModels) -> None:
     lora = tiny.path("lora-flux-2") / "pytorch_lora_weights.safetensors"
     base = pixels(run(client, "generate", tiny.path("flux"), seed=9))
-    styled = pixels(run(client, "lora", tiny.path("flux"), seed=9, provider_options={"loras": [str(lora)]}))
+    styled = pixels(
+        run(client, "lora", tiny.path("flux"), seed=9, provider_options={"loras": [str(lora)]})
+    )
     assert not np.array_equal(base, styled)
 
 
@@ -215,7 +260,9 @@ class _Payload:
         return (Path.write_text, (self.marker, "pwned"))
 
 
-def test_pickle_checkpoints_are_refused_before_anything_runs(client: Limner, tmp_path: Path) -> None:
+def test_pickle_checkpoints_are_refused_before_anything_runs(
+    client: Limner, tmp_path: Path
+) -> None:
     marker = tmp_path / "ran.txt"
     _Payload.marker = marker
     for name in ("evil.ckpt", "evil.pt", "evil.bin"):
@@ -235,7 +282,9 @@ def test_deadline_cancels_between_steps(tmp_path: Path, tiny: TinyModels) -> Non
     steps: list[float] = []
     warm = Limner(home=tmp_path / "h")
     run(warm, "generate", tiny.path("sd15"), seed=1)  # load the model first
-    slow = Limner(home=tmp_path / "h", deadline_s=1.0, on_progress=lambda f, m: steps.append(f or 0.0))
+    slow = Limner(
+        home=tmp_path / "h", deadline_s=1.0, on_progress=lambda f, m: steps.append(f or 0.0)
+    )
     with pytest.raises(errors.ProviderTimeoutError):
         run(slow, "generate", tiny.path("sd15"), seed=1, steps=400, size="32x32")
     assert 0 < len(steps) < 400
@@ -257,7 +306,9 @@ def test_deadline_cancels_between_steps(tmp_path: Path, tiny: TinyModels) -> Non
         ("/does/not/exist", {}, "does not exist"),
     ],
 )
-def test_bad_input_is_a_user_error(client: Limner, tiny: TinyModels, model: str, fields: dict[str, Any], match: str) -> None:
+def test_bad_input_is_a_user_error(
+    client: Limner, tiny: TinyModels, model: str, fields: dict[str, Any], match: str
+) -> None:
     if fields.get("images") == "photo":
         fields["images"] = [photo()]
     target = tiny.path(model) if model in ("sd15", "flux") else model
@@ -268,7 +319,13 @@ def test_bad_input_is_a_user_error(client: Limner, tiny: TinyModels, model: str,
 
 def test_mask_of_the_wrong_size_is_refused(client: Limner, tiny: TinyModels) -> None:
     with pytest.raises(errors.InputImageError, match="mask"):
-        run(client, "inpaint", tiny.path("sd15"), images=[photo()], mask=load_image(Image.new("L", (32, 32), 255)))
+        run(
+            client,
+            "inpaint",
+            tiny.path("sd15"),
+            images=[photo()],
+            mask=load_image(Image.new("L", (32, 32), 255)),
+        )
 
 
 def test_outpaint_needs_sides(client: Limner, tiny: TinyModels) -> None:

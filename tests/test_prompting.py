@@ -24,7 +24,7 @@ from limner.prompting import (
     translate,
 )
 from limner.prompting.wildcards import WildcardError
-from limner.types import ImageRequest
+from limner.types import ImageRequest, Operation
 
 
 def _spec(**fields: object) -> ModelSpec:
@@ -104,73 +104,103 @@ def test_unknown_category_is_a_user_error():
 # -- translation ---------------------------------------------------------------------------------
 def test_natural_language_folds_the_negative_with_a_warning():
     spec = get_catalog().resolve("openai:gpt-image-2")
-    fields, warnings = translate(
-        ImageRequest(prompt="a cat, (fluffy:1.3)", negative_prompt="dogs"), spec
-    )
-    assert fields["prompt"] == "a cat, fluffy. Avoid: dogs."
+    request = ImageRequest(prompt="a cat, (fluffy:1.3)", negative_prompt="dogs", aspect_ratio="3:2")
+    fields, warnings = translate(request, spec)
+    assert fields["prompt"] == "a cat, (fluffy:1.3). Avoid: dogs."
+    assert fields["size"] == "1536x1024"  # the same size mapping every generation gets
     assert any("negative prompt" in w for w in warnings) and any("weights" in w for w in warnings)
 
 
+def test_translation_matches_the_provider_request():
+    from limner.providers import get_provider_class
+    from limner.validate import check_request
+
+    for ref in ("openai:gpt-image-2", "midjourney:v7"):
+        spec = get_catalog().resolve(ref)
+        request = ImageRequest(prompt="a fox", negative_prompt="snow", seed=4, aspect_ratio="16:9")
+        fields, _ = translate(request, spec)
+        checked, _ = check_request(Operation.GENERATE, request, spec)
+        native = get_provider_class(spec.provider)().native_request(
+            Operation.GENERATE, checked, spec
+        )
+        assert native["json"]["prompt"] == fields["prompt"]
+
+
 def test_flux_has_no_negative_and_a_guidance():
-    spec = _spec(provider="bfl", family="flux", guidance=True, seed=True)
-    fields, warnings = translate(
-        ImageRequest(prompt="a fox", negative_prompt="blur", seed=3, aspect_ratio="16:9"), spec
+    spec = _spec(
+        provider="bfl", family="flux", guidance=True, seed=True, aspect_ratios=["1:1", "16:9"]
     )
-    assert "negative_prompt" not in fields
+    request = ImageRequest(
+        prompt="a fox", negative_prompt="blur", seed=3, aspect_ratio="16:9", guidance=3.5
+    )
+    fields, warnings = translate(request, spec)
+    assert "negative_prompt" not in fields and fields["prompt"] == "a fox. Avoid: blur."
     assert fields["guidance"] == 3.5 and fields["seed"] == 3 and fields["aspect_ratio"] == "16:9"
     assert any("literally" in w for w in warnings)
     _, warnings = translate(ImageRequest(prompt="a fox", guidance=9), spec)
     assert any("outside the range" in w for w in warnings)
+    _, warnings = translate(ImageRequest(prompt="a fox"), spec)
+    assert any("try --guidance 3.5" in w for w in warnings)
 
 
 def test_stable_diffusion_keeps_negative_and_cfg_in_range():
-    spec = _spec(provider="stability", family="sd3.5", negative_prompt=True, steps=True, seed=True)
-    fields, warnings = translate(
-        ImageRequest(prompt="a lion", negative_prompt="blurry", seed=1), spec
+    spec = _spec(
+        provider="stability", family="sd3.5", negative_prompt=True, guidance=True, seed=True
     )
-    assert fields["negative_prompt"] == "blurry"
-    assert 4 <= fields["cfg_scale"] <= 7 and fields["steps"] == 28
+    fields, warnings = translate(
+        ImageRequest(prompt="a lion", negative_prompt="blurry", seed=1, guidance=5), spec
+    )
+    assert fields["negative_prompt"] == "blurry" and fields["cfg_scale"] == 5
     assert warnings == []
     _, warnings = translate(ImageRequest(prompt="a lion", guidance=12), spec)
     assert any("CFG scale 12" in w for w in warnings) and any(
         "negative-preset" in w for w in warnings
     )
+    _, warnings = translate(ImageRequest(prompt="a lion", negative_prompt="x"), spec)
+    assert any("4-7" in w and "--guidance 4.5" in w for w in warnings)
 
 
 def test_ideogram_enums():
-    legacy = _spec(provider="ideogram", id="V_2", family="ideogram")
-    fields, _ = translate(
-        ImageRequest(
-            prompt="a logo with the text 'FAION'", aspect_ratio="16:9", negative_prompt="blur"
-        ),
-        legacy,
+    ratios = ["1:1", "16:9", "3:2"]
+    styles = ["AUTO", "GENERAL", "REALISTIC", "DESIGN"]
+    legacy = _spec(
+        provider="ideogram", id="V_2", family="ideogram", aspect_ratios=ratios, negative_prompt=True
     )
-    assert fields["aspect_ratio"] == "ASPECT_16_9"
-    assert fields["style_type"] == "DESIGN" and fields["magic_prompt"] == "AUTO"
-    assert fields["negative_prompt"] == "blur"
-    v3 = _spec(provider="ideogram", id="ideogram-v3", family="ideogram")
-    fields, _ = translate(
-        ImageRequest(
-            prompt="a cat",
-            aspect_ratio="3:2",
-            style="realistic",
-            provider_options={"magic_prompt": "off"},
-        ),
-        v3,
+    request = ImageRequest(
+        prompt="a logo with the text 'FAION'", aspect_ratio="16:9", negative_prompt="blur"
     )
+    fields, warnings = translate(request, legacy)
+    assert fields["aspect_ratio"] == "ASPECT_16_9" and fields["negative_prompt"] == "blur"
+    assert any("--style DESIGN" in w for w in warnings)
+    v3 = _spec(
+        provider="ideogram",
+        id="ideogram-v3",
+        family="ideogram",
+        aspect_ratios=ratios,
+        styles=styles,
+    )
+    request = ImageRequest(
+        prompt="a cat",
+        aspect_ratio="3:2",
+        style="REALISTIC",
+        provider_options={"magic_prompt": "off"},
+    )
+    fields, _ = translate(request, v3)
     assert (fields["aspect_ratio"], fields["style_type"], fields["magic_prompt"]) == (
         "3x2",
         "REALISTIC",
         "OFF",
     )
-    with pytest.raises(InvalidRequestError, match="style type"):
+    with pytest.raises(InvalidRequestError, match="style"):
         translate(ImageRequest(prompt="a cat", style="baroque"), v3)
 
 
 def test_midjourney_flags():
-    spec = _spec(provider="midjourney", family="midjourney", wire={"version": "6.1"})
+    spec = _spec(provider="midjourney", family="midjourney", wire={"version": "6.1"}, negative_prompt=True,
+                 seed=True, qualities=["1", "2"], styles=["raw"], aspect_ratios=["3:4", "1:1"])  # fmt: skip
     request = ImageRequest(
-        prompt="portrait of a scientist", aspect_ratio="3:4", negative_prompt="blur, watermark", seed=42, style="raw", quality="1",
+        prompt="portrait of a scientist", aspect_ratio="3:4", negative_prompt="blur, watermark", seed=42,
+        style="raw", quality="1",
         provider_options={"stylize": 750, "chaos": 20, "tile": True,
                           "cref": "https://x.test/c.png", "cw": 50, "sref": "https://x.test/s.png", "sw": 500},
     )  # fmt: skip

@@ -4,7 +4,8 @@ official google-genai SDK)."""
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ from limner import errors
 from limner.emulators.common import BLOCKED_WORD, EmulatorServer
 from limner.images import load_image
 from limner.store import Store
-from limner.types import ReferenceImage
+from limner.types import ImageRequest, Operation, ReferenceImage
 
 EmulatorFactory = Callable[[str], tuple[EmulatorServer, str]]
 
@@ -34,6 +35,17 @@ def _png(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (6
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.fixture
+def client() -> Iterator[limner.Limner]:
+    """One warm client per test: many calls in one test share its HTTP pool and store."""
+    with limner.Limner() as shared:
+        yield shared
+
+
+def _gen(client: limner.Limner, prompt: str, **params: Any) -> limner.Result:
+    return client.run(Operation.GENERATE, ImageRequest(prompt=prompt, **params))
 
 
 def _stats(server: EmulatorServer) -> dict[str, int]:
@@ -131,10 +143,10 @@ def test_prompt_block_reason_is_a_content_policy_error(gemini: tuple[EmulatorSer
         limner.generate("anything", model="gemini:gemini-3.1-flash-image")
 
 
-def test_errors_are_mapped(gemini: tuple[EmulatorServer, str]) -> None:
+def test_errors_are_mapped(gemini: tuple[EmulatorServer, str], client: limner.Limner) -> None:
     server, _ = gemini
     with pytest.raises(errors.InvalidRequestError, match="quality"):
-        limner.generate("x", model="gemini:gemini-3-pro-image", quality="512")
+        _gen(client, "x", model="gemini:gemini-3-pro-image", quality="512")
     httpx.post(
         server.url + "/_emulator/faults",
         json={
@@ -143,12 +155,12 @@ def test_errors_are_mapped(gemini: tuple[EmulatorServer, str]) -> None:
         },
     )
     with pytest.raises(errors.ProviderRejectedError, match="Bad thing"):
-        limner.generate("x", model="gemini:gemini-3.1-flash-image")
+        _gen(client, "x", model="gemini:gemini-3.1-flash-image")
     httpx.post(server.url + "/_emulator/faults", json={"status": 403, "count": 1})
     with pytest.raises(errors.AuthenticationError, match="PERMISSION_DENIED"):
-        limner.generate("x", model="gemini:gemini-3.1-flash-image")
+        _gen(client, "x", model="gemini:gemini-3.1-flash-image")
     httpx.post(server.url + "/_emulator/faults", json={"status": 429, "retry_after": 0, "count": 1})
-    result = limner.generate("retried", model="gemini:gemini-3.1-flash-image")
+    result = _gen(client, "retried", model="gemini:gemini-3.1-flash-image")
     assert len(result.images) == 1
 
 

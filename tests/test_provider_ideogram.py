@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -46,6 +47,17 @@ def _white_left_mask(size: tuple[int, int] = (64, 48)) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.fixture
+def client() -> Iterator[limner.Limner]:
+    """One warm client per test: many calls in one test share its HTTP pool and store."""
+    with limner.Limner() as shared:
+        yield shared
+
+
+def _gen(client: limner.Limner, prompt: str, **params: Any) -> limner.Result:
+    return client.run(Operation.GENERATE, ImageRequest(prompt=prompt, **params))
 
 
 def _stats(server: EmulatorServer) -> dict[str, int]:
@@ -290,33 +302,31 @@ def test_partly_unsafe_results_keep_the_safe_ones_with_a_warning(
     assert any("withheld 1 unsafe" in w for w in result.warnings)
 
 
-def test_errors_are_mapped(ideogram: tuple[EmulatorServer, str]) -> None:
+def test_errors_are_mapped(ideogram: tuple[EmulatorServer, str], client: limner.Limner) -> None:
     server, _ = ideogram
     with pytest.raises(errors.InvalidRequestError, match="aspect ratio 7:3"):
-        limner.generate("x", model="ideogram:ideogram-v3", aspect_ratio="7:3")
+        _gen(client, "x", model="ideogram:ideogram-v3", aspect_ratio="7:3")
     with pytest.raises(errors.InvalidRequestError, match="provider option"):
-        limner.generate("x", model="ideogram:ideogram-v3", provider_options={"cfg": 3})
+        _gen(client, "x", model="ideogram:ideogram-v3", provider_options={"cfg": 3})
     with pytest.raises(errors.InvalidRequestError, match="colour palette"):
-        limner.generate(
-            "x", model="ideogram:ideogram-v3", provider_options={"color_palette": "neon"}
-        )
+        _gen(client, "x", model="ideogram:ideogram-v3", provider_options={"color_palette": "neon"})
     httpx.post(
         server.url + "/_emulator/faults",
         json={"status": 422, "body": {"detail": "Prompt failed the safety check"}},
     )
     with pytest.raises(errors.ContentPolicyError, match="safety check"):
-        limner.generate("x", model="ideogram:ideogram-v3")
+        _gen(client, "x", model="ideogram:ideogram-v3")
     httpx.post(
         server.url + "/_emulator/faults",
         json={"status": 422, "body": {"detail": "num_images too large"}},
     )
     with pytest.raises(errors.ProviderRejectedError, match="num_images too large"):
-        limner.generate("x", model="ideogram:ideogram-v3")
+        _gen(client, "x", model="ideogram:ideogram-v3")
     httpx.post(server.url + "/_emulator/faults", json={"status": 401})
     with pytest.raises(errors.AuthenticationError):
-        limner.generate("x", model="ideogram:ideogram-v3")
+        _gen(client, "x", model="ideogram:ideogram-v3")
     httpx.post(server.url + "/_emulator/faults", json={"status": 429, "retry_after": 0})
-    assert len(limner.generate("x", model="ideogram:ideogram-v3").images) == 1
+    assert len(_gen(client, "x", model="ideogram:ideogram-v3").images) == 1
 
 
 def test_emulator_refuses_missing_key_and_bad_enums(ideogram: tuple[EmulatorServer, str]) -> None:

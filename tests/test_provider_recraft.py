@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -40,6 +41,17 @@ def _mask(size: tuple[int, int] = (64, 48)) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.fixture
+def client() -> Iterator[limner.Limner]:
+    """One warm client per test: many calls in one test share its HTTP pool and store."""
+    with limner.Limner() as shared:
+        yield shared
+
+
+def _gen(client: limner.Limner, prompt: str, **params: Any) -> limner.Result:
+    return client.run(Operation.GENERATE, ImageRequest(prompt=prompt, **params))
 
 
 def _stats(server: EmulatorServer) -> dict[str, int]:
@@ -205,21 +217,23 @@ def test_controls_are_translated(recraft: tuple[EmulatorServer, str]) -> None:
     assert len(result.images) == 1
 
 
-def test_content_filter_and_errors_are_mapped(recraft: tuple[EmulatorServer, str]) -> None:
+def test_content_filter_and_errors_are_mapped(
+    recraft: tuple[EmulatorServer, str], client: limner.Limner
+) -> None:
     server, _ = recraft
     with pytest.raises(errors.ContentPolicyError, match="content filter"):
-        limner.generate(f"a {BLOCKED_WORD}", model="recraft:recraftv4")
+        _gen(client, f"a {BLOCKED_WORD}", model="recraft:recraftv4")
     httpx.post(server.url + "/_emulator/faults", json={"status": 401})
     with pytest.raises(errors.AuthenticationError):
-        limner.generate("x", model="recraft:recraftv4")
+        _gen(client, "x", model="recraft:recraftv4")
     httpx.post(
         server.url + "/_emulator/faults",
         json={"status": 400, "body": {"code": "invalid_size", "message": "Size is odd"}},
     )
     with pytest.raises(errors.ProviderRejectedError, match="Size is odd"):
-        limner.generate("x", model="recraft:recraftv4")
+        _gen(client, "x", model="recraft:recraftv4")
     httpx.post(server.url + "/_emulator/faults", json={"status": 429, "retry_after": 0})
-    assert len(limner.generate("x", model="recraft:recraftv4").images) == 1
+    assert len(_gen(client, "x", model="recraft:recraftv4").images) == 1
 
 
 def test_expired_result_urls_fail_cleanly(recraft: tuple[EmulatorServer, str]) -> None:

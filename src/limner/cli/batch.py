@@ -60,8 +60,8 @@ def _progress(
             )
         tally["cost"] += outcome.cost_usd or 0.0
         if tasks:
-            done = 1 if outcome.status == "done" else 0
-            progress.update(tasks[0], advance=done, failed=tally["failed"], cost=tally["cost"])
+            # The bar counts settled items; the failed column says how many of them failed.
+            progress.update(tasks[0], advance=1, failed=tally["failed"], cost=tally["cost"])
 
     with progress:
         yield on_start, on_item

@@ -11,16 +11,22 @@ import click
 
 from limner.cli._common import emit_json, json_option
 
-__all__ = ["export_comfyui", "models_add", "rerun", "request_from_entry", "workflow_from_entry"]
+__all__ = ["export_comfyui", "models_add", "request_from_entry", "rerun", "workflow_from_entry"]
 
 
 @click.command("add")
 @click.argument("name")
 @click.argument("path_or_id")
-@click.option("--family", type=click.Choice(["sd", "sdxl", "sd3", "flux", "flux2"]), help="Architecture, when limner cannot tell.")
+@click.option(
+    "--family",
+    type=click.Choice(["sd", "sdxl", "sd3", "flux", "flux2"]),
+    help="Architecture, when limner cannot tell.",
+)
 @click.option("--revision", help="Hub revision (branch, tag or commit) to pin.")
 @json_option
-def models_add(name: str, path_or_id: str, family: str | None, revision: str | None, as_json: bool) -> None:
+def models_add(
+    name: str, path_or_id: str, family: str | None, revision: str | None, as_json: bool
+) -> None:
     """Register NAME for a local diffusers folder, a .safetensors file or a Hugging Face repo id.
 
     Afterwards `-m local:NAME` uses it. Pickle checkpoints (.ckpt, .pt, .bin) are refused.
@@ -32,7 +38,9 @@ def models_add(name: str, path_or_id: str, family: str | None, revision: str | N
     if as_json:
         emit_json({"model": spec.ref, "family": spec.family, "wire": spec.wire})
         return
-    click.echo(f"Registered {spec.ref} ({spec.family}): {spec.wire.get('path') or spec.wire.get('repo')}")
+    click.echo(
+        f"Registered {spec.ref} ({spec.family}): {spec.wire.get('path') or spec.wire.get('repo')}"
+    )
 
 
 def _load_entry(store: Any, generation_id: str) -> Any:
@@ -40,11 +48,15 @@ def _load_entry(store: Any, generation_id: str) -> Any:
 
     entry = store.get(generation_id)
     if entry is None:
-        raise errors.UserError(f"No generation {generation_id!r} in the log.", hint="See `limner logs` for ids.")
+        raise errors.UserError(
+            f"No generation {generation_id!r} in the log.", hint="See `limner logs` for ids."
+        )
     return entry
 
 
-def request_from_entry(entry: Any, store: Any, images: tuple[Path, ...] = (), mask: Path | None = None) -> Any:
+def request_from_entry(
+    entry: Any, store: Any, images: tuple[Path, ...] = (), mask: Path | None = None
+) -> Any:
     """The request a logged generation was made with, its inputs read back from the store."""
     from limner import errors
     from limner.images import load_image
@@ -62,14 +74,17 @@ def request_from_entry(entry: Any, store: Any, images: tuple[Path, ...] = (), ma
             found = store.read_asset(sha)
             if found is None:
                 raise errors.InputImageError(
-                    f"Input image {sha[:12]} of {entry.id} is not in the store.", hint="Pass it again with -i."
+                    f"Input image {sha[:12]} of {entry.id} is not in the store.",
+                    hint="Pass it again with -i.",
                 )
             inputs.append(load_image(found[0]))
     mask_input = load_image(mask) if mask else None
     if mask_input is None and stored_mask:
         found = store.read_asset(stored_mask)
         if found is None:
-            raise errors.InputImageError(f"The mask of {entry.id} is not in the store.", hint="Pass it with --mask.")
+            raise errors.InputImageError(
+                f"The mask of {entry.id} is not in the store.", hint="Pass it with --mask."
+            )
         mask_input = load_image(found[0])
     fields.update(prompt=entry.prompt, negative_prompt=entry.negative_prompt, model=entry.model,
                   images=inputs, mask=mask_input, tags=entry.tags or [], project=entry.project)  # fmt: skip
@@ -83,7 +98,9 @@ def request_from_entry(entry: Any, store: Any, images: tuple[Path, ...] = (), ma
 @click.option("--mask", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-m", "--model", help="Run with another model instead.")
 @click.option("--seed", type=int, help="Use another seed.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("."), show_default=True)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), default=Path("."), show_default=True
+)
 @json_option
 def rerun(generation_id: str, images: tuple[Path, ...], mask: Path | None, model: str | None,
           seed: int | None, output: Path, as_json: bool) -> None:  # fmt: skip
@@ -99,7 +116,10 @@ def rerun(generation_id: str, images: tuple[Path, ...], mask: Path | None, model
             request = request.model_copy(update=update)
         result = client.run(entry.operation, request, use_cache=False, parent_id=entry.id)
     output.mkdir(parents=True, exist_ok=True)
-    paths = [output / f"{result.generation_id}-{i}.{img.extension}" for i, img in enumerate(result.images)]
+    paths = [
+        output / f"{result.generation_id}-{i}.{img.extension}"
+        for i, img in enumerate(result.images)
+    ]
     for image, path in zip(result.images, paths, strict=True):
         image.save(path)
     if as_json:
@@ -154,7 +174,12 @@ def workflow_from_entry(entry: Any, catalog: Any) -> dict[str, Any]:
 
 @click.command("comfyui")
 @click.argument("generation_id")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the workflow here (default: print it).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the workflow here (default: print it).",
+)
 def export_comfyui(generation_id: str, output: Path | None) -> None:
     """Export a local generation as a ComfyUI API-format workflow (same model, seed, steps,
     CFG, sampler and size). Queue it with POST /prompt, or load it in ComfyUI."""

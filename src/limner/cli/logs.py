@@ -68,6 +68,7 @@ def _print(entries: list[Any]) -> None:
     from datetime import datetime
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("id", "when", "model", "prompt", "images", "cost", "status")
@@ -76,5 +77,7 @@ def _print(entries: list[Any]) -> None:
         status = "cache" if e.cache_hit else e.status
         prompt = e.prompt if len(e.prompt) < 60 else e.prompt[:57] + "..."
         when = datetime.fromtimestamp(e.created_at).strftime("%Y-%m-%d %H:%M")
-        table.add_row(e.id, when, e.model, prompt, str(len(e.images)), cost, status)
+        table.add_row(
+            *(escape(c) for c in (e.id, when, e.model, prompt, str(len(e.images)), cost, status))
+        )
     Console().print(table)

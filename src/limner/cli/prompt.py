@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -137,15 +138,36 @@ def for_model(
         prompt=text, model=spec.ref, negative_prompt=combine_negative(_negative_presets(negative_presets), negative),
         provider_options=_parse_options(options), **{k: v for k, v in fields.items() if v is not None},
     )  # fmt: skip
-    native, warnings = translate(request, spec)
+    fields, warnings = translate(request, spec)
+    native = _native_request(request, spec)
     if as_json:
-        emit_json({"model": spec.ref, "fields": native, "warnings": warnings})
+        emit_json({"model": spec.ref, "fields": fields, "request": native, "warnings": warnings})
         return
     click.secho(spec.ref, bold=True)
-    for key, value in native.items():
+    for key, value in fields.items():
         click.echo(f"{key}: {value}")
+    if native is not None:
+        click.secho("Provider request:", bold=True)
+        click.echo(json.dumps(native, indent=2, default=str))
     for warning in warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
+
+
+def _native_request(request: Any, spec: Any) -> dict[str, Any] | None:
+    """The provider's own request for ``request`` (what ``generate`` would send), if it says."""
+    from limner.errors import LimnerError
+    from limner.providers import get_provider_class
+    from limner.types import Operation
+    from limner.validate import check_request
+
+    checked, _ = check_request(Operation.GENERATE, request, spec)
+    try:
+        native: dict[str, Any] = get_provider_class(spec.provider)().native_request(
+            Operation.GENERATE, checked, spec
+        )
+    except (NotImplementedError, LimnerError):
+        return None
+    return native
 
 
 @prompt.command()

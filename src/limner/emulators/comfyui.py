@@ -29,7 +29,18 @@ NODE_INPUTS: dict[str, set[str]] = {
     "CheckpointLoaderSimple": {"ckpt_name"},
     "CLIPTextEncode": {"text", "clip"},
     "EmptyLatentImage": {"width", "height", "batch_size"},
-    "KSampler": {"seed", "steps", "cfg", "sampler_name", "scheduler", "denoise", "model", "positive", "negative", "latent_image"},
+    "KSampler": {
+        "seed",
+        "steps",
+        "cfg",
+        "sampler_name",
+        "scheduler",
+        "denoise",
+        "model",
+        "positive",
+        "negative",
+        "latent_image",
+    },
     "VAEDecode": {"samples", "vae"},
     "VAEEncode": {"pixels", "vae"},
     "SaveImage": {"filename_prefix", "images"},
@@ -39,15 +50,38 @@ NODE_INPUTS: dict[str, set[str]] = {
     "RepeatLatentBatch": {"samples", "amount"},
     "LoraLoader": {"lora_name", "strength_model", "strength_clip", "model", "clip"},
     "ControlNetLoader": {"control_net_name"},
-    "ControlNetApplyAdvanced": {"positive", "negative", "control_net", "image", "strength", "start_percent", "end_percent"},
+    "ControlNetApplyAdvanced": {
+        "positive",
+        "negative",
+        "control_net",
+        "image",
+        "strength",
+        "start_percent",
+        "end_percent",
+    },
     "FluxGuidance": {"guidance", "conditioning"},
 }
-SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "lms", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "ddim", "uni_pc", "lcm"]
+SAMPLERS = [
+    "euler",
+    "euler_ancestral",
+    "heun",
+    "dpm_2",
+    "lms",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_sde",
+    "ddim",
+    "uni_pc",
+    "lcm",
+]
 SCHEDULERS = ["normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta"]
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
-    return {"error": {"type": "server_error", "message": message, "details": "", "extra_info": {}}, "node_errors": {}}
+    return {
+        "error": {"type": "server_error", "message": message, "details": "", "extra_info": {}},
+        "node_errors": {},
+    }
 
 
 def _node_errors(workflow: Any) -> dict[str, Any]:
@@ -58,22 +92,46 @@ def _node_errors(workflow: Any) -> dict[str, Any]:
         problems = []
         kind = node.get("class_type") if isinstance(node, dict) else None
         if kind not in NODE_INPUTS:
-            problems.append({"type": "invalid_prompt", "message": f"Cannot execute because node {kind} does not exist."})
+            problems.append(
+                {
+                    "type": "invalid_prompt",
+                    "message": f"Cannot execute because node {kind} does not exist.",
+                }
+            )
         else:
             inputs = node.get("inputs", {})
             problems += [{"type": "required_input_missing", "message": f"Required input is missing: {name}"}
                          for name in sorted(NODE_INPUTS[kind] - set(inputs))]  # fmt: skip
             for name, value in inputs.items():
                 if isinstance(value, list) and len(value) == 2 and str(value[0]) not in workflow:
-                    problems.append({"type": "bad_linked_input", "message": f"{name} links to missing node {value[0]}"})
+                    problems.append(
+                        {
+                            "type": "bad_linked_input",
+                            "message": f"{name} links to missing node {value[0]}",
+                        }
+                    )
             if kind == "KSampler" and inputs.get("sampler_name") not in SAMPLERS:
-                problems.append({"type": "value_not_in_list", "message": f"sampler_name: {inputs.get('sampler_name')}"})
+                problems.append(
+                    {
+                        "type": "value_not_in_list",
+                        "message": f"sampler_name: {inputs.get('sampler_name')}",
+                    }
+                )
             if kind == "KSampler" and inputs.get("scheduler") not in SCHEDULERS:
-                problems.append({"type": "value_not_in_list", "message": f"scheduler: {inputs.get('scheduler')}"})
+                problems.append(
+                    {
+                        "type": "value_not_in_list",
+                        "message": f"scheduler: {inputs.get('scheduler')}",
+                    }
+                )
         if problems:
             found[str(node_id)] = {"errors": problems, "class_type": kind}
-    if not any(isinstance(n, dict) and n.get("class_type") == "SaveImage" for n in workflow.values()):
-        found.setdefault("", {"errors": []})["errors"].append({"type": "prompt_no_outputs", "message": "Prompt has no outputs"})
+    if not any(
+        isinstance(n, dict) and n.get("class_type") == "SaveImage" for n in workflow.values()
+    ):
+        found.setdefault("", {"errors": []})["errors"].append(
+            {"type": "prompt_no_outputs", "message": "Prompt has no outputs"}
+        )
     return found
 
 
@@ -85,7 +143,14 @@ def _trace(workflow: dict[str, Any], ref: Any, kind: str) -> dict[str, Any] | No
         if node.get("class_type") == kind:
             return dict(node)
         inputs = node.get("inputs", {})
-        ref = next((v for k, v in inputs.items() if k in ("conditioning", "positive", "samples", "images", "model")), None)
+        ref = next(
+            (
+                v
+                for k, v in inputs.items()
+                if k in ("conditioning", "positive", "samples", "images", "model")
+            ),
+            None,
+        )
         seen += 1
     return None
 
@@ -93,13 +158,23 @@ def _trace(workflow: dict[str, Any], ref: Any, kind: str) -> dict[str, Any] | No
 def _render(workflow: dict[str, Any]) -> tuple[list[tuple[str, bytes]], str | None]:
     """The output images of the workflow's SaveImage nodes, or an error message."""
     outputs: list[tuple[str, bytes]] = []
-    sampler = next((n["inputs"] for n in workflow.values() if n.get("class_type") == "KSampler"), {})
-    positive = _trace(workflow, sampler.get("positive"), "CLIPTextEncode") or {"inputs": {"text": ""}}
+    sampler: dict[str, Any] = next(
+        (n["inputs"] for n in workflow.values() if n.get("class_type") == "KSampler"), {}
+    )
+    positive = _trace(workflow, sampler.get("positive"), "CLIPTextEncode") or {
+        "inputs": {"text": ""}
+    }
     text = str(positive["inputs"].get("text", ""))
     if BLOCKED_WORD in text:
         return [], "the prompt was refused by a content filter node"
-    latent = next((n["inputs"] for n in workflow.values() if n.get("class_type") == "EmptyLatentImage"), None)
-    width, height, batch = (int(latent["width"]), int(latent["height"]), int(latent["batch_size"])) if latent else (512, 512, 1)
+    latent = next(
+        (n["inputs"] for n in workflow.values() if n.get("class_type") == "EmptyLatentImage"), None
+    )
+    width, height, batch = (
+        (int(latent["width"]), int(latent["height"]), int(latent["batch_size"]))
+        if latent
+        else (512, 512, 1)
+    )
     seed = int(sampler.get("seed", 0))
     for node_id, node in workflow.items():
         if node.get("class_type") == "SaveImage":
@@ -110,122 +185,143 @@ def _render(workflow: dict[str, Any]) -> tuple[list[tuple[str, bytes]], str | No
     return outputs, None
 
 
-def create_app(state: EmulatorState | None = None) -> Any:
-    state = state or EmulatorState()
-    files: dict[tuple[str, str], bytes] = {}
-    counter = {"number": 0}
-    timing = {"run_seconds": 0.0}
+class _Server:
+    """The emulated server: queued prompts (in ``state.jobs``), stored files, the run time."""
 
-    def _finish(prompt_id: str) -> dict[str, Any]:
-        job = state.jobs[prompt_id]
-        if job["status"] == "running" and time.monotonic() >= job["ready_at"]:
-            images, error = _render(job["workflow"])
-            outputs: dict[str, Any] = {}
-            for name, data in images:
-                files[("output", name)] = data
-                node_id = name.split("_")[-3]
-                outputs.setdefault(node_id, {"images": []})["images"].append({"filename": name, "subfolder": "", "type": "output"})
-            job["status"] = "error" if error else "success"
-            job["error"] = error
-            job["outputs"] = outputs
+    def __init__(self, state: EmulatorState) -> None:
+        self.state = state
+        self.files: dict[tuple[str, str], bytes] = {}
+        self.number = 0
+        self.run_seconds = 0.0
+
+    def finish(self, prompt_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = self.state.jobs[prompt_id]
+        if job["status"] != "running" or time.monotonic() < job["ready_at"]:
+            return job
+        images, error = _render(job["workflow"])
+        outputs: dict[str, Any] = {}
+        for name, data in images:
+            self.files[("output", name)] = data
+            node_id = name.split("_")[-3]
+            entry = {"filename": name, "subfolder": "", "type": "output"}
+            outputs.setdefault(node_id, {"images": []})["images"].append(entry)
+        job.update(status="error" if error else "success", error=error, outputs=outputs)
         return job
 
-    def _history_item(prompt_id: str) -> dict[str, Any] | None:
-        job = _finish(prompt_id)
+    def history_item(self, prompt_id: str) -> dict[str, Any] | None:
+        job = self.finish(prompt_id)
         if job["status"] in ("running", "queued"):
             return None
-        messages: list[Any] = [["execution_start", {"prompt_id": prompt_id}]]
-        if job["status"] == "error":
-            messages.append(["execution_error", {"prompt_id": prompt_id, "exception_message": job["error"], "node_type": "KSampler"}])
-        elif job["status"] == "interrupted":
-            messages.append(["execution_interrupted", {"prompt_id": prompt_id}])
-        else:
-            messages.append(["execution_success", {"prompt_id": prompt_id}])
-        status_str = "success" if job["status"] == "success" else "error"
-        return {"prompt": [job["number"], prompt_id, job["workflow"], {}, list(job.get("outputs", {}))],
-                "outputs": job.get("outputs", {}),
-                "status": {"status_str": status_str, "completed": job["status"] == "success", "messages": messages}}  # fmt: skip
+        last = {
+            "error": [
+                "execution_error",
+                {
+                    "prompt_id": prompt_id,
+                    "exception_message": job.get("error"),
+                    "node_type": "KSampler",
+                },
+            ],
+            "interrupted": ["execution_interrupted", {"prompt_id": prompt_id}],
+        }.get(job["status"], ["execution_success", {"prompt_id": prompt_id}])
+        ok = job["status"] == "success"
+        return {
+            "prompt": [job["number"], prompt_id, job["workflow"], {}, list(job.get("outputs", {}))],
+            "outputs": job.get("outputs", {}),
+            "status": {"status_str": "success" if ok else "error", "completed": ok,
+                       "messages": [["execution_start", {"prompt_id": prompt_id}], last]},
+        }  # fmt: skip
 
-    async def post_prompt(request: Request) -> Response:
+    async def post_prompt(self, request: Request) -> Response:
         body = await request.json()
         workflow = body.get("prompt")
         node_errors = _node_errors(workflow)
         if node_errors:
-            return JSONResponse({"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
-                                           "details": "", "extra_info": {}}, "node_errors": node_errors}, status_code=400)  # fmt: skip
+            error = {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                     "details": "", "extra_info": {}}  # fmt: skip
+            return JSONResponse({"error": error, "node_errors": node_errors}, status_code=400)
         prompt_id = str(body.get("prompt_id") or uuid.uuid4())
-        counter["number"] += 1
-        state.jobs[prompt_id] = {"workflow": workflow, "status": "running", "number": counter["number"],
-                                 "ready_at": time.monotonic() + timing["run_seconds"], "client_id": body.get("client_id")}  # fmt: skip
-        return JSONResponse({"prompt_id": prompt_id, "number": counter["number"], "node_errors": {}})
+        self.number += 1
+        self.state.jobs[prompt_id] = {"workflow": workflow, "status": "running", "number": self.number,
+                                      "ready_at": time.monotonic() + self.run_seconds,
+                                      "client_id": body.get("client_id")}  # fmt: skip
+        return JSONResponse({"prompt_id": prompt_id, "number": self.number, "node_errors": {}})
 
-    async def history_one(request: Request) -> Response:
+    async def history_one(self, request: Request) -> Response:
         prompt_id = request.path_params["prompt_id"]
-        if prompt_id not in state.jobs:
-            return JSONResponse({})
-        item = _history_item(prompt_id)
+        item = self.history_item(prompt_id) if prompt_id in self.state.jobs else None
         return JSONResponse({prompt_id: item} if item else {})
 
-    async def history_all(request: Request) -> Response:
-        items = {pid: _history_item(pid) for pid in list(state.jobs)}
+    async def history_all(self, request: Request) -> Response:
+        items = {pid: self.history_item(pid) for pid in list(self.state.jobs)}
         return JSONResponse({k: v for k, v in items.items() if v})
 
-    async def view(request: Request) -> Response:
+    async def view(self, request: Request) -> Response:
         key = (request.query_params.get("type", "output"), request.query_params.get("filename", ""))
-        if key not in files:
+        if key not in self.files:
             return Response(status_code=404)
-        return Response(files[key], media_type="image/png")
+        return Response(self.files[key], media_type="image/png")
 
-    async def upload(request: Request) -> Response:
+    async def upload(self, request: Request) -> Response:
         form = await request.form()
         upload_file: Any = form.get("image")
         if upload_file is None or not hasattr(upload_file, "read"):
             return Response(status_code=400)
         name = str(upload_file.filename or "upload.png")
         kind = str(form.get("type") or "input")
-        files[(kind, name)] = await upload_file.read()
-        return JSONResponse({"name": name, "subfolder": str(form.get("subfolder") or ""), "type": kind})
+        self.files[(kind, name)] = await upload_file.read()
+        return JSONResponse(
+            {"name": name, "subfolder": str(form.get("subfolder") or ""), "type": kind}
+        )
 
-    async def interrupt(request: Request) -> Response:
+    async def interrupt(self, request: Request) -> Response:
         body = await request.json() if await request.body() else {}
-        for prompt_id, job in state.jobs.items():
+        for prompt_id, job in self.state.jobs.items():
             if job["status"] == "running" and body.get("prompt_id") in (None, prompt_id):
                 job["status"] = "interrupted"
-        state.stats["interrupts"] += 1
         return Response(status_code=200)
 
-    async def queue(request: Request) -> Response:
+    async def queue(self, request: Request) -> Response:
         if request.method == "POST":
             body = await request.json()
             for prompt_id in body.get("delete", []):
-                state.jobs.pop(prompt_id, None)
+                self.state.jobs.pop(prompt_id, None)
             return Response(status_code=200)
-        running = [[j["number"], pid, j["workflow"], {}, []] for pid, j in state.jobs.items() if _finish(pid)["status"] == "running"]
+        running = [[j["number"], pid, j["workflow"], {}, []] for pid, j in list(self.state.jobs.items())
+                   if self.finish(pid)["status"] == "running"]  # fmt: skip
         return JSONResponse({"queue_running": running, "queue_pending": []})
 
-    async def object_info(request: Request) -> Response:
+    async def object_info(self, request: Request) -> Response:
         return JSONResponse({name: {"input": {"required": {k: [] for k in sorted(inputs)}}, "output_node": name == "SaveImage"}
                              for name, inputs in NODE_INPUTS.items()})  # fmt: skip
 
-    async def system_stats(request: Request) -> Response:
-        return JSONResponse({"system": {"comfyui_version": "0.3.64-emulator", "python_version": "3.11"}, "devices": []})
+    async def system_stats(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "system": {"comfyui_version": "0.3.64-emulator", "python_version": "3.11"},
+                "devices": [],
+            }
+        )
 
-    async def settings(request: Request) -> Response:
+    async def settings(self, request: Request) -> Response:
         body = await request.json()
-        timing["run_seconds"] = float(body.get("run_seconds", timing["run_seconds"]))
-        return JSONResponse(timing)
+        self.run_seconds = float(body.get("run_seconds", self.run_seconds))
+        return JSONResponse({"run_seconds": self.run_seconds})
 
-    routes = [Route("/_emulator/comfyui", settings, methods=["POST"])]
+
+def create_app(state: EmulatorState | None = None) -> Any:
+    state = state or EmulatorState()
+    server = _Server(state)
+    routes = [Route("/_emulator/comfyui", server.settings, methods=["POST"])]
     for prefix in ("", "/api"):
         routes += [
-            Route(prefix + "/prompt", post_prompt, methods=["POST"]),
-            Route(prefix + "/history/{prompt_id}", history_one, methods=["GET"]),
-            Route(prefix + "/history", history_all, methods=["GET"]),
-            Route(prefix + "/view", view, methods=["GET"]),
-            Route(prefix + "/upload/image", upload, methods=["POST"]),
-            Route(prefix + "/interrupt", interrupt, methods=["POST"]),
-            Route(prefix + "/queue", queue, methods=["GET", "POST"]),
-            Route(prefix + "/object_info", object_info, methods=["GET"]),
-            Route(prefix + "/system_stats", system_stats, methods=["GET"]),
+            Route(prefix + "/prompt", server.post_prompt, methods=["POST"]),
+            Route(prefix + "/history/{prompt_id}", server.history_one, methods=["GET"]),
+            Route(prefix + "/history", server.history_all, methods=["GET"]),
+            Route(prefix + "/view", server.view, methods=["GET"]),
+            Route(prefix + "/upload/image", server.upload, methods=["POST"]),
+            Route(prefix + "/interrupt", server.interrupt, methods=["POST"]),
+            Route(prefix + "/queue", server.queue, methods=["GET", "POST"]),
+            Route(prefix + "/object_info", server.object_info, methods=["GET"]),
+            Route(prefix + "/system_stats", server.system_stats, methods=["GET"]),
         ]
     return emulator_app(routes, state, error_body)

@@ -30,7 +30,13 @@ SAMPLERS: dict[str, tuple[str, str]] = {
     "tcd": ("euler", "sgm_uniform"),
     "flow-euler": ("euler", "simple"),
 }
-FAMILY_DEFAULT_SAMPLER = {"sd": "euler", "sdxl": "euler", "sd3": "flow-euler", "flux": "flow-euler", "flux2": "flow-euler"}
+FAMILY_DEFAULT_SAMPLER = {
+    "sd": "euler",
+    "sdxl": "euler",
+    "sd3": "flow-euler",
+    "flux": "flow-euler",
+    "flux2": "flow-euler",
+}
 # The single-file checkpoints ComfyUI users put in models/checkpoints for the catalog models.
 CHECKPOINTS = {
     "stabilityai/sd-turbo": "sd_turbo.safetensors",
@@ -52,11 +58,17 @@ def checkpoint_name(wire: dict[str, Any], model_id: str) -> str:
     if repo in CHECKPOINTS:
         return CHECKPOINTS[repo]
     path = Path(str(wire.get("path", model_id)))
-    return path.name if path.suffix == ".safetensors" else f"{path.name or model_id.replace('/', '_')}.safetensors"
+    return (
+        path.name
+        if path.suffix == ".safetensors"
+        else f"{path.name or model_id.replace('/', '_')}.safetensors"
+    )
 
 
 def sampler_for(scheduler: str | None, family: str) -> tuple[str, str]:
-    return SAMPLERS.get(scheduler or FAMILY_DEFAULT_SAMPLER.get(family, "euler"), ("euler", "normal"))
+    return SAMPLERS.get(
+        scheduler or FAMILY_DEFAULT_SAMPLER.get(family, "euler"), ("euler", "normal")
+    )
 
 
 def _node(class_type: str, **inputs: Any) -> dict[str, Any]:
@@ -120,8 +132,12 @@ def workflow_for(
         latent = ["5", 0]
     for control in controlnets or []:
         loader, load_image, apply = str(next_id), str(next_id + 1), str(next_id + 2)
-        wf[loader] = _node("ControlNetLoader", control_net_name=Path(str(control["model"])).name + ".safetensors")
-        wf[load_image] = _node("LoadImage", image=control.get("image_name", image_name or "control.png"))
+        wf[loader] = _node(
+            "ControlNetLoader", control_net_name=Path(str(control["model"])).name + ".safetensors"
+        )
+        wf[load_image] = _node(
+            "LoadImage", image=control.get("image_name", image_name or "control.png")
+        )
         wf[apply] = _node("ControlNetApplyAdvanced", positive=positive, negative=negative,
                           control_net=[loader, 0], image=[load_image, 0], strength=control.get("scale", 1.0),
                           start_percent=0.0, end_percent=1.0, vae=["4", 2])  # fmt: skip

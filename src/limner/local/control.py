@@ -55,10 +55,14 @@ def _hed_network() -> Any:
         )
 
     def conv(group: Any) -> nn.Conv2d:
-        kernel = torch.from_numpy(group["vars/0"][()]).permute(3, 2, 0, 1).contiguous()  # HWIO -> OIHW
-        layer = nn.Conv2d(kernel.shape[1], kernel.shape[0], kernel.shape[2], padding=kernel.shape[2] // 2)
+        kernel = (
+            torch.from_numpy(group["vars/0"][()]).permute(3, 2, 0, 1).contiguous()
+        )  # HWIO -> OIHW
+        layer = nn.Conv2d(
+            kernel.shape[1], kernel.shape[0], kernel.shape[2], padding=kernel.shape[2] // 2
+        )
         layer.weight.data.copy_(kernel)
-        layer.bias.data.copy_(torch.from_numpy(group["vars/1"][()]))
+        layer.bias.data.copy_(torch.from_numpy(group["vars/1"][()]))  # type: ignore[union-attr]
         return layer
 
     with h5py.File(path, "r") as fh:
@@ -87,10 +91,14 @@ def hed(image: Any) -> Any:
     with torch.inference_mode():
         for index, (block, side) in enumerate(zip(blocks, sides, strict=True)):
             if index:  # Keras 'same' max-pooling: pad odd edges at the end
-                x = F.max_pool2d(F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2), value=float("-inf")), 2)
+                x = F.max_pool2d(
+                    F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2), value=float("-inf")), 2
+                )
             for layer in block:
                 x = F.relu(layer(x))
-            outputs.append(F.interpolate(side(x), size=(height, width), mode="bilinear", align_corners=False))
+            outputs.append(
+                F.interpolate(side(x), size=(height, width), mode="bilinear", align_corners=False)
+            )
         edges = torch.sigmoid(fuse(torch.cat(outputs, dim=1)))[0, 0]
     data = (edges.clamp(0, 1).numpy() * 255).astype(np.uint8)
     return Image.fromarray(np.stack([data] * 3, axis=-1))
@@ -111,7 +119,9 @@ def depth(image: Any, model: str) -> Any:
     return result["depth"].convert("RGB").resize(image.size)
 
 
-def control_image(kind: str, image: Any, *, low: int = 100, high: int = 200, depth_model: str | None = None) -> Any:
+def control_image(
+    kind: str, image: Any, *, low: int = 100, high: int = 200, depth_model: str | None = None
+) -> Any:
     """The condition image for one ControlNet, at the input's size."""
     if kind == "canny":
         return canny(image, low, high)

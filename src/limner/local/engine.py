@@ -58,7 +58,15 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("torch", "diffusers", "transformers", "accelerate", "peft", "compel", "safetensors"):
+    for name in (
+        "torch",
+        "diffusers",
+        "transformers",
+        "accelerate",
+        "peft",
+        "compel",
+        "safetensors",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -66,7 +74,9 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _oom_error(exc: BaseException, request: ImageRequest, settings: LoadSettings, n: int) -> errors.ProviderError:
+def _oom_error(
+    exc: BaseException, request: ImageRequest, settings: LoadSettings, n: int
+) -> errors.ProviderError:
     size = request.size or "the default size"
     tips = []
     if n > 1:
@@ -104,20 +114,26 @@ class LocalEngine:
         dtype = str(choose_dtype(device, opts.dtype)).removeprefix("torch.")
         return LoadSettings(device, dtype, opts.offload, opts.vae_tiling, opts.optimise)
 
-    def submit(self, op: Operation, request: ImageRequest, spec: ModelSpec, opts: LocalOptions) -> Job:
+    def submit(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec, opts: LocalOptions
+    ) -> Job:
         job = Job()
         job.thread = threading.Thread(target=self._work, args=(job, op, request, spec, opts), daemon=True,
                                       name="limner-local")  # fmt: skip
         job.thread.start()
         return job
 
-    def _work(self, job: Job, op: Operation, request: ImageRequest, spec: ModelSpec, opts: LocalOptions) -> None:
+    def _work(
+        self, job: Job, op: Operation, request: ImageRequest, spec: ModelSpec, opts: LocalOptions
+    ) -> None:
         try:
             job.events.put(Event("done", output=self.run(job, op, request, spec, opts)))
         except BaseException as exc:  # every failure goes back to the flow that waits for it
             job.events.put(Event("error", error=exc))
 
-    def run(self, job: Job, op: Operation, request: ImageRequest, spec: ModelSpec, opts: LocalOptions) -> dict[str, Any]:
+    def run(
+        self, job: Job, op: Operation, request: ImageRequest, spec: ModelSpec, opts: LocalOptions
+    ) -> dict[str, Any]:
         from limner.local.ops import JobCancelled, run_operation
 
         source = source_for(spec)
@@ -134,7 +150,9 @@ class LocalEngine:
             if job.cancelled.is_set():
                 raise JobCancelled()
             try:
-                result = run_operation(model, op, request, spec, opts, seeds, on_step, job.cancelled.is_set)
+                result = run_operation(
+                    model, op, request, spec, opts, seeds, on_step, job.cancelled.is_set
+                )
             except JobCancelled:
                 raise
             except errors.LimnerError:
@@ -153,9 +171,16 @@ class LocalEngine:
     def status(self) -> list[dict[str, Any]]:
         """The resident models, their device and the LoRAs loaded on them."""
         return [
-            {"model": m.source.location, "family": m.family, "device": m.settings.device,
-             "dtype": m.settings.dtype, "revision": m.revision, "loras": dict(m.loras),
-             "active_loras": dict(m.active_loras), "fused": bool(m.fused)}  # fmt: skip
+            {
+                "model": m.source.location,
+                "family": m.family,
+                "device": m.settings.device,
+                "dtype": m.settings.dtype,
+                "revision": m.revision,
+                "loras": dict(m.loras),
+                "active_loras": dict(m.active_loras),
+                "fused": bool(m.fused),
+            }
             for m in self.cache.resident()
         ]
 

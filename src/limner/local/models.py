@@ -121,7 +121,9 @@ def _safetensors_keys(path: Path) -> list[str]:
     with path.open("rb") as fh:
         (length,) = struct.unpack("<Q", fh.read(8))
         if length > 100 * 2**20:
-            raise errors.InvalidRequestError(f"{path.name} is not a valid safetensors file.", param="model")
+            raise errors.InvalidRequestError(
+                f"{path.name} is not a valid safetensors file.", param="model"
+            )
         header = json.loads(fh.read(length))
     return [k for k in header if k != "__metadata__"]
 
@@ -172,7 +174,13 @@ def _guess_hub_family(repo: str) -> str:
     except ImportError:
         pass
     lowered = repo.lower()
-    for needle, family in (("flux.2", "flux2"), ("flux", "flux"), ("3.5", "sd3"), ("stable-diffusion-3", "sd3"), ("xl", "sdxl")):
+    for needle, family in (
+        ("flux.2", "flux2"),
+        ("flux", "flux"),
+        ("3.5", "sd3"),
+        ("stable-diffusion-3", "sd3"),
+        ("xl", "sdxl"),
+    ):
         if needle in lowered:
             return family
     return "sd"
@@ -188,10 +196,14 @@ def source_for(spec: ModelSpec) -> ModelSource:
         if not path.exists():
             raise errors.InvalidRequestError(f"{path} does not exist.", param="model")
         kind = "folder" if path.is_dir() else "single_file"
-        return ModelSource(kind, str(path.resolve()), family, _folder_revision(path), wire.get("config"))
+        return ModelSource(
+            kind, str(path.resolve()), family, _folder_revision(path), wire.get("config")
+        )
     repo = str(wire.get("repo", ""))
     if not repo:
-        raise errors.InvalidRequestError(f"{spec.ref} names no weights (wire.repo or wire.path).", param="model")
+        raise errors.InvalidRequestError(
+            f"{spec.ref} names no weights (wire.repo or wire.path).", param="model"
+        )
     return ModelSource("hub", repo, family, wire.get("revision"), wire.get("config"))
 
 
@@ -202,7 +214,9 @@ def _folder_revision(path: Path) -> str:
     for item in files:
         if item.is_file() and item.suffix in (".safetensors", ".json"):
             stat = item.stat()
-            digest.update(f"{item.relative_to(path) if path.is_dir() else item.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            digest.update(
+                f"{item.relative_to(path) if path.is_dir() else item.name}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+            )
     return "local-" + digest.hexdigest()[:12]
 
 
@@ -227,14 +241,24 @@ def _spec(model_id: str, family: str, wire: dict[str, Any], description: str) ->
 def spec_for_reference(model_id: str) -> ModelSpec | None:
     """A spec for a path or hub repo id given directly as ``local:<model_id>``; None if neither."""
     path = Path(model_id).expanduser()
-    looks_like_path = model_id.startswith((".", "/", "~")) or path.suffix.lower() in (*PICKLE_SUFFIXES, ".safetensors")
+    looks_like_path = model_id.startswith((".", "/", "~")) or path.suffix.lower() in (
+        *PICKLE_SUFFIXES,
+        ".safetensors",
+    )
     if looks_like_path or path.exists():
         refuse_pickle(path)
         if not path.exists():
             raise errors.InvalidRequestError(f"Model path {path} does not exist.", param="model")
-        return _spec(model_id, detect_family(path), {"path": str(path.resolve())}, f"Local model at {path}")
+        return _spec(
+            model_id, detect_family(path), {"path": str(path.resolve())}, f"Local model at {path}"
+        )
     if HUB_ID.match(model_id):
-        return _spec(model_id, _guess_hub_family(model_id), {"repo": model_id}, f"Hugging Face model {model_id}")
+        return _spec(
+            model_id,
+            _guess_hub_family(model_id),
+            {"repo": model_id},
+            f"Hugging Face model {model_id}",
+        )
     return None
 
 
@@ -246,18 +270,22 @@ def _registry(home: Path) -> dict[str, dict[str, Any]]:
     try:
         return dict(tomllib.loads(file.read_text(encoding="utf-8")).get("models", {}))
     except tomllib.TOMLDecodeError as exc:
-        raise errors.UserError(f"{file} is not valid TOML: {exc}.", hint="Fix or delete the file.") from exc
+        raise errors.UserError(
+            f"{file} is not valid TOML: {exc}.", hint="Fix or delete the file."
+        ) from exc
 
 
 def registered_specs(home: Path) -> list[ModelSpec]:
     """Specs of the models registered in ``<home>/models.toml`` (none when it is missing)."""
     specs = []
     for name, entry in _registry(home).items():
-        wire = {k: entry[k] for k in ("path", "repo", "revision", "config") if k in entry}
+        wire: dict[str, Any] = {k: entry[k] for k in ("path", "repo", "revision", "config") if k in entry}
         family = str(entry.get("family", "sd"))
         if family not in FAMILIES:
             continue
-        specs.append(_spec(name, family, wire, str(entry.get("description", f"Registered model {name}"))))
+        specs.append(
+            _spec(name, family, wire, str(entry.get("description", f"Registered model {name}")))
+        )
     return specs
 
 
@@ -265,7 +293,14 @@ def _toml_value(value: Any) -> str:
     return json.dumps(value)  # JSON strings are valid TOML basic strings
 
 
-def register_model(home: Path, name: str, path_or_id: str, *, family: str | None = None, revision: str | None = None) -> ModelSpec:
+def register_model(
+    home: Path,
+    name: str,
+    path_or_id: str,
+    *,
+    family: str | None = None,
+    revision: str | None = None,
+) -> ModelSpec:
     """Check and record ``name`` -> weights in ``<home>/models.toml``; return its spec."""
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
         raise errors.InvalidRequestError(
@@ -273,7 +308,11 @@ def register_model(home: Path, name: str, path_or_id: str, *, family: str | None
             hint="Use letters, digits, '.', '_' and '-'.",
         )  # fmt: skip
     if family is not None and family not in FAMILIES:
-        raise errors.InvalidRequestError(f"Unknown family {family!r}.", param="family", hint=f"Choose one of {', '.join(FAMILIES)}.")
+        raise errors.InvalidRequestError(
+            f"Unknown family {family!r}.",
+            param="family",
+            hint=f"Choose one of {', '.join(FAMILIES)}.",
+        )
     entry: dict[str, Any]
     path = Path(path_or_id).expanduser()
     if path.exists() or path.suffix.lower() in (*PICKLE_SUFFIXES, ".safetensors"):

@@ -24,7 +24,12 @@ __all__ = ["JobCancelled", "OperationResult", "run_operation"]
 
 IMG2IMG_OPS = (Operation.EDIT, Operation.VARIATION)
 INPAINT_OPS = (Operation.INPAINT, Operation.OUTPAINT)
-DEFAULT_STRENGTH = {Operation.EDIT: 0.75, Operation.VARIATION: 0.6, Operation.INPAINT: 1.0, Operation.OUTPAINT: 1.0}
+DEFAULT_STRENGTH = {
+    Operation.EDIT: 0.75,
+    Operation.VARIATION: 0.6,
+    Operation.INPAINT: 1.0,
+    Operation.OUTPAINT: 1.0,
+}
 
 
 class JobCancelled(Exception):
@@ -67,13 +72,18 @@ def _controlnet_model(model: LoadedModel, location: str) -> Any:
             location, torch_dtype=model.pipe.dtype, use_safetensors=True, local_files_only=local
         )
     except (OSError, ValueError) as exc:
-        raise errors.UserError(f"Could not load ControlNet {location}: {exc}", hint="Give a diffusers ControlNet folder or repo with safetensors weights.") from exc
+        raise errors.UserError(
+            f"Could not load ControlNet {location}: {exc}",
+            hint="Give a diffusers ControlNet folder or repo with safetensors weights.",
+        ) from exc
     net.to(model.pipe.device)
     model.controlnets[location] = net
     return net
 
 
-def _task_pipeline(model: LoadedModel, op: Operation, has_mask: bool, controlnets: list[Any]) -> Any:
+def _task_pipeline(
+    model: LoadedModel, op: Operation, has_mask: bool, controlnets: list[Any]
+) -> Any:
     from diffusers import (
         AutoPipelineForImage2Image,
         AutoPipelineForInpainting,
@@ -97,7 +107,9 @@ def _task_pipeline(model: LoadedModel, op: Operation, has_mask: bool, controlnet
     try:
         pipe = auto.from_pipe(model.pipe, **extra)
     except ValueError as exc:
-        raise errors.UnsupportedOperationError(f"{model.source.location} cannot {op.value} here: {exc}") from exc
+        raise errors.UnsupportedOperationError(
+            f"{model.source.location} cannot {op.value} here: {exc}"
+        ) from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -134,7 +146,9 @@ def _outpaint_canvas(image: Any, expand: dict[str, int], blur: int) -> tuple[Any
     return Image.fromarray(canvas), _feather(Image.fromarray(mask), blur)
 
 
-def _inputs(op: Operation, request: ImageRequest, spec: ModelSpec, opts: LocalOptions, notes: list[str]) -> tuple[dict[str, Any], tuple[int, int]]:
+def _inputs(
+    op: Operation, request: ImageRequest, spec: ModelSpec, opts: LocalOptions, notes: list[str]
+) -> tuple[dict[str, Any], tuple[int, int]]:
     """The image/mask keyword arguments and the output size."""
     from limner.images import mask_to_edit_area
 
@@ -156,30 +170,57 @@ def _inputs(op: Operation, request: ImageRequest, spec: ModelSpec, opts: LocalOp
 
         image = image.resize((width, height), Image.Resampling.LANCZOS)
         if "mask_image" in kwargs:
-            kwargs["mask_image"] = kwargs["mask_image"].resize((width, height), Image.Resampling.LANCZOS)
+            kwargs["mask_image"] = kwargs["mask_image"].resize(
+                (width, height), Image.Resampling.LANCZOS
+            )
     if op != Operation.CONTROLNET or request.mask is not None:
         kwargs["image"] = image
-        kwargs["strength"] = request.strength if request.strength is not None else DEFAULT_STRENGTH.get(op, 0.75)
+        kwargs["strength"] = (
+            request.strength if request.strength is not None else DEFAULT_STRENGTH.get(op, 0.75)
+        )
     return kwargs, (width, height)
 
 
-def _control_kwargs(model: LoadedModel, request: ImageRequest, opts: LocalOptions, size: tuple[int, int], img2img: bool) -> tuple[list[Any], dict[str, Any]]:
+def _control_kwargs(
+    model: LoadedModel,
+    request: ImageRequest,
+    opts: LocalOptions,
+    size: tuple[int, int],
+    img2img: bool,
+) -> tuple[list[Any], dict[str, Any]]:
     from PIL import Image
 
     from limner.local.control import control_image
 
     nets, maps, scales = [], [], []
     for control in opts.controlnets:
-        source = _pil(request.images[control.image].data).convert("RGB").resize(size, Image.Resampling.LANCZOS)
-        maps.append(control_image(control.type, source, low=control.low, high=control.high, depth_model=opts.depth_model))
+        source = (
+            _pil(request.images[control.image].data)
+            .convert("RGB")
+            .resize(size, Image.Resampling.LANCZOS)
+        )
+        maps.append(
+            control_image(
+                control.type,
+                source,
+                low=control.low,
+                high=control.high,
+                depth_model=opts.depth_model,
+            )
+        )
         nets.append(_controlnet_model(model, control.model))
         scales.append(control.scale)
     key = "control_image" if img2img else "image"
     single = len(nets) == 1
-    return nets, {key: maps[0] if single else maps, "controlnet_conditioning_scale": scales[0] if single else scales}
+    return nets, {
+        key: maps[0] if single else maps,
+        "controlnet_conditioning_scale": scales[0] if single else scales,
+    }
 
 
-def _step_callback(on_step: Callable[[int, int], None], cancelled: Callable[[], bool], total: int) -> Callable[..., dict[str, Any]]:
+def _step_callback(
+    on_step: Callable[[int, int], None], cancelled: Callable[[], bool], total: int
+) -> Callable[..., dict[str, Any]]:
     def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if cancelled():
             raise JobCancelled()
@@ -213,19 +254,29 @@ def run_operation(
     image_kwargs, (width, height) = _inputs(op, request, spec, opts, notes)
     for side, value in (("width", width), ("height", height)):
         if value % family.multiple_of:
-            raise errors.InvalidRequestError(f"The {side} {value} is not a multiple of {family.multiple_of}.", param="size")
+            raise errors.InvalidRequestError(
+                f"The {side} {value} is not a multiple of {family.multiple_of}.", param="size"
+            )
     nets: list[Any] = []
     control: dict[str, Any] = {}
     if opts.controlnets:
-        nets, control = _control_kwargs(model, request, opts, (width, height), "image" in image_kwargs)
+        nets, control = _control_kwargs(
+            model, request, opts, (width, height), "image" in image_kwargs
+        )
     pipe = _task_pipeline(model, op, "mask_image" in image_kwargs, nets)
     notes += apply_loras(model, opts.loras, opts.fuse_lora)
     pipe.scheduler = fresh_scheduler(model.pipe.scheduler, opts.scheduler, model.family)
     steps = request.steps or int(spec.wire.get("default_steps", family.default_steps))
-    guidance = request.guidance if request.guidance is not None else float(spec.wire.get("default_guidance", family.default_guidance))
+    guidance = (
+        request.guidance
+        if request.guidance is not None
+        else float(spec.wire.get("default_guidance", family.default_guidance))
+    )
     accepted = set(inspect.signature(type(pipe).__call__).parameters)
     with torch.inference_mode():
-        prompt_kwargs = encode_prompts(pipe, model.family, request.prompt, request.negative_prompt, notes)
+        prompt_kwargs = encode_prompts(
+            pipe, model.family, request.prompt, request.negative_prompt, notes
+        )
     kwargs: dict[str, Any] = {
         **prompt_kwargs, **image_kwargs, **control, "num_inference_steps": steps, "guidance_scale": guidance,
         "num_images_per_prompt": len(seeds), "generator": _generators(model.settings.device, seeds),

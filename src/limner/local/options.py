@@ -69,7 +69,10 @@ def _bad(message: str, param: str, hint: str | None = None) -> errors.InvalidReq
 def _weighted(item: Any, key: str, param: str) -> tuple[str, float]:
     """``"name:0.8"`` / ``{"path": name, "weight": 0.8}`` -> (name, 0.8)."""
     if isinstance(item, dict):
-        name, weight = item.get(key) or item.get("path") or item.get("model"), item.get("weight", item.get("scale", 1.0))
+        name, weight = (
+            item.get(key) or item.get("path") or item.get("model"),
+            item.get("weight", item.get("scale", 1.0)),
+        )
     else:
         text = str(item)
         head, sep, tail = text.rpartition(":")
@@ -80,7 +83,7 @@ def _weighted(item: Any, key: str, param: str) -> tuple[str, float]:
     if not name:
         raise _bad(f"A {param} entry names nothing: {item!r}.", param)
     try:
-        return str(name), float(weight)
+        return str(name), float(weight)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise _bad(f"The weight of {param} entry {item!r} is not a number.", param) from exc
 
@@ -90,9 +93,17 @@ def _controls(raw: Any, spec: ModelSpec) -> list[ControlSpec]:
     out = []
     for index, item in enumerate(raw if isinstance(raw, list) else [raw]):
         entry = dict(item) if isinstance(item, dict) else {}
-        kind, scale = (str(entry.get("type", "")), float(entry.get("scale", 1.0))) if entry else _weighted(item, "type", "controlnets")
+        kind, scale = (
+            (str(entry.get("type", "")), float(entry.get("scale", 1.0)))
+            if entry
+            else _weighted(item, "type", "controlnets")
+        )
         if kind not in CONTROL_TYPES:
-            raise _bad(f"Unknown ControlNet type {kind!r}.", "controlnets", f"Choose one of {', '.join(CONTROL_TYPES)}.")
+            raise _bad(
+                f"Unknown ControlNet type {kind!r}.",
+                "controlnets",
+                f"Choose one of {', '.join(CONTROL_TYPES)}.",
+            )
         model = entry.get("model") or defaults.get(kind)
         if not model:
             raise _bad(
@@ -133,13 +144,17 @@ def parse_options(spec: ModelSpec, request: ImageRequest) -> LocalOptions:
         max_sequence_length=raw.get("max_sequence_length"),
     )  # fmt: skip
     if opts.offload not in ("none", "model", "sequential"):
-        raise _bad(f"Unknown offload mode {opts.offload!r}.", "offload", "Use none, model or sequential.")
+        raise _bad(
+            f"Unknown offload mode {opts.offload!r}.", "offload", "Use none, model or sequential."
+        )
     if opts.scheduler is not None:
         from limner.local.pipelines import scheduler_name
 
         opts.scheduler = scheduler_name(str(opts.scheduler))
     loras = raw.get("loras", [])
-    opts.loras = [_weighted(item, "path", "loras") for item in (loras if isinstance(loras, list) else [loras])]
+    opts.loras = [
+        _weighted(item, "path", "loras") for item in (loras if isinstance(loras, list) else [loras])
+    ]
     if "controlnets" in raw:
         opts.controlnets = _controls(raw["controlnets"], spec)
     if "expand" in raw:
@@ -149,7 +164,9 @@ def parse_options(spec: ModelSpec, request: ImageRequest) -> LocalOptions:
     return opts
 
 
-def target_size(request: ImageRequest, spec: ModelSpec, image_size: tuple[int, int] | None) -> tuple[tuple[int, int], str | None]:
+def target_size(
+    request: ImageRequest, spec: ModelSpec, image_size: tuple[int, int] | None
+) -> tuple[tuple[int, int], str | None]:
     """The output size: the request's, else the input image's (rounded down to the model's
     multiple, with a note), else the family default."""
     family = FAMILIES[str(spec.wire.get("family", "sd"))]
@@ -200,10 +217,16 @@ def precheck(op: Operation, spec: ModelSpec, request: ImageRequest) -> LocalOpti
         raise _bad("Outpainting needs the expand option: how many pixels to add on each side.", "expand",
                    'e.g. --option expand=\'{"right": 128}\'.')  # fmt: skip
     if opts.expand and any(v % family.multiple_of for v in opts.expand.values()):
-        raise _bad(f"expand sides must be multiples of {family.multiple_of} for {spec.ref}.", "expand")
+        raise _bad(
+            f"expand sides must be multiples of {family.multiple_of} for {spec.ref}.", "expand"
+        )
     if opts.loras and op not in (Operation.LORA, Operation.GENERATE, Operation.EDIT, Operation.INPAINT,
                                  Operation.OUTPAINT, Operation.VARIATION, Operation.CONTROLNET):  # fmt: skip
         raise _bad(f"LoRAs do not apply to {op.value}.", "loras")
     if op == Operation.LORA and not opts.loras:
-        raise _bad("The lora operation needs the loras option.", "loras", "e.g. --option loras='[\"style.safetensors:0.8\"]'.")
+        raise _bad(
+            "The lora operation needs the loras option.",
+            "loras",
+            "e.g. --option loras='[\"style.safetensors:0.8\"]'.",
+        )
     return opts

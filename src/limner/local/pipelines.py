@@ -8,6 +8,7 @@ job gets a fresh scheduler, because schedulers keep per-run state (step index, s
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import threading
@@ -35,7 +36,10 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("EulerDiscreteScheduler", {}),
     "euler-a": ("EulerAncestralDiscreteScheduler", {}),
     "dpm++-2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-    "dpm++-2m-karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "dpm++-2m-karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    ),
     "dpm++-2m-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
     "dpm++-sde": ("DPMSolverSinglestepScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
@@ -57,7 +61,9 @@ def scheduler_name(name: str) -> str:
     key = SCHEDULER_ALIASES.get(key, key)
     if key not in SCHEDULERS:
         raise errors.InvalidRequestError(
-            f"Unknown scheduler {name!r}.", param="scheduler", hint=f"Choose one of {', '.join(SCHEDULERS)}."
+            f"Unknown scheduler {name!r}.",
+            param="scheduler",
+            hint=f"Choose one of {', '.join(SCHEDULERS)}.",
         )
     return key
 
@@ -76,7 +82,9 @@ def fresh_scheduler(base_scheduler: Any, name: str | None, family: str) -> Any:
             hint="Use flow-euler (the default) or leave the scheduler unset.",
         )
     if family not in FLOW_MATCH_ONLY and key == "flow-euler":
-        raise errors.InvalidRequestError("flow-euler is for SD3 and FLUX models.", param="scheduler")
+        raise errors.InvalidRequestError(
+            "flow-euler is for SD3 and FLUX models.", param="scheduler"
+        )
     class_name, overrides = SCHEDULERS[key]
     return getattr(diffusers, class_name).from_config(base_scheduler.config, **overrides)
 
@@ -96,10 +104,14 @@ def choose_device(requested: str | None = None) -> str:
     available = {"cpu": True, "cuda": torch.cuda.is_available(),
                  "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}  # fmt: skip
     if base not in available:
-        raise errors.InvalidRequestError(f"Unknown device {requested!r}.", param="device", hint="Use auto, cuda, mps or cpu.")
+        raise errors.InvalidRequestError(
+            f"Unknown device {requested!r}.", param="device", hint="Use auto, cuda, mps or cpu."
+        )
     if not available[base]:
         raise errors.InvalidRequestError(
-            f"Device {wanted} is not available on this machine.", param="device", hint="Use --device auto or cpu."
+            f"Device {wanted} is not available on this machine.",
+            param="device",
+            hint="Use --device auto or cpu.",
         )
     return wanted
 
@@ -114,7 +126,9 @@ def choose_dtype(device: str, requested: str | None = None) -> Any:
     wanted = (requested or os.environ.get("LIMNER_LOCAL_DTYPE") or "auto").lower()
     if wanted != "auto":
         if wanted not in names:
-            raise errors.InvalidRequestError(f"Unknown dtype {requested!r}.", param="dtype", hint="Use auto, fp32, fp16 or bf16.")
+            raise errors.InvalidRequestError(
+                f"Unknown dtype {requested!r}.", param="dtype", hint="Use auto, fp32, fp16 or bf16."
+            )
         return names[wanted]
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -158,7 +172,10 @@ def _download(source: ModelSource) -> tuple[str, str]:
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     try:
         folder = DiffusionPipeline.download(
-            source.location, revision=source.revision, use_safetensors=True, local_files_only=offline
+            source.location,
+            revision=source.revision,
+            use_safetensors=True,
+            local_files_only=offline,
         )
     except Exception as exc:  # hub errors have many classes; all mean "not obtainable now"
         raise errors.UserError(
@@ -177,11 +194,18 @@ def _load(source: ModelSource, settings: LoadSettings) -> tuple[Any, str]:
     dtype = getattr(torch, settings.dtype)
     if source.kind == "single_file":
         return _load_single_file(source, dtype), source.revision or "unknown"
-    folder, revision = (_download(source) if source.kind == "hub" else (source.location, source.revision or "local"))
+    folder, revision = (
+        _download(source) if source.kind == "hub" else (source.location, source.revision or "local")
+    )
     try:
-        pipe = AutoPipelineForText2Image.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise errors.UserError(f"Could not load {source.location}: {exc}", hint="Check that it is a complete diffusers model saved as safetensors.") from exc
+        pipe = AutoPipelineForText2Image.from_pretrained(
+            folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True
+        )
+    except (OSError, ValueError) as exc:
+        raise errors.UserError(
+            f"Could not load {source.location}: {exc}",
+            hint="Check that it is a complete diffusers model saved as safetensors.",
+        ) from exc
     return pipe, revision
 
 
@@ -191,9 +215,13 @@ def _load_single_file(source: ModelSource, dtype: Any) -> Any:
     class_name = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
                   "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}.get(source.family)  # fmt: skip
     if class_name is None:
-        raise errors.UserError(f"Single-file {source.family} checkpoints are not supported; use a diffusers folder.")
+        raise errors.UserError(
+            f"Single-file {source.family} checkpoints are not supported; use a diffusers folder."
+        )
     try:
-        return getattr(diffusers, class_name).from_single_file(source.location, torch_dtype=dtype, config=source.config)
+        return getattr(diffusers, class_name).from_single_file(
+            source.location, torch_dtype=dtype, config=source.config
+        )
     except Exception as exc:  # the single-file loader raises many kinds, all meaning "cannot load"
         raise errors.UserError(
             f"Could not load the single-file checkpoint {source.location}: {exc}",
@@ -270,7 +298,9 @@ def apply_loras(model: LoadedModel, wanted: list[tuple[str, float]], fuse: bool)
         model.fused = ()
     names: dict[str, float] = {}
     for location, weight in wanted:
-        name = next((n for n, f in model.loras.items() if f == location), None) or _load_lora(model, location)
+        name = next((n for n, f in model.loras.items() if f == location), None) or _load_lora(
+            model, location
+        )
         names[name] = weight
     if not names:
         if model.loras:
@@ -299,7 +329,9 @@ def _load_lora(model: LoadedModel, location: str) -> str:
         name += "_"
     before = set(_adapters(model.pipe))
     try:
-        model.pipe.load_lora_weights(str(path) if path.exists() else location, adapter_name=name, use_safetensors=True)
+        model.pipe.load_lora_weights(
+            str(path) if path.exists() else location, adapter_name=name, use_safetensors=True
+        )
     except (ValueError, RuntimeError, KeyError, OSError) as exc:
         _drop_adapter(model.pipe, name)
         raise _lora_mismatch(location, model, str(exc)) from exc
@@ -315,10 +347,8 @@ def _adapters(pipe: Any) -> list[str]:
 
 
 def _drop_adapter(pipe: Any, name: str) -> None:
-    try:
+    with contextlib.suppress(ValueError, KeyError, AttributeError):
         pipe.delete_adapters(name)
-    except (ValueError, KeyError, AttributeError):
-        pass
 
 
 def _lora_mismatch(location: str, model: LoadedModel, detail: str) -> errors.InvalidRequestError:

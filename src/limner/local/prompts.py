@@ -35,13 +35,17 @@ def _token_count(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text, truncation=False).input_ids)
 
 
-def encode_prompts(pipe: Any, family: str, prompt: str, negative: str | None, notes: list[str]) -> dict[str, Any]:
+def encode_prompts(
+    pipe: Any, family: str, prompt: str, negative: str | None, notes: list[str]
+) -> dict[str, Any]:
     """Pipeline keyword arguments for the prompt: plain text, or compel embeddings when the
     prompt is weighted or longer than the CLIP window."""
     negative = negative or ""
     if family not in ("sd", "sdxl"):
         if has_weighting(prompt) or has_weighting(negative):
-            notes.append(f"prompt weights are not applied to {family} models; the words were kept unweighted.")
+            notes.append(
+                f"prompt weights are not applied to {family} models; the words were kept unweighted."
+            )
             prompt, negative = strip_weighting(prompt), strip_weighting(negative)
         kwargs: dict[str, Any] = {"prompt": prompt}
         if negative and "negative_prompt" in _call_parameters(pipe):
@@ -55,8 +59,13 @@ def encode_prompts(pipe: Any, family: str, prompt: str, negative: str | None, no
     try:
         from compel import Compel, ReturnedEmbeddingsType
     except ImportError:
-        notes.append("compel is not installed: the prompt was cut at the CLIP window and weights were ignored.")
-        return {"prompt": strip_weighting(prompt), "negative_prompt": strip_weighting(negative) or None}
+        notes.append(
+            "compel is not installed: the prompt was cut at the CLIP window and weights were ignored."
+        )
+        return {
+            "prompt": strip_weighting(prompt),
+            "negative_prompt": strip_weighting(negative) or None,
+        }
     if long:
         notes.append(f"the prompt is longer than {window} tokens: it was encoded in chunks.")
     if family == "sdxl":
@@ -65,7 +74,10 @@ def encode_prompts(pipe: Any, family: str, prompt: str, negative: str | None, no
             returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
             requires_pooled=[False, True], truncate_long_prompts=False, device=str(pipe._execution_device),
         )  # fmt: skip
-        (pos, pos_pooled), (neg, neg_pooled) = compel(to_compel_syntax(prompt)), compel(to_compel_syntax(negative))
+        (pos, pos_pooled), (neg, neg_pooled) = (
+            compel(to_compel_syntax(prompt)),
+            compel(to_compel_syntax(negative)),
+        )
         pos, neg = compel.pad_conditioning_tensors_to_same_length([pos, neg])
         return {"prompt_embeds": pos, "pooled_prompt_embeds": pos_pooled,
                 "negative_prompt_embeds": neg, "negative_pooled_prompt_embeds": neg_pooled}  # fmt: skip

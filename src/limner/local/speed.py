@@ -17,7 +17,9 @@ from typing import Any
 __all__ = ["optimise_pipeline"]
 
 
-def optimise_pipeline(pipe: Any, *, compile_model: bool = True, cuda_graphs: bool = False) -> list[str]:
+def optimise_pipeline(
+    pipe: Any, *, compile_model: bool = True, cuda_graphs: bool = False
+) -> list[str]:
     """Apply the speed-ups in place; return what was applied."""
     import torch
 

@@ -42,11 +42,11 @@ def tiny_clip_tokenizer() -> Any:
         vocab[left + right] = len(vocab)
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=list(MERGE_PAIRS), model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=list(MERGE_PAIRS), model_max_length=77)  # type: ignore[arg-type]
 
 
 def tiny_t5_tokenizer() -> Any:
-    from transformers import T5TokenizerFast
+    from transformers import T5TokenizerFast  # type: ignore[attr-defined]
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     pieces += [(c, -1.0) for c in string.ascii_lowercase + string.digits + ",.:()"]
@@ -214,7 +214,11 @@ def build_tiny_lora(folder: Path, pipe: Any, *, rank: int = 4, seed: int = 0) ->
     torch.manual_seed(seed)
     denoiser.add_adapter(config, adapter_name="tmp")
     layers = get_peft_model_state_dict(denoiser, adapter_name="tmp")
-    key = "unet_lora_layers" if hasattr(pipe, "unet") and pipe.unet is not None else "transformer_lora_layers"
+    key = (
+        "unet_lora_layers"
+        if hasattr(pipe, "unet") and pipe.unet is not None
+        else "transformer_lora_layers"
+    )
     type(pipe).save_lora_weights(str(folder), **{key: layers}, safe_serialization=True)
     denoiser.delete_adapters("tmp")
     return folder

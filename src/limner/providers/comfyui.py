@@ -14,6 +14,7 @@ authentication, so no key is needed or sent.
 from __future__ import annotations
 
 import random
+from collections.abc import Generator
 import uuid
 from typing import Any
 from urllib.parse import urlencode
@@ -102,7 +103,7 @@ class ComfyUIProvider(Provider):
         }
 
     # -- the flow ------------------------------------------------------------------------------
-    def _upload(self, name: str, data: bytes) -> Flow:
+    def _upload(self, name: str, data: bytes) -> Generator[Any, Any, str]:
         files = {"image": (name, data, "image/png")}
         response: httpx.Response = yield Send(httpx.Request(
             "POST", f"{self.base_url}/upload/image", files=files, data={"type": "input", "overwrite": "true"}))  # fmt: skip
@@ -158,7 +159,7 @@ class ComfyUIProvider(Provider):
             images=images, request_id=prompt_id, cost_usd=0.0, raw={"workflow": workflow}
         )
 
-    def _wait(self, prompt_id: str) -> Flow:
+    def _wait(self, prompt_id: str) -> Generator[Any, Any, dict[str, Any]]:
         polls = 0
         while True:
             response: httpx.Response = yield Send(
