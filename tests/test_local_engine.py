@@ -40,7 +40,7 @@ class TinyModels:
             or any(folder.glob("*.safetensors"))
         ):
             return folder
-        if kind in ("sd15", "sd3", "flux"):
+        if kind in ("sd15", "sdxl", "sd3", "flux"):
             testing.build_tiny(kind, folder)
         elif kind == "controlnet":
             testing.build_tiny_controlnet(folder, testing.build_tiny("sd15").unet)
@@ -78,7 +78,7 @@ def photo(size: tuple[int, int] = (64, 64)) -> Any:
 
 
 # -- text-to-image, reproducibility, logging ----------------------------------------------------
-@pytest.mark.parametrize("kind", ["sd15", "sd3", "flux"])
+@pytest.mark.parametrize("kind", ["sd15", "sdxl", "sd3", "flux"])
 def test_text_to_image_logs_seed_scheduler_and_versions(
     client: Limner, tiny: TinyModels, kind: str
 ) -> None:
@@ -132,6 +132,15 @@ def test_negative_prompt_guidance_and_weighting_change_the_image(
     assert not np.array_equal(base, pixels(weighted))
     long = run(client, "generate", tiny.path("sd15"), seed=1, prompt="the cat on " * 60)
     assert any("encoded in chunks" in w for w in long.warnings)
+
+
+def test_sdxl_weighted_long_prompt_and_flux_drops_weights(client: Limner, tiny: TinyModels) -> None:
+    plain = pixels(run(client, "generate", tiny.path("sdxl"), seed=1, prompt="the cat"))
+    weighted = run(client, "generate", tiny.path("sdxl"), seed=1, prompt="the (cat:1.6) " + "on the cat " * 40)
+    assert any("encoded in chunks" in w for w in weighted.warnings)
+    assert not np.array_equal(plain, pixels(weighted))
+    flux = run(client, "generate", tiny.path("flux"), seed=1, prompt="the (cat:1.6)")
+    assert any("weights are not applied" in w for w in flux.warnings)
 
 
 # -- image operations ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,15 +32,17 @@ def _pg_bin(name: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_url() -> Iterator[str]:
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not initdb or not pg_ctl:
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    data = tmp_path_factory.mktemp("pg") / "data"
-    data.parent.chmod(0o777)
+    # Outside pytest's private (0700) temp tree, so that the postgres user can reach it.
+    root = Path(tempfile.mkdtemp(prefix="limner-pg-"))
+    data = root / "data"
     as_user: list[str] = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
     port = free_port()
     subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "limner", "--no-sync"], check=True, capture_output=True)
     options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
@@ -48,6 +51,7 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"postgresql+psycopg://limner@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_servers_share_one_queue(openai_env: Any, start_server: Any, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

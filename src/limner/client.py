@@ -26,7 +26,7 @@ from limner.config import KeyStore, UserConfig, limner_home
 from limner.fetch import SafeFetcher
 from limner.flows import ProviderOutput
 from limner.guards import default_guards
-from limner.http import DEFAULT_TIMEOUT, AsyncFlowRunner, FlowRunner, RetryPolicy
+from limner.http import AsyncFlowRunner, FlowRunner, RetryPolicy, new_async_client, new_client
 from limner.metadata import embed
 from limner.pricing import actual_cost, estimate_cost
 from limner.providers import get_provider_class, plugin_catalog_entries
@@ -159,7 +159,7 @@ class Limner:
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
-            self._http = httpx.Client(timeout=DEFAULT_TIMEOUT)
+            self._http = new_client()
         return self._http
 
     def close(self) -> None:
@@ -329,7 +329,7 @@ class Limner:
 
         if self._ahttp is not None:
             return list(await asyncio.gather(*(one(self._ahttp, c) for c in plan.chunks)))
-        async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT) as client:
+        async with new_async_client() as client:
             return list(await asyncio.gather(*(one(client, c) for c in plan.chunks)))
 
     # -- guards, cache, storage ----------------------------------------------------------------

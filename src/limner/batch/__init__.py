@@ -46,8 +46,9 @@ def write_batch_outputs(
     entries: list[LogEntry] = []
     extra: dict[str, dict[str, Any]] = {}
     failures: list[dict[str, Any]] = []
+    by_id = store.entries([r.generation_id for r in rows if r.status == "done" and r.generation_id])
     for row in rows:
-        entry = store.get(row.generation_id) if row.status == "done" and row.generation_id else None
+        entry = by_id.get(row.generation_id or "") if row.status == "done" else None
         if entry is None:
             failures.append({
                 "index": row.idx, "status": row.status, "model": row.request.get("model"),

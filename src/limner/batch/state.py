@@ -134,39 +134,70 @@ class BatchStore(Store):
         """Insert the items not yet known; known items keep their status (that is the resume)."""
         now = time.time()
         with self.engine.begin() as conn:
-            known = set(
-                conn.scalars(
-                    sa.select(batch_items.c.item_key).where(batch_items.c.batch_id == batch_id)
-                )
+            query = sa.select(batch_items.c.item_key, batch_items.c.idx).where(
+                batch_items.c.batch_id == batch_id
             )
+            known = {key: idx for key, idx in conn.execute(query)}
+            fresh = [
+                {**row.__dict__, "batch_id": batch_id, "updated_at": now}
+                for row in rows
+                if row.item_key not in known
+            ]
+            if fresh:
+                conn.execute(batch_items.insert(), fresh)
+            # Known items keep their outcome; refresh where they sit in the file.
+            moved = [
+                {
+                    "b_batch": batch_id,
+                    "b_key": r.item_key,
+                    "idx": r.idx,
+                    "line": r.line,
+                    "labels": r.labels,
+                }
+                for r in rows
+                if r.item_key in known and known[r.item_key] != r.idx
+            ]
+            if moved:
+                conn.execute(
+                    batch_items.update()
+                    .where(
+                        batch_items.c.batch_id == sa.bindparam("b_batch"),
+                        batch_items.c.item_key == sa.bindparam("b_key"),
+                    )
+                    .values(
+                        idx=sa.bindparam("idx"),
+                        line=sa.bindparam("line"),
+                        labels=sa.bindparam("labels"),
+                    ),
+                    moved,
+                )
             for row in rows:
-                values = {**row.__dict__, "batch_id": batch_id, "updated_at": now}
-                if row.item_key in known:
-                    # Keep the outcome; refresh where the item sits in the file.
+                if row.item_key in known and row.status == "failed":
+                    # A line that is invalid now is reported as such.
                     conn.execute(
                         batch_items.update()
                         .where(
                             batch_items.c.batch_id == batch_id,
                             batch_items.c.item_key == row.item_key,
+                            batch_items.c.status != "done",
                         )
-                        .values(idx=row.idx, line=row.line, labels=row.labels)
+                        .values(
+                            status="failed",
+                            error_type=row.error_type,
+                            error_message=row.error_message,
+                        )
                     )
-                    if row.status == "failed":  # a line invalid now is reported as such
-                        conn.execute(
-                            batch_items.update()
-                            .where(
-                                batch_items.c.batch_id == batch_id,
-                                batch_items.c.item_key == row.item_key,
-                                batch_items.c.status != "done",
-                            )
-                            .values(
-                                status="failed",
-                                error_type=row.error_type,
-                                error_message=row.error_message,
-                            )
-                        )
-                else:
-                    conn.execute(batch_items.insert().values(**values))
+
+    def entries(self, generation_ids: list[str]) -> dict[str, LogEntry]:
+        """Log entries by id, fetched in bulk (a manifest of thousands of items)."""
+        found: dict[str, LogEntry] = {}
+        table = db.generations
+        with self.engine.connect() as conn:
+            for start in range(0, len(generation_ids), 500):
+                chunk = generation_ids[start : start + 500]
+                rows = conn.execute(sa.select(table).where(table.c.id.in_(chunk))).all()
+                found.update((e.id, e) for e in self._entries(conn, rows))
+        return found
 
     def items(self, batch_id: str, keys: list[str] | None = None) -> list[ItemRow]:
         fields = [

@@ -224,7 +224,8 @@ def run_grid(
             params=params,
         )
         final = runner.store.items(batch_id, [r.item_key for r in rows])
-        entries = {r.item_key: runner.store.get(r.generation_id) for r in final if r.generation_id}
+        by_id = runner.store.entries([r.generation_id for r in final if r.generation_id])
+        entries = {r.item_key: by_id.get(r.generation_id or "") for r in final}
         return _write_grid(
             runner.store,
             batch_id,

@@ -279,7 +279,9 @@ def registered_specs(home: Path) -> list[ModelSpec]:
     """Specs of the models registered in ``<home>/models.toml`` (none when it is missing)."""
     specs = []
     for name, entry in _registry(home).items():
-        wire: dict[str, Any] = {k: entry[k] for k in ("path", "repo", "revision", "config") if k in entry}
+        wire: dict[str, Any] = {
+            k: entry[k] for k in ("path", "repo", "revision", "config") if k in entry
+        }
         family = str(entry.get("family", "sd"))
         if family not in FAMILIES:
             continue

@@ -17,7 +17,7 @@ from limner import errors
 from limner.catalog import ModelSpec
 from limner.local.models import FAMILIES
 from limner.local.options import LocalOptions, target_size
-from limner.local.pipelines import LoadedModel, apply_loras, fresh_scheduler
+from limner.local.pipelines import LoadedModel, apply_loras, dtype_kwarg, fresh_scheduler
 from limner.types import ImageRequest, Operation
 
 __all__ = ["JobCancelled", "OperationResult", "run_operation"]
@@ -69,7 +69,7 @@ def _controlnet_model(model: LoadedModel, location: str) -> Any:
     local = Path(location).expanduser().exists()
     try:
         net = getattr(diffusers, class_name).from_pretrained(
-            location, torch_dtype=model.pipe.dtype, use_safetensors=True, local_files_only=local
+            location, **dtype_kwarg(model.pipe.dtype), use_safetensors=True, local_files_only=local
         )
     except (OSError, ValueError) as exc:
         raise errors.UserError(

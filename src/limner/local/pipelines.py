@@ -165,6 +165,14 @@ class LoadedModel:
         return self.source.family
 
 
+def dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """diffusers 0.42 renamed ``torch_dtype`` to ``dtype`` (the old name warns)."""
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in version("diffusers").split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (0, 42) else {"torch_dtype": dtype}
+
+
 def _download(source: ModelSource) -> tuple[str, str]:
     """A local folder for a hub repo (the usual HF cache, with download progress) and its commit."""
     from diffusers import DiffusionPipeline
@@ -199,7 +207,7 @@ def _load(source: ModelSource, settings: LoadSettings) -> tuple[Any, str]:
     )
     try:
         pipe = AutoPipelineForText2Image.from_pretrained(
-            folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True
+            folder, **dtype_kwarg(dtype), use_safetensors=True, local_files_only=True
         )
     except (OSError, ValueError) as exc:
         raise errors.UserError(
@@ -220,7 +228,7 @@ def _load_single_file(source: ModelSource, dtype: Any) -> Any:
         )
     try:
         return getattr(diffusers, class_name).from_single_file(
-            source.location, torch_dtype=dtype, config=source.config
+            source.location, **dtype_kwarg(dtype), config=source.config
         )
     except Exception as exc:  # the single-file loader raises many kinds, all meaning "cannot load"
         raise errors.UserError(

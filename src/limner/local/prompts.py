@@ -78,14 +78,33 @@ def encode_prompts(
             compel(to_compel_syntax(prompt)),
             compel(to_compel_syntax(negative)),
         )
-        pos, neg = compel.pad_conditioning_tensors_to_same_length([pos, neg])
+        pos, neg = _same_length(compel, pos, neg)
         return {"prompt_embeds": pos, "pooled_prompt_embeds": pos_pooled,
                 "negative_prompt_embeds": neg, "negative_pooled_prompt_embeds": neg_pooled}  # fmt: skip
     compel = Compel(tokenizer=tokenizer, text_encoder=pipe.text_encoder, truncate_long_prompts=False,
                     device=str(pipe._execution_device))  # fmt: skip
     pos, neg = compel(to_compel_syntax(prompt)), compel(to_compel_syntax(negative))
-    pos, neg = compel.pad_conditioning_tensors_to_same_length([pos, neg])
+    pos, neg = _same_length(compel, pos, neg)
     return {"prompt_embeds": pos, "negative_prompt_embeds": neg}
+
+
+def _same_length(compel: Any, pos: Any, neg: Any) -> tuple[Any, Any]:
+    """Pad the shorter embedding with empty-prompt chunks so both have as many tokens (CFG
+    batches them together)."""
+    import torch
+
+    target = max(pos.shape[1], neg.shape[1])
+    if pos.shape[1] == neg.shape[1]:
+        return pos, neg
+    empty = compel("")
+    empty = empty[0] if isinstance(empty, tuple) else empty
+
+    def grow(embeds: Any) -> Any:
+        while embeds.shape[1] < target:
+            embeds = torch.cat([embeds, empty[:, : target - embeds.shape[1]]], dim=1)
+        return embeds
+
+    return grow(pos), grow(neg)
 
 
 def _call_parameters(pipe: Any) -> set[str]:

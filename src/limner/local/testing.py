@@ -80,7 +80,7 @@ def _t5(tokenizer: Any, d_model: int = 32) -> Any:
     torch.manual_seed(0)
     config = T5Config(
         vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
     )  # fmt: skip
     return T5EncoderModel(config).eval()
 
@@ -115,6 +115,31 @@ def _sd15() -> Any:
         unet=unet, vae=vae, text_encoder=_clip_text(tokenizer), tokenizer=tokenizer,
         scheduler=scheduler, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
+    )  # fmt: skip
+
+
+def _sdxl() -> Any:
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    sd = _sd15()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=1,
+    )  # fmt: skip
+    tokenizer = tiny_clip_tokenizer()
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
+    return StableDiffusionXLPipeline(
+        unet=unet, vae=sd.vae, text_encoder=_clip_text(tokenizer, seed=3), tokenizer=tokenizer,
+        text_encoder_2=_clip_text(tokenizer, projection=True, seed=4), tokenizer_2=tokenizer,
+        scheduler=scheduler,
     )  # fmt: skip
 
 
@@ -175,11 +200,11 @@ def _flux() -> Any:
     )  # fmt: skip
 
 
-BUILDERS = {"sd15": _sd15, "sd3": _sd3, "flux": _flux}
+BUILDERS = {"sd15": _sd15, "sdxl": _sdxl, "sd3": _sd3, "flux": _flux}
 
 
 def build_tiny(kind: str, folder: Path | None = None) -> Any:
-    """Build the tiny ``kind`` pipeline (sd15, sd3, flux); save it to ``folder`` when given."""
+    """Build the tiny ``kind`` pipeline (sd15, sdxl, sd3, flux); save it to ``folder`` when given."""
     pipe = BUILDERS[kind]()
     if folder is not None:
         pipe.save_pretrained(str(folder), safe_serialization=True)

@@ -17,7 +17,7 @@ from typing import Any
 from limner import errors
 from limner.metadata import IPTC_TRAINED, read_metadata
 
-__all__ = ["Provenance", "read_provenance", "sign_c2pa", "strip_metadata"]
+__all__ = ["Provenance", "read_provenance", "sign_c2pa", "sign_from_env", "strip_metadata"]
 
 C2PA_FORMATS = {"image/png", "image/jpeg", "image/webp"}
 GENERATION_LABEL = "org.limner.generation"
@@ -181,6 +181,31 @@ def sign_c2pa(
             hint="The certificate must be an end-entity signing certificate (not a CA) with its chain, matching the key.",
         ) from exc
     return out.getvalue()
+
+
+def sign_from_env(data: bytes, *, model: str | None, provider: str | None) -> bytes:
+    """Sign ``data`` when LIMNER_C2PA_CERT and LIMNER_C2PA_KEY name PEM files; else return it.
+
+    The hook for signing every generated image: set the two variables (and LIMNER_C2PA_ALG if the
+    key is not ES256) and each stored image carries a manifest naming the model and provider.
+    """
+    import os
+    from pathlib import Path
+
+    cert, key = os.environ.get("LIMNER_C2PA_CERT"), os.environ.get("LIMNER_C2PA_KEY")
+    if not cert or not key:
+        return data
+    try:
+        chain, private = Path(cert).read_bytes(), Path(key).read_bytes()
+    except OSError as exc:
+        raise errors.UserError(
+            f"Cannot read the C2PA signing files: {exc}.",
+            hint="Check LIMNER_C2PA_CERT and LIMNER_C2PA_KEY.",
+        ) from exc
+    return sign_c2pa(
+        data, cert_chain_pem=chain, private_key_pem=private, model=model, provider=provider,
+        algorithm=os.environ.get("LIMNER_C2PA_ALG", "es256"),
+    )  # fmt: skip
 
 
 def strip_metadata(data: bytes) -> bytes:

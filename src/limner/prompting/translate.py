@@ -147,9 +147,12 @@ def _ideogram(request: ImageRequest, spec: ModelSpec, lib: Library, warnings: li
         lowered = request.prompt.lower()
         words = settings.get("style_words", {})
         fitting = next((s for s, ws in words.items() if any(w in lowered for w in ws)), None)
-        if fitting:
+        # Suggest the style in the catalog's own spelling, and only one the model offers.
+        offered = {st.upper(): st for st in spec.styles} if spec.styles else {}
+        if fitting and (not spec.styles or fitting in offered):
+            spelled = offered.get(fitting, fitting)
             warnings.append(
-                f"No style type set (AUTO); {fitting} suits this prompt: --style {fitting}."
+                f"No style type set (AUTO); {fitting} suits this prompt: --style {spelled}."
             )
     if "magic_prompt" in request.provider_options:
         magic = str(request.provider_options["magic_prompt"]).upper()

@@ -14,8 +14,8 @@ authentication, so no key is needed or sent.
 from __future__ import annotations
 
 import random
-from collections.abc import Generator
 import uuid
+from collections.abc import Generator
 from typing import Any
 from urllib.parse import urlencode
 
