@@ -82,7 +82,7 @@ class Bench:
         started = time.perf_counter()
         proc = subprocess.run(_cli(args), env=self.env(home), capture_output=True, text=True)
         wall = time.perf_counter() - started
-        summary = json.loads(proc.stdout)
+        summary = _summary(proc)
         stats = self.stats()
         bound = self.args.prompts / self.args.rpm * 60
         return {
@@ -134,7 +134,7 @@ class Bench:
 
     def run_to_end(self, args: list[str], home: Path) -> dict[str, Any]:
         proc = subprocess.run(_cli(args), env=self.env(home), capture_output=True, text=True)
-        return dict(json.loads(proc.stdout))
+        return _summary(proc)
 
     def provider_requests(self) -> int:
         stats = self.stats()
@@ -142,6 +142,13 @@ class Bench:
 
     def close(self) -> None:
         self.server.stop()
+
+
+def _summary(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    try:
+        return dict(json.loads(proc.stdout))
+    except json.JSONDecodeError:
+        raise SystemExit(f"limner batch exited {proc.returncode}: {proc.stderr[-2000:]}") from None
 
 
 def _count_sent_in_flight(home: Path) -> int:

@@ -1,8 +1,8 @@
 """Image operations on a 1024x1024 photo on this CPU: time and peak memory per operation.
 
-Each measurement runs in a fresh process that first loads its libraries and input from disk, so
-the memory figure is what the operation itself adds on top (peak RSS after minus RSS before)
-and no measurement inherits another's allocations. Times are the best of ``--repeat`` runs after
+Each measurement runs in a fresh process that first loads its libraries, model and input, then
+resets the kernel's peak-RSS mark, so the memory figure is what the operation itself adds (peak
+RSS during the first run minus RSS before it) and no measurement inherits another's allocations. Times are the best of ``--repeat`` runs after
 one warm-up run (slow operations: one run).
 
     .venv/bin/python benchmarks/image_ops.py [--superres DIR] [--isnet FILE.onnx] [--repeat 3]
@@ -32,13 +32,27 @@ RESULTS = Path(__file__).parent / "results" / "image_ops.json"
 SLOW = {"grabcut", "isnet", "fsrcnn_x4", "espcn_x4", "fsrcnn-small_x4"}
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+def _status_mib(key: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak() -> float:
+    """Reset the process's peak RSS (Linux: clear_refs 5) and return the current RSS in MiB."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    return _status_mib("VmRSS")
 
 
 def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    value = _status_mib("VmHWM")
+    return value if value == value else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # -- child side: one operation per process ---------------------------------------------------------
@@ -46,7 +60,7 @@ def child(op: str, arg: str, input_path: str, repeat: int) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "src"))
     data = Path(input_path).read_bytes()
     fn = prepare(op, arg, data)
-    before = rss_mib()
+    before = reset_peak()
     start = time.perf_counter()
     outcome = fn()
     times = [time.perf_counter() - start]

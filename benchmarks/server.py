@@ -66,7 +66,9 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
-async def load(url: str, body: dict[str, Any], count: int, headers: dict[str, str]) -> tuple[list[float], float, int, int]:
+async def load(
+    url: str, body: dict[str, Any], count: int, headers: dict[str, str]
+) -> tuple[list[float], float, int, int]:
     """Send ``count`` requests at once; return latencies, wall time, errors and response bytes."""
     limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=count + 10)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
@@ -98,7 +100,9 @@ def start_emulator(latency: float) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def start_server(home: Path, emulator: str, port: int, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_server(
+    home: Path, emulator: str, port: int, extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ, "LIMNER_HOME": str(home), "OPENAI_API_KEY": "sk-bench",
         "LIMNER_OPENAI_BASE_URL": emulator + "/v1", **(extra or {}),
@@ -114,7 +118,12 @@ def start_server(home: Path, emulator: str, port: int, extra: dict[str, str] | N
 def overhead_run(args: argparse.Namespace, emulator: str, home: Path) -> dict[str, Any]:
     body = {"model": "gpt-image-2", "prompt": "a lighthouse at dawn", "size": args.size}
     direct, direct_wall, direct_errors, direct_bytes = asyncio.run(
-        load(emulator + "/v1/images/generations", body, args.requests, {"authorization": "Bearer sk-bench"})
+        load(
+            emulator + "/v1/images/generations",
+            body,
+            args.requests,
+            {"authorization": "Bearer sk-bench"},
+        )
     )
     port = free_port()
     server = start_server(home, emulator, port)
@@ -154,7 +163,10 @@ def kill_run(args: argparse.Namespace, emulator: str, home: Path) -> dict[str, A
     url = f"http://127.0.0.1:{port}"
     extra = {"LIMNER_SERVER_LEASE_S": "1.5", "LIMNER_SERVER_WORKERS": "4"}
     server = start_server(home, emulator, port, extra)
-    jobs = [{"prompt": f"kill test {i}", "model": "openai:gpt-image-2", "size": "256x256"} for i in range(args.jobs)]
+    jobs = [
+        {"prompt": f"kill test {i}", "model": "openai:gpt-image-2", "size": "256x256"}
+        for i in range(args.jobs)
+    ]
     batch = httpx.post(url + "/v1/jobs", json={"jobs": jobs}).json()
     ids = [job["id"] for job in batch["jobs"]]
     for _ in range(args.kills):
@@ -174,7 +186,10 @@ def kill_run(args: argparse.Namespace, emulator: str, home: Path) -> dict[str, A
     finally:
         server.terminate()
         server.wait(timeout=20)
-    sent = httpx.get(emulator + "/_emulator/stats").json().get("POST /v1/images/generations", 0) - before
+    sent = (
+        httpx.get(emulator + "/_emulator/stats").json().get("POST /v1/images/generations", 0)
+        - before
+    )
     statuses = [j["status"] for j in final]
     return {
         "jobs": args.jobs, "kills": args.kills, "jobs_found": len(final),
@@ -187,7 +202,9 @@ def kill_run(args: argparse.Namespace, emulator: str, home: Path) -> dict[str, A
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--latency", type=float, default=2.0)
     parser.add_argument("--size", default="1024x1024")
@@ -202,17 +219,26 @@ def main() -> None:
     finally:
         emulator.terminate()
         emulator.wait(timeout=20)
-    out = {"load": load_figures, "kill9": kill_figures, "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    out = {
+        "load": load_figures,
+        "kill9": kill_figures,
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "server.json").write_text(json.dumps(out, indent=2) + "\n")
     lf = load_figures
     print(f"{'figure':<34}{'direct':>12}{'via limner':>14}")
     print(f"{'latency p50 (ms)':<34}{lf['direct']['p50_ms']:>12}{lf['server']['p50_ms']:>14}")
     print(f"{'latency p99 (ms)':<34}{lf['direct']['p99_ms']:>12}{lf['server']['p99_ms']:>14}")
-    print(f"{'throughput (req/s)':<34}{lf['direct']['throughput_rps']:>12}{lf['server']['throughput_rps']:>14}")
+    print(
+        f"{'throughput (req/s)':<34}{lf['direct']['throughput_rps']:>12}{lf['server']['throughput_rps']:>14}"
+    )
     print(f"{'errors':<34}{lf['direct']['errors']:>12}{lf['server']['errors']:>14}")
     print(f"server overhead p50 / p99: {lf['overhead_p50_ms']} / {lf['overhead_p99_ms']} ms")
-    print(f"CPU per request: {lf['cpu_ms_per_request']} ms; peak RSS {lf['server_peak_rss_mib']} MiB")
+    print(
+        f"CPU per request: {lf['cpu_ms_per_request']} ms; peak RSS {lf['server_peak_rss_mib']} MiB"
+    )
     print(f"throughput ratio (server / direct): {lf['throughput_ratio']}")
     if kill_figures:
         print("kill -9:", json.dumps(kill_figures))

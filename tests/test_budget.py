@@ -177,6 +177,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # three real processes: most of the time is their Python start-up
 def test_concurrent_processes_never_exceed_the_cap(openai_env, tmp_path, monkeypatch):
     _, _url = openai_env
     admit = 4

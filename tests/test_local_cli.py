@@ -36,7 +36,7 @@ def test_models_add_registers_a_folder(tiny_sd: Path) -> None:
     runner = CliRunner()
     out = runner.invoke(cli, ["models", "add", "tiny", str(tiny_sd), "--json"])
     assert out.exit_code == 0, out.output
-    assert json.loads(out.output)["family"] == "sd"
+    assert json.loads(out.stdout)["family"] == "sd"
     with Limner() as client:
         spec = client.resolve("local:tiny")
         assert spec.wire["path"] == str(tiny_sd.resolve())
@@ -63,14 +63,14 @@ def test_rerun_reproduces_and_export_comfyui(tiny_sd: Path, tmp_path: Path) -> N
     runner = CliRunner()
     out = runner.invoke(cli, ["rerun", first.generation_id or "", "-o", str(tmp_path), "--json"])
     assert out.exit_code == 0, out.output
-    payload = json.loads(out.output)
+    payload = json.loads(out.stdout)
     again = np.asarray(Image.open(payload["images"][0]["path"]).convert("RGB"))
     assert np.array_equal(again, np.asarray(first.images[0].to_pil().convert("RGB")))
     assert payload["images"][0]["seed"] == 21
 
     out = runner.invoke(cli, ["export", "comfyui", first.generation_id or ""])
     assert out.exit_code == 0, out.output
-    workflow = json.loads(out.output)
+    workflow = json.loads(out.stdout)
     sampler = next(n["inputs"] for n in workflow.values() if n["class_type"] == "KSampler")
     assert (sampler["seed"], sampler["steps"], sampler["cfg"], sampler["sampler_name"]) == (
         21,
@@ -91,3 +91,32 @@ def test_rerun_of_an_unknown_id_is_a_user_error() -> None:
     out = CliRunner().invoke(cli, ["rerun", "nope"])
     assert out.exit_code == 2
     assert "No generation" in out.output
+
+
+def test_cli_generate_dry_run_and_bad_option(tiny_sd: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = [
+        "generate",
+        "the cat",
+        "-m",
+        f"local:{tiny_sd}",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "--seed",
+        "4",
+    ]
+    out = runner.invoke(
+        cli, [*args, "--option", "scheduler=dpm++-2m-karras", "-o", str(tmp_path), "--json"]
+    )
+    assert out.exit_code == 0, out.output
+    image = json.loads(out.stdout)["images"][0]
+    assert (image["width"], image["seed"]) == (64, 4)
+    dry = runner.invoke(cli, [*args, "--dry-run", "--json"])
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout)["request"]["model"]["family"] == "sd"
+    bad = runner.invoke(cli, [*args, "--option", "scheduler=warp"])
+    assert bad.exit_code == 2 and "Unknown scheduler" in bad.output
+    missing = runner.invoke(cli, [*args, "--option", "device=cuda:7"])
+    assert missing.exit_code == 2 and "not available" in missing.output

@@ -135,8 +135,11 @@ def test_negative_prompt_guidance_and_weighting_change_the_image(
 
 
 def test_sdxl_weighted_long_prompt_and_flux_drops_weights(client: Limner, tiny: TinyModels) -> None:
+    pytest.importorskip("compel")
     plain = pixels(run(client, "generate", tiny.path("sdxl"), seed=1, prompt="the cat"))
-    weighted = run(client, "generate", tiny.path("sdxl"), seed=1, prompt="the (cat:1.6) " + "on the cat " * 40)
+    weighted = run(
+        client, "generate", tiny.path("sdxl"), seed=1, prompt="the (cat:1.6) " + "on the cat " * 40
+    )
     assert any("encoded in chunks" in w for w in weighted.warnings)
     assert not np.array_equal(plain, pixels(weighted))
     flux = run(client, "generate", tiny.path("flux"), seed=1, prompt="the (cat:1.6)")
@@ -214,6 +217,7 @@ def test_hed_soft_edges_from_the_packaged_weights() -> None:
 
 # -- LoRA ---------------------------------------------------------------------------------------
 def test_lora_weights_fuse_and_listing(client: Limner, tiny: TinyModels) -> None:
+    pytest.importorskip("peft")
     from limner.local.engine import get_engine
 
     lora = tiny.path("lora-sd15-1") / "pytorch_lora_weights.safetensors"
@@ -242,17 +246,20 @@ def test_lora_weights_fuse_and_listing(client: Limner, tiny: TinyModels) -> None
         m for m in get_engine().status() if m["model"] == str(tiny.path("sd15").resolve())
     )
     assert list(status["loras"].values()) == [str(lora)]
+    assert any("LoRAs pytorch_lora_weights 1 (fused)" in w for w in fused.warnings)
     after = pixels(run(client, "generate", tiny.path("sd15"), seed=9))
     assert np.abs(base - after).max() <= 1  # unfused and switched off again
 
 
 def test_lora_for_another_base_is_refused(client: Limner, tiny: TinyModels) -> None:
+    pytest.importorskip("peft")
     lora = tiny.path("lora-sd15-1") / "pytorch_lora_weights.safetensors"
     with pytest.raises(errors.UserError, match="does not fit"):
         run(client, "lora", tiny.path("flux"), seed=1, provider_options={"loras": [str(lora)]})
 
 
 def test_flux_lora(client: Limner, tiny: TinyModels) -> None:
+    pytest.importorskip("peft")
     lora = tiny.path("lora-flux-2") / "pytorch_lora_weights.safetensors"
     base = pixels(run(client, "generate", tiny.path("flux"), seed=9))
     styled = pixels(
@@ -313,6 +320,7 @@ def test_deadline_cancels_between_steps(tmp_path: Path, tiny: TinyModels) -> Non
         ("sd15", {"provider_options": {"colour": "red"}}, "does not take option"),
         ("sd15", {"steps": 0}, "steps"),
         ("/does/not/exist", {}, "does not exist"),
+        ("acme/not-downloaded", {}, "not in the local Hugging Face cache"),
     ],
 )
 def test_bad_input_is_a_user_error(
@@ -326,6 +334,22 @@ def test_bad_input_is_a_user_error(
         run(client, op, target, **fields)
 
 
+def test_single_file_checkpoints_are_recognised_and_need_a_config(
+    client: Limner, tmp_path: Path
+) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from limner.local.models import register_model
+
+    file = tmp_path / "my-sd.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, str(file))
+    spec = register_model(client.home, "my-sd", str(file))
+    assert (spec.family, spec.wire["path"]) == ("sd", str(file))
+    with pytest.raises(errors.UserError, match="single-file"):
+        run(Limner(home=client.home), "generate", "my-sd")  # a new client sees the registration
+
+
 def test_mask_of_the_wrong_size_is_refused(client: Limner, tiny: TinyModels) -> None:
     with pytest.raises(errors.InputImageError, match="mask"):
         run(
@@ -335,6 +359,31 @@ def test_mask_of_the_wrong_size_is_refused(client: Limner, tiny: TinyModels) -> 
             images=[photo()],
             mask=load_image(Image.new("L", (32, 32), 255)),
         )
+
+
+def test_one_resident_model_and_a_fresh_scheduler_per_job(client: Limner, tiny: TinyModels) -> None:
+    from limner.local.engine import get_engine
+
+    run(client, "generate", tiny.path("sd15"), seed=1, provider_options={"scheduler": "unipc"})
+    result = run(client, "generate", tiny.path("sd3"), seed=1)
+    assert [m["model"] for m in get_engine().status()] == [str(tiny.path("sd3").resolve())]
+    first = pixels(run(client, "generate", tiny.path("sd15"), seed=1))
+    again = pixels(run(client, "generate", tiny.path("sd15"), seed=1))
+    assert np.array_equal(first, again) and result.images
+
+
+def test_out_of_memory_names_settings_that_fit() -> None:
+    from limner.local.engine import _is_oom, _oom_error
+    from limner.local.pipelines import LoadSettings
+
+    assert _is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not _is_oom(RuntimeError("shape mismatch"))
+    error = _oom_error(RuntimeError("oom"), ImageRequest(prompt="x", size="1024x1024", n=4),
+                       LoadSettings("cuda", "float16"), 4)  # fmt: skip
+    text = str(error)
+    assert (
+        "1024x1024" in text and "n=1" in text and "offload=model" in text and "vae_tiling" in text
+    )
 
 
 def test_outpaint_needs_sides(client: Limner, tiny: TinyModels) -> None:

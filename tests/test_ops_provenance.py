@@ -169,3 +169,23 @@ def test_cli_reads_signs_and_strips(tmp_path: Path, signing_pair: tuple[bytes, b
         stripped.exit_code == 0
         and read_provenance((tmp_path / "clean.png").read_bytes()).limner == {}
     )
+
+
+def test_sign_from_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signing_pair: tuple[bytes, bytes]
+) -> None:
+    from limner.ops.provenance import sign_from_env
+
+    data = png_bytes(photo("coffee", 48))
+    assert sign_from_env(data, model="m", provider="p") == data  # not configured: unchanged
+    chain, key = signing_pair
+    (tmp_path / "c.pem").write_bytes(chain)
+    (tmp_path / "k.pem").write_bytes(key)
+    monkeypatch.setenv("LIMNER_C2PA_CERT", str(tmp_path / "c.pem"))
+    monkeypatch.setenv("LIMNER_C2PA_KEY", str(tmp_path / "k.pem"))
+    info = read_provenance(sign_from_env(data, model="local:sd-turbo", provider="local"))
+    assert (
+        info.c2pa_valid
+        and info.c2pa is not None
+        and info.c2pa["generation"]["model"] == "local:sd-turbo"
+    )

@@ -17,7 +17,9 @@ def _params(env: dict[str, str]) -> Any:
     from mcp.client.stdio import StdioServerParameters
 
     code = "import sys; from limner.cli import main; main(sys.argv[1:])"
-    return StdioServerParameters(command=sys.executable, args=["-c", code, "mcp"], env={**os.environ, **env})
+    return StdioServerParameters(
+        command=sys.executable, args=["-c", code, "mcp"], env={**os.environ, **env}
+    )
 
 
 async def _session(env: dict[str, str]) -> tuple[list[str], Any, Any, Any]:
@@ -25,8 +27,13 @@ async def _session(env: dict[str, str]) -> tuple[list[str], Any, Any, Any]:
 
     async with Client(_params(env)) as client:
         tools = sorted(t.name for t in (await client.list_tools()).tools)
-        generated = await client.call_tool("generate", {"prompt": "a snail", "model": "openai:gpt-image-2", "size": "256x256"})
-        estimate = await client.call_tool("estimate_cost", {"model": "openai:gpt-image-2", "n": 4, "size": "1024x1024", "quality": "low"})
+        generated = await client.call_tool(
+            "generate", {"prompt": "a snail", "model": "openai:gpt-image-2", "size": "256x256"}
+        )
+        estimate = await client.call_tool(
+            "estimate_cost",
+            {"model": "openai:gpt-image-2", "n": 4, "size": "1024x1024", "quality": "low"},
+        )
         refused = await client.call_tool("generate", {"prompt": "x", "model": "no-such-model"})
         return tools, generated, estimate, refused
 

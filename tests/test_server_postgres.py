@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from _server_fixtures import free_port, server_starter  # noqa: F401
 
 pytest.importorskip("psycopg")
@@ -44,25 +45,44 @@ def postgres_url() -> Iterator[str]:
         as_user = ["runuser", "-u", "postgres", "--"]
         shutil.chown(root, "postgres")
     port = free_port()
-    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "limner", "--no-sync"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "limner", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
     options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", options, "-w", "-l", str(data / "log"), "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, pg_ctl, "-D", str(data), "-o", options, "-w", "-l", str(data / "log"), "start"],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql+psycopg://limner@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(
+            [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_two_servers_share_one_queue(openai_env: Any, start_server: Any, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_servers_share_one_queue(
+    openai_env: Any, start_server: Any, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     emulator, _ = openai_env
     monkeypatch.setenv("LIMNER_DATABASE_URL", postgres_url)
     front = start_server(run_worker=False)
     worker_a = start_server(workers=2)
     worker_b = start_server(workers=2)
-    jobs = [{"prompt": f"pg job {i}", "model": "openai:gpt-image-2", "size": "256x256"} for i in range(8)]
-    batch = httpx.post(front.url + "/v1/jobs", json={"jobs": jobs}, headers={"Idempotency-Key": "pg-batch"}).json()
-    replay = httpx.post(front.url + "/v1/jobs", json={"jobs": jobs}, headers={"Idempotency-Key": "pg-batch"}).json()
+    jobs = [
+        {"prompt": f"pg job {i}", "model": "openai:gpt-image-2", "size": "256x256"}
+        for i in range(8)
+    ]
+    batch = httpx.post(
+        front.url + "/v1/jobs", json={"jobs": jobs}, headers={"Idempotency-Key": "pg-batch"}
+    ).json()
+    replay = httpx.post(
+        front.url + "/v1/jobs", json={"jobs": jobs}, headers={"Idempotency-Key": "pg-batch"}
+    ).json()
     assert replay["batch_id"] == batch["batch_id"]
     deadline = time.monotonic() + 30
     while True:

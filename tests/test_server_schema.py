@@ -11,13 +11,17 @@ from typing import Any
 
 import httpx
 import pytest
+
 from _server_fixtures import server_starter  # noqa: F401
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SCHEMATHESIS.exists() and not shutil.which("schemathesis"), reason="schemathesis is not installed")
+@pytest.mark.skipif(
+    not SCHEMATHESIS.exists() and not shutil.which("schemathesis"),
+    reason="schemathesis is not installed",
+)
 def test_no_route_answers_5xx(openai_env: Any, start_server: Any, tmp_path: Path) -> None:
     server = start_server()
     document = httpx.get(server.url + "/openapi.json").json()

@@ -82,9 +82,20 @@ def test_sigkill_mid_write_never_leaves_a_row_without_its_file(tmp_path) -> None
             i += 1
         """
     )
+    def rows() -> int:
+        try:
+            with sqlite3.connect(tmp_path / "limner.db") as db:
+                return int(db.execute("select count(*) from generations").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
     for _ in range(3):
+        before = rows()
         proc = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
-        time.sleep(random.uniform(0.8, 1.6))
+        deadline = time.monotonic() + 60
+        while rows() == before and time.monotonic() < deadline:  # wait until it is writing
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.0, 0.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     store = Store(tmp_path)
@@ -94,3 +105,12 @@ def test_sigkill_mid_write_never_leaves_a_row_without_its_file(tmp_path) -> None
         for img in entry.images:
             assert img.path.exists()
             assert hashlib.sha256(img.path.read_bytes()).hexdigest() == img.sha256
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path) -> None:
+    script = f"from limner.store import Store; Store({str(tmp_path / 'shared')!r}).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE) for _ in range(4)]
+    results = [(p.wait(), p.stderr.read().decode() if p.stderr else "") for p in procs]
+    assert all(code == 0 for code, _ in results), results
+    db = sqlite3.connect(tmp_path / "shared" / "limner.db")
+    assert len(list(db.execute("select name from limner_migrations"))) == len(MIGRATIONS)

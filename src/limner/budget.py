@@ -215,7 +215,11 @@ class BudgetLedger:
             pattern = f"%{_like_escape(json.dumps(cap.tag))}%"  # tags are stored as a JSON list
             spent_q = spent_q.where(sa.cast(gen.c.tags, sa.String).like(pattern, escape="\\"))
             held_q = held_q.where(sa.cast(res.c.tags, sa.String).like(pattern, escape="\\"))
-        return float(conn.scalar(spent_q) or 0.0), float(conn.scalar(held_q) or 0.0)
+        # One round trip for both sums: this runs while other requests wait for the lock.
+        spent, held = conn.execute(
+            sa.select(spent_q.scalar_subquery(), held_q.scalar_subquery())
+        ).one()
+        return float(spent or 0.0), float(held or 0.0)
 
     def status(self, caps: list[Cap], now: float | None = None) -> list[CapStatus]:
         now = now if now is not None else time.time()

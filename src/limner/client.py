@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -83,6 +84,15 @@ def _registered_models(home: Path) -> list[ModelSpec]:
     return registered_specs(home)
 
 
+def _retired_error(spec: ModelSpec, provider: Provider) -> errors.RetiredModelError:
+    envs = type(provider).base_url_envs or (f"LIMNER_{spec.provider.upper()}_BASE_URL",)
+    instead = f"Use {spec.successor} instead" if spec.successor else "Pick another model"
+    return errors.RetiredModelError(
+        f"{spec.ref} is retired. {spec.lifecycle_note}".strip(),
+        hint=f"{instead}, or point {envs[0]} at a compatible server.",
+    )
+
+
 def request_hash(op: Operation, spec: ModelSpec, request: ImageRequest) -> str:
     """Identity of a request after normalisation: the cache key and the batch resume key."""
     payload = request.model_dump(
@@ -134,6 +144,7 @@ class Limner:
     ) -> None:
         self.home = Path(home) if home else limner_home()
         self._store = store
+        self._store_lock = threading.Lock()
         self.catalog = catalog or get_catalog([*plugin_catalog_entries(), *_registered_models(self.home)])
         self._http = http_client
         self._owns_http = http_client is None
@@ -152,8 +163,9 @@ class Limner:
     # -- resources -----------------------------------------------------------------------------
     @property
     def store(self) -> Store:
-        if self._store is None:
-            self._store = Store(self.home)
+        with self._store_lock:  # concurrent arun calls on a fresh client open it once
+            if self._store is None:
+                self._store = Store(self.home)
         return self._store
 
     @property
@@ -239,11 +251,7 @@ class Limner:
         request, warnings = check_request(op, request, spec, self.catalog)
         provider = self.provider(spec.provider)
         if spec.is_retired() and not provider.uses_custom_base_url:
-            raise errors.RetiredModelError(
-                f"{spec.ref} is retired. {spec.lifecycle_note}".strip(),
-                hint=(f"Use {spec.successor} instead" if spec.successor else "Pick another model")
-                + f", or point {type(provider).base_url_envs[0] if type(provider).base_url_envs else 'LIMNER_' + spec.provider.upper() + '_BASE_URL'} at a compatible server.",
-            )
+            raise _retired_error(spec, provider)
         if type(provider).needs_key and not provider.api_key:
             raise type(provider).missing_key_error()
         return Plan(

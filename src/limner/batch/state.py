@@ -195,7 +195,7 @@ class BatchStore(Store):
         with self.engine.connect() as conn:
             for start in range(0, len(generation_ids), 500):
                 chunk = generation_ids[start : start + 500]
-                rows = conn.execute(sa.select(table).where(table.c.id.in_(chunk))).all()
+                rows = list(conn.execute(sa.select(table).where(table.c.id.in_(chunk))))
                 found.update((e.id, e) for e in self._entries(conn, rows))
         return found
 

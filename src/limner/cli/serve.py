@@ -69,7 +69,8 @@ def mcp() -> None:
 
     if importlib.util.find_spec("mcp") is None:
         raise errors.UserError(
-            "The MCP server needs the mcp package.", hint="Install it with pip install 'limner[server]'."
+            "The MCP server needs the mcp package.",
+            hint="Install it with pip install 'limner[server]'.",
         )
     from limner.server.mcp_server import run_stdio
 

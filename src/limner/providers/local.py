@@ -98,6 +98,9 @@ def _output(result: dict[str, Any]) -> ProviderOutput:
         f"{info['guidance']:g}, seeds {', '.join(map(str, info['seeds']))}, model revision "
         f"{info['model_revision']}, " + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     )
+    if info.get("loras"):
+        loras = ", ".join(f"{name} {weight:g}" for name, weight in info["loras"].items())
+        summary += f"; LoRAs {loras}" + (" (fused)" if info.get("loras_fused") else "")
     return ProviderOutput(
         images=images,
         usage=Usage(raw=info),

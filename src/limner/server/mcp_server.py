@@ -53,7 +53,8 @@ def build_server() -> Any:
         except errors.LimnerError as exc:
             raise ToolError(str(exc)) from exc
         images: list[Any] = [
-            Image(data=img.data, format=img.extension.replace("jpg", "jpeg")) for img in result.images
+            Image(data=img.data, format=img.extension.replace("jpg", "jpeg"))
+            for img in result.images
         ]
         return [*images, _summary(result)]
 
@@ -75,7 +76,9 @@ def build_server() -> Any:
         return run(Operation.GENERATE, request)
 
     @server.tool(structured_output=False)
-    def edit(image_path: str, prompt: str, mask_path: str | None = None, model: str | None = None) -> list[Any]:
+    def edit(
+        image_path: str, prompt: str, mask_path: str | None = None, model: str | None = None
+    ) -> list[Any]:
         """Edit the image file at ``image_path``; with ``mask_path``, only the marked area
         (white, or transparent) changes."""
         from limner.images import load_image
@@ -90,19 +93,26 @@ def build_server() -> Any:
 
     @server.tool()
     def recommend_model(
-        prompt: str = "", budget_usd: float | None = None, commercial: bool = False, needs: str | None = None
+        prompt: str = "",
+        budget_usd: float | None = None,
+        commercial: bool = False,
+        needs: str | None = None,
     ) -> list[dict[str, Any]]:
         """Rank models for a prompt: best first, with reasons and the price per image."""
         from limner.recommend import parse_needs, recommend
 
         try:
-            found = recommend(prompt, budget=budget_usd, commercial=commercial, needs=parse_needs(needs))
+            found = recommend(
+                prompt, budget=budget_usd, commercial=commercial, needs=parse_needs(needs)
+            )
         except errors.LimnerError as exc:
             raise ToolError(str(exc)) from exc
         return [r.to_dict() for r in found]
 
     @server.tool()
-    def estimate_cost(model: str, n: int = 1, size: str | None = None, quality: str | None = None) -> dict[str, Any]:
+    def estimate_cost(
+        model: str, n: int = 1, size: str | None = None, quality: str | None = None
+    ) -> dict[str, Any]:
         """The list price of ``n`` images from ``model`` at this size and quality, in USD."""
         from limner.catalog import get_catalog
         from limner.cost import estimate
@@ -114,7 +124,9 @@ def build_server() -> Any:
             raise ToolError(str(exc)) from exc
 
     @server.tool()
-    def search_log(query: str = "", model: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    def search_log(
+        query: str = "", model: str | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
         """Search past generations (newest first) by words in the prompt, model or tags."""
         with Limner() as client:
             entries = client.store.search(query or None, model=model, limit=min(max(limit, 1), 200))

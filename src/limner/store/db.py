@@ -119,12 +119,28 @@ def _load_extensions() -> None:
 
 
 def migrate(engine: Engine) -> list[str]:
-    """Apply pending migrations; return the names applied."""
+    """Apply pending migrations; return the names applied.
+
+    Processes opening a new store at once take turns: a file lock beside a SQLite database,
+    an advisory lock on PostgreSQL.
+    """
+    _load_extensions()
+    if engine.dialect.name == "sqlite" and engine.url.database:
+        import fcntl
+
+        with open(f"{engine.url.database}.migrate-lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return _apply(engine)
+    return _apply(engine)
+
+
+def _apply(engine: Engine) -> list[str]:
     import time
 
-    _load_extensions()
     applied_now: list[str] = []
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7351022)"))
         migrations_table.create(conn, checkfirst=True)
         done = set(conn.scalars(sa.select(migrations_table.c.name)))
         for name, fn in MIGRATIONS:

@@ -67,6 +67,7 @@ function openViewer(item, image) {
   table.replaceChildren();
   const rows = Object.assign({
     prompt: item.prompt, negative_prompt: item.negative_prompt, model: item.model,
+    operation: item.operation,
     created: new Date(item.created_at * 1000).toLocaleString(), cost_usd: item.cost_usd,
     tags: item.tags.join(", "), seed: image.seed, size: image.width + "x" + image.height,
   }, item.params);
