@@ -112,5 +112,8 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path) -> None:
     procs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE) for _ in range(4)]
     results = [(p.wait(), p.stderr.read().decode() if p.stderr else "") for p in procs]
     assert all(code == 0 for code, _ in results), results
+    from limner.store.db import _load_extensions
+
+    _load_extensions()
     db = sqlite3.connect(tmp_path / "shared" / "limner.db")
     assert len(list(db.execute("select name from limner_migrations"))) == len(MIGRATIONS)
