@@ -195,9 +195,16 @@ def _table(clean: dict[str, Any], chaos: list[dict[str, Any]]) -> str:
         f"| clean | {clean['prompts']} | {clean['wall_s']} / {clean['batch_wall_s']} | {clean['bound_s']} | {clean['ratio']} / {clean['batch_ratio']} | {clean['provider_429']} | {clean['prompts'] - clean['done']} | 0 | 0 | 0 |",
     ]
     for c in chaos:
+        dup = str(c["provider_generated_twice"])
+        if c["parked_uncertain"]:
+            dup = (
+                f"{c['provider_generated_twice_before_release']} ({c['parked_uncertain']} parked;"
+                f" {c['provider_generated_twice']} once released)"
+            )
         lines.append(
-            f"| kill -9, {c['mode']} | {c['prompts']} | {c['wall_s']} | - | - | {c['provider_429']} | {c['items_lost']} | "
-            f"{c['items_recorded_twice']} | {c['provider_generated_twice']} (in flight at kills: {c['in_flight_at_kills']}) | {c['kills']} |"
+            f"| kill -9, {c['mode']} | {c['prompts']} | {c['wall_s']} | - | - | {c['provider_429']}"
+            f" | {c['items_lost']} | {c['items_recorded_twice']} | {dup}"
+            f" (sent, in flight at kills: {c['in_flight_at_kills']}) | {c['kills']} |"
         )
     return "\n".join(lines)
 

@@ -122,7 +122,12 @@ def prepare(op: str, arg: str, data: bytes) -> Any:
     from limner.ops import checks
 
     if op == "ocr":
-        return lambda: checks.find_text(img, "FAION LAUNCH 2026")
+
+        def read() -> str:
+            score, _ = checks.find_text(img, "FAION LAUNCH 2026")
+            return f"score {score:.2f}"
+
+        return read
     if op == "blur":
         return lambda: round(checks.sharpness(img), 1)
     if op == "exposure":
@@ -245,7 +250,9 @@ def main() -> None:
     report = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
             "python": platform.python_version(),
+            "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
         },
         "input": "skimage astronaut resized to 1024x1024 (OCR: coffee photo with a text banner)",
         "skipped": {

@@ -1,7 +1,7 @@
 """Server figures: overhead, throughput, memory and CPU per request under concurrent load, and
 jobs lost or sent twice across kill -9 restarts.
 
-    python benchmarks/server.py [--requests 200] [--latency 2] [--size 1024x1024] [--kills 3]
+    python benchmarks/server.py [--requests 200] [--latency 2] [--size 256x256] [--kills 3]
 
 The OpenAI emulator (its own process, ``--latency`` seconds per call) is called twice with the
 same load: directly, and through a ``limner serve`` process. A request's server overhead is its
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 RESULTS = Path(__file__).parent / "results"
 LIMNER = [sys.executable, "-c", "import sys; from limner.cli import main; main(sys.argv[1:])"]
@@ -54,16 +55,28 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], path: str = "/healthz"
     raise RuntimeError(f"{url} did not start")
 
 
+def _tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of the server and its worker processes."""
+    total = 0.0
+    for proc in _tree(pid):
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """Peak resident memory (VmHWM) summed over the server's processes."""
+    total = 0
+    for proc in _tree(pid):
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total / 1024
 
 
 async def load(
@@ -101,14 +114,14 @@ def start_emulator(latency: float) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_server(
-    home: Path, emulator: str, port: int, extra: dict[str, str] | None = None
+    home: Path, emulator: str, port: int, extra: dict[str, str] | None = None, processes: int = 1
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ, "LIMNER_HOME": str(home), "OPENAI_API_KEY": "sk-bench",
         "LIMNER_OPENAI_BASE_URL": emulator + "/v1", **(extra or {}),
     }  # fmt: skip
     proc = subprocess.Popen(
-        [*LIMNER, "serve", "--port", str(port), "--log-level", "warning"], env=env,
+        [*LIMNER, "serve", "--port", str(port), "--log-level", "warning", "--processes", str(processes)], env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     wait_healthy(f"http://127.0.0.1:{port}", proc)
@@ -126,7 +139,7 @@ def overhead_run(args: argparse.Namespace, emulator: str, home: Path) -> dict[st
         )
     )
     port = free_port()
-    server = start_server(home, emulator, port)
+    server = start_server(home, emulator, port, processes=args.processes)
     try:
         url = f"http://127.0.0.1:{port}/v1/images/generations"
         asyncio.run(load(url, {**body, "model": "openai:gpt-image-2"}, 5, {}))  # warm up
@@ -143,6 +156,7 @@ def overhead_run(args: argparse.Namespace, emulator: str, home: Path) -> dict[st
     overhead = [(lat - base) * 1000 for lat in routed]
     return {
         "requests": args.requests, "latency_s": args.latency, "size": args.size,
+        "server_processes": args.processes,
         "response_bytes_direct": direct_bytes, "response_bytes_server": routed_bytes,
         "direct": {"p50_ms": round(pct(direct, 0.5) * 1000, 1), "p99_ms": round(pct(direct, 0.99) * 1000, 1),
                    "throughput_rps": round(args.requests / direct_wall, 2), "errors": direct_errors},
@@ -207,9 +221,10 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--latency", type=float, default=2.0)
-    parser.add_argument("--size", default="1024x1024")
+    parser.add_argument("--size", default="256x256")
     parser.add_argument("--jobs", type=int, default=60)
     parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=1, help="limner serve --processes")
     args = parser.parse_args()
     emulator, emulator_url = start_emulator(args.latency)
     try:

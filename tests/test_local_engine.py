@@ -386,6 +386,8 @@ def test_out_of_memory_names_settings_that_fit() -> None:
     )
 
 
-def test_outpaint_needs_sides(client: Limner, tiny: TinyModels) -> None:
+def test_outpaint_needs_sides_and_inpaint_a_mask(client: Limner, tiny: TinyModels) -> None:
     with pytest.raises(errors.UserError, match="expand"):
         run(client, "outpaint", tiny.path("sd15"), images=[photo()])
+    with pytest.raises(errors.UserError, match="needs a mask"):
+        run(client, "inpaint", tiny.path("sd15"), images=[photo()])

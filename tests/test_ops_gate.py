@@ -71,3 +71,31 @@ def test_a_seeded_model_retries_with_new_seeds(emulator: Callable[[str], Any]) -
     attempts = info.value.attempts
     assert [a.model for a in attempts] == ["bfl:flux-2-pro"] * 2
     assert attempts[0].seed == 7 and attempts[1].seed not in (None, 7)
+
+
+def test_generate_command_runs_the_gate(openai_env: Any, tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from limner.cli import cli
+
+    base = [
+        "generate",
+        "a lighthouse",
+        "-m",
+        "openai:gpt-image-2",
+        "--size",
+        "1024x1024",
+        "-o",
+        str(tmp_path),
+    ]
+    runner = CliRunner()
+    ok = runner.invoke(cli, [*base, "--min-size", "1024x1024"])
+    assert ok.exit_code == 0, ok.output
+    failed = runner.invoke(cli, [*base, "--min-size", "2048x2048", "--max-attempts", "2"])
+    assert (
+        failed.exit_code == 1
+        and "in 2 attempt(s)" in failed.output
+        and "below 2048x2048" in failed.output
+    )
+    bad = runner.invoke(cli, [*base, "--min-size", "huge"])
+    assert bad.exit_code == 2 and "WIDTHxHEIGHT" in bad.output

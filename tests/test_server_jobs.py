@@ -142,6 +142,7 @@ def _healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_batch_loses_nothing_and_pays_nothing_twice(
     openai_env: Any, tmp_path: Path
 ) -> None:
@@ -189,3 +190,59 @@ def test_sigkill_mid_batch_loses_nothing_and_pays_nothing_twice(
     for job in final:
         if job["status"] == "uncertain":
             assert "not sent again" in job["error"]["message"]
+
+
+def test_webhook_is_signed_and_retried(openai_env: Any, start_server: Any) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from limner.emulators.common import EmulatorServer
+    from limner.server.webhooks import verify
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    async def hook(request: Request) -> Response:
+        received.append((dict(request.headers), await request.body()))
+        return Response(status_code=500 if len(received) == 1 else 204)  # fail once, then accept
+
+    secret = "whsec-test"
+    with EmulatorServer(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as receiver:
+        server = start_server(
+            webhook_secret=secret, webhook_allow_private=True, webhook_backoff_s=0.05
+        )
+        spec = {
+            "prompt": "hooked",
+            "model": "openai:gpt-image-2",
+            "size": "256x256",
+            "webhook_url": receiver.url + "/hook",
+        }
+        job = httpx.post(server.url + "/v1/jobs", json=spec).json()
+        _wait(server.url, job["id"])
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{server.url}/v1/jobs/{job['id']}").json()["webhook_status"] is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert httpx.get(f"{server.url}/v1/jobs/{job['id']}").json()["webhook_status"] == "delivered"
+    assert len(received) == 2
+    headers, body = received[1]
+    assert headers["limner-event"] == "job.succeeded" and verify(
+        secret, body, headers["limner-signature"]
+    )
+    assert not verify("wrong-secret", body, headers["limner-signature"])
+    assert httpx.get(f"{server.url}/v1/jobs/{job['id']}").json()["submit_count"] == 1
+
+
+def test_webhooks_refused_without_a_secret_or_to_internal_addresses(
+    openai_env: Any, start_server: Any
+) -> None:
+    plain = start_server()
+    spec = {"prompt": "x", "model": "openai:gpt-image-2", "webhook_url": "https://example.com/hook"}
+    refused = httpx.post(plain.url + "/v1/jobs", json=spec)
+    assert refused.status_code == 400 and "sends no webhooks" in refused.json()["error"]["message"]
+    strict = start_server(webhook_secret="s")
+    internal = httpx.post(
+        strict.url + "/v1/jobs", json={**spec, "webhook_url": "http://169.254.169.254/hook"}
+    )
+    assert internal.status_code == 400 and "webhook_url" in internal.json()["error"]["message"]

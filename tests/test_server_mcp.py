@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 mcp = pytest.importorskip("mcp")
+from _server_fixtures import server_starter  # noqa: E402, F401
 
 
 def _params(env: dict[str, str]) -> Any:
@@ -49,3 +50,29 @@ def test_mcp_tools_generate_estimate_and_refuse(openai_env: Any) -> None:
     assert summary["images"][0]["width"] == 256 and os.path.exists(summary["images"][0]["path"])
     assert json.loads(estimate.content[0].text)["total_usd"] == pytest.approx(4 * 0.006)
     assert refused.is_error and "Unknown model" in refused.content[0].text
+
+
+async def _http_session(url: str) -> tuple[list[str], Any]:
+    from mcp import Client
+
+    async with Client(url) as client:
+        tools = sorted(t.name for t in (await client.list_tools()).tools)
+        estimate = await client.call_tool(
+            "estimate_cost", {"model": "openai:gpt-image-2", "quality": "low", "size": "1024x1024"}
+        )
+        return tools, estimate
+
+
+def test_mcp_over_streamable_http_under_serve(openai_env: Any, start_server: Any) -> None:
+    import httpx
+
+    server = start_server()
+    tools, estimate = asyncio.run(_http_session(server.url + "/mcp/"))
+    assert "generate" in tools and json.loads(estimate.content[0].text)[
+        "per_image_usd"
+    ] == pytest.approx(0.006)
+    server.app.state.ctx.keys.create("k", ["read"])  # from now on a key is required
+    refused = httpx.post(
+        server.url + "/mcp/", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    )
+    assert refused.status_code == 401

@@ -65,6 +65,7 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_servers_share_one_queue(
     openai_env: Any, start_server: Any, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

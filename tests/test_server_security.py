@@ -130,3 +130,33 @@ def test_unexpected_errors_hide_the_traceback(
     response = httpx.get(server.url + "/boom")
     assert response.status_code == 500
     assert "secret" not in response.text and "Traceback" not in response.text
+
+
+def test_keys_never_reach_the_log(
+    openai_env: Any,
+    start_server: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import logging
+
+    provider_key = "sk-canary-provider-7f3a9c"
+    monkeypatch.setenv("OPENAI_API_KEY", provider_key)
+    server = start_server()
+    server_key = server.app.state.ctx.keys.create("canary", ["generate", "read"])[1]
+    caplog.set_level(logging.DEBUG)
+    headers = {"authorization": f"Bearer {server_key}"}
+    ok = httpx.post(
+        server.url + "/v1/images/generations",
+        json={"prompt": "x", "model": "openai:gpt-image-2", "size": "256x256"},
+        headers=headers,
+    )
+    assert ok.status_code == 200
+    bad = httpx.post(
+        server.url + "/v1/images/generations",
+        json={"prompt": "x"},
+        headers={"authorization": "Bearer lmn_canary_wrong"},
+    )
+    assert bad.status_code == 401
+    for secret in (provider_key, server_key, "lmn_canary_wrong"):
+        assert secret not in caplog.text and secret not in ok.text and secret not in bad.text

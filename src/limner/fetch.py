@@ -151,6 +151,18 @@ class SafeFetcher:
         pinned = parts._replace(netloc=netloc).geturl()
         return pinned, {**headers, "Host": host_header}, {"sni_hostname": host}
 
+    def check(self, url: str) -> None:
+        """Refuse ``url`` (raising ``InputImageError``) unless it may be fetched; remember the
+        checked addresses for :meth:`pinned`."""
+        self._check_url(url)
+
+    def pinned(
+        self, url: str, headers: dict[str, str] | None = None
+    ) -> tuple[str, dict[str, str], dict[str, str]]:
+        """For a URL passed by :meth:`check`: the URL to send to (the checked address), the
+        headers (with Host) and the request extensions (TLS server name)."""
+        return self._pinned(url, headers or {})
+
     def _next(self, url: str, response: httpx.Response) -> str | None:
         if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
             return urljoin(url, response.headers["location"])

@@ -168,7 +168,7 @@ def _execute(
     task = ray.remote(num_cpus=0.5, max_retries=0)(_run_remote).options(
         runtime_env={"env_vars": env}
     )
-    engine_rows = [r for r in rows if _provider_of(runner, r) in LOCAL_PROVIDERS]
+    engine_rows = [r for r in rows if runner.provider_of(r) in LOCAL_PROVIDERS]
     api_rows = [r for r in rows if r not in engine_rows]
     in_flight_cap = max(runner.options.concurrency * max(len(limits), 1), 1)
     pending: list[Any] = []
@@ -208,13 +208,6 @@ def _engine_actors(options: dict[str, Any], limiter: Any, env: dict[str, str]) -
         cls.options(runtime_env={"env_vars": env}, **resources).remote(options, limiter)
         for _ in range(max(gpus, 1))
     ]
-
-
-def _provider_of(runner: BatchRunner, row: ItemRow) -> str:
-    try:
-        return runner.client.resolve(row.request.get("model")).provider
-    except errors.LimnerError:
-        return ""
 
 
 def _options_dict(options: BatchOptions) -> dict[str, Any]:

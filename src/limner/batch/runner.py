@@ -197,6 +197,12 @@ class BatchRunner:
     def _options_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.options.__dict__.items()}
 
+    def provider_of(self, row: ItemRow) -> str:
+        try:
+            return self.client.resolve(row.request.get("model")).provider
+        except errors.LimnerError:
+            return ""
+
     def run_item(self, batch_id: str, run_id: str, row: ItemRow) -> ItemOutcome:
         """Claim, send and settle one item (in a worker thread or a Ray task)."""
         request = ImageRequest(**row.request)
@@ -257,21 +263,30 @@ def _thread_executor(
     rows: list[ItemRow],
     on_item: ItemCallback | None,
 ) -> list[ItemOutcome]:
-    providers = max(len(runner._semaphores), 1)
-    workers = max(1, min(len(rows), runner.options.concurrency * providers))
+    """A pool per provider, so a slow or throttled provider never holds up the others."""
+    by_provider: dict[str, list[ItemRow]] = {}
+    for row in rows:
+        by_provider.setdefault(runner.provider_of(row), []).append(row)
     outcomes: list[ItemOutcome] = []
-    if not rows:
-        return outcomes
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="limner-batch") as pool:
-        futures = [pool.submit(runner.run_item, batch_id, run_id, row) for row in rows]
-        try:
-            for future in as_completed(futures):
-                outcome = future.result()
-                outcomes.append(outcome)
-                if on_item:
-                    on_item(outcome)
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+    pools = [
+        ThreadPoolExecutor(
+            max_workers=max(1, min(len(items), runner.options.concurrency)),
+            thread_name_prefix=f"limner-batch-{provider}",
+        )
+        for provider, items in by_provider.items()
+    ]
+    futures = [
+        pool.submit(runner.run_item, batch_id, run_id, row)
+        for pool, items in zip(pools, by_provider.values(), strict=True)
+        for row in items
+    ]
+    try:
+        for future in as_completed(futures):
+            outcome = future.result()
+            outcomes.append(outcome)
+            if on_item:
+                on_item(outcome)
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
     return outcomes

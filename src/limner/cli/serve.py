@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from limner.cli._common import emit_json, json_option
@@ -28,6 +30,13 @@ def _need_fastapi() -> None:
 )
 @click.option("--workers", type=int, default=None, help="Jobs run at once by this process.")
 @click.option("--no-worker", is_flag=True, help="Serve the API only; run no jobs in this process.")
+@click.option(
+    "--processes",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Server processes sharing the port and the job queue (per-process: rate limits, A1111 options).",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     host: str | None,
@@ -35,6 +44,7 @@ def serve(
     public_url: str | None,
     workers: int | None,
     no_worker: bool,
+    processes: int,
     log_level: str,
 ) -> None:
     """Serve the OpenAI- and A1111-compatible APIs, the job queue and the gallery."""
@@ -55,8 +65,19 @@ def serve(
         settings.check_bind(KeyRing(store).any_keys())
     finally:
         store.close()
-    app = create_app(settings)
     click.echo(f"limner serving on {settings.base_url} (gallery at {settings.base_url}/)", err=True)
+    if processes > 1:
+        # Each process builds its app from the environment, so pass the settings through it.
+        for name, value in (("HOST", settings.host), ("PORT", settings.port), ("PUBLIC_URL", settings.public_url),
+                            ("WORKERS", settings.workers), ("RUN_WORKER", settings.run_worker)):  # fmt: skip
+            if value is not None:
+                os.environ[f"LIMNER_SERVER_{name}"] = str(value)
+        uvicorn.run(
+            "limner.server.app:create_app", factory=True, workers=processes, host=settings.host,
+            port=settings.port, log_level=log_level, access_log=False,
+        )  # fmt: skip
+        return
+    app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
 
 

@@ -29,8 +29,6 @@ __all__ = [
     "run_with_gate",
 ]
 
-TEXT_RANK = {"excellent": 0, "good": 1, "moderate": 2, "weak": 3, "none": 4}
-
 
 @dataclass
 class Attempt:
@@ -88,31 +86,36 @@ def requested_checks(
 
 
 def recommended_alternatives(
-    client: Limner, spec: ModelSpec, op: Operation, needs_text: bool
+    client: Limner, spec: ModelSpec, op: Operation, needs_text: bool, prompt: str = ""
 ) -> list[str]:
-    """Other cloud models for ``op`` whose provider has a key: active ones, the same provider
-    first, the best text renderers first when text is required.
+    """Other cloud models for ``op`` whose provider has a key, in the order ``limner recommend``
+    ranks them for ``prompt`` (for the ``text`` use case when text is required).
 
     Keyless providers (the local engine, ComfyUI) are left out: whether their weights or server
     are there is not known without trying. Name them in ``alternatives`` to use them."""
     from limner.providers import get_provider_class
+    from limner.recommend import recommend
 
-    candidates = []
-    for other in client.catalog.filter(capability=op, include_retired=False):
+    use_cases = ["text"] if needs_text else None
+    ranked = recommend(prompt, use_cases=use_cases, needs=[op], limit=0, catalog=client.catalog)
+    order = [r.model for r in ranked]
+    order += [
+        s.ref
+        for s in client.catalog.filter(capability=op, include_retired=False)
+        if s.ref not in order
+    ]
+    usable = []
+    for ref in order:
+        other = client.catalog.resolve(ref)
         if other.ref == spec.ref:
             continue
         try:
             cls = get_provider_class(other.provider)
         except errors.LimnerError:
             continue
-        if not cls.needs_key or not (
-            other.provider in client.keys or client._has_key_for(other.provider)
-        ):
-            continue
-        candidates.append(other)
-    text_rank = (lambda s: TEXT_RANK.get(s.text_rendering, 5)) if needs_text else (lambda s: 0)
-    candidates.sort(key=lambda s: (s.provider != spec.provider, text_rank(s)))
-    return [c.ref for c in candidates]
+        if cls.needs_key and (other.provider in client.keys or client._has_key_for(other.provider)):
+            usable.append(other.ref)
+    return usable
 
 
 def _next_request(
@@ -144,7 +147,7 @@ def run_with_gate(
     request = request.model_copy(update={"model": spec.ref})
     queue = list(alternatives) if alternatives is not None else []
     if alternatives is None and not spec.seed:
-        queue = recommended_alternatives(client, spec, op, bool(checks.expect_text))
+        queue = recommended_alternatives(client, spec, op, bool(checks.expect_text), request.prompt)
     rng = random.Random(seed)
     attempts: list[Attempt] = []
     parent: str | None = None

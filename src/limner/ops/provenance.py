@@ -210,6 +210,9 @@ def sign_from_env(data: bytes, *, model: str | None, provider: str | None) -> by
 
 def strip_metadata(data: bytes) -> bytes:
     """Every metadata block removed (pixels re-encoded), for users who must publish without it."""
+    from limner.images import open_checked
     from limner.metadata import strip
 
-    return strip(data, _media_type(data))
+    media_type = _media_type(data)
+    open_checked(data, name="image")  # the pixel cap and allowlist before anything is decoded
+    return strip(data, media_type)

@@ -324,11 +324,17 @@ def _cloud_upscale(
     engine = client or Limner()
     request = ImageRequest(model=model, images=[load_image(source)], provider_options=options)
     result = engine.run(Operation.UPSCALE, request, parent_id=parent_id)
+    warnings = list(result.warnings)
+    if "scale" not in options:
+        warnings.append(
+            f"{result.model} upscales by its own factor; pass the provider's option "
+            "(e.g. -O scale=4) where it takes one."
+        )
     return OpResult(
         images=result.images,
         operation="upscale",
         model=result.model,
         generation_id=result.generation_id,
-        warnings=result.warnings,
+        warnings=warnings,
         timings=result.timings,
     )

@@ -41,6 +41,17 @@ def _allowed_hosts(settings: ServerSettings) -> set[str] | None:
     return hosts
 
 
+def _mcp_server(settings: ServerSettings) -> Any:
+    """The MCP tools over streamable HTTP at ``/mcp/``, where the mcp package is installed."""
+    import importlib.util
+
+    if not settings.mcp or importlib.util.find_spec("mcp") is None:
+        return None
+    from limner.server.mcp_server import build_server
+
+    return build_server(settings.home)
+
+
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     from limner import __version__
     from limner.server import a1111_routes, gallery, jobs, openai_routes
@@ -48,6 +59,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings.from_env()
     ctx = ServerContext.create(settings)
     queue = jobs.JobQueue(ctx)
+    mcp_server = _mcp_server(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,7 +70,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if settings.run_worker:
             await queue.start()
         try:
-            yield
+            if mcp_server is not None:
+                async with mcp_server.session_manager.run():
+                    yield
+            else:
+                yield
         finally:
             await queue.stop()
             await ctx.aclose()
@@ -78,6 +94,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     if settings.gallery:
         app.include_router(gallery.router)
+
+    if mcp_server is not None:
+        from limner.server.mcp_server import McpAuth
+
+        mcp_app = mcp_server.streamable_http_app(
+            streamable_http_path="/", stateless_http=True, host=settings.host
+        )
+        app.mount("/mcp", McpAuth(mcp_app, ctx))
 
     @app.get("/healthz", tags=["meta"])
     async def healthz() -> dict[str, Any]:

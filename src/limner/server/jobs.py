@@ -74,6 +74,9 @@ class JobSpec(BaseModel):
     tags: list[str] = Field(default_factory=list, max_length=32)
     project: str | None = None
     provider_options: dict[str, Any] = Field(default_factory=dict)
+    webhook_url: str | None = Field(
+        None, max_length=2000, description="Called (signed) when the job ends"
+    )
 
 
 class BatchSpec(BaseModel):
@@ -122,6 +125,7 @@ class JobQueue:
         self.running: dict[str, asyncio.Task[None]] = {}
         self.wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._notifications: set[asyncio.Task[None]] = set()
 
     @property
     def engine(self) -> sa.Engine:
@@ -350,6 +354,31 @@ class JobQueue:
             self.running.pop(job_id, None)
             self.ctx.progress.pop(job_id, None)
             self.wake.set()
+            if job.get("webhook_url"):
+                self.notify(job_id)
+
+    def notify(self, job_id: str) -> None:
+        """Send the job's webhook in the background (never inside a provider submission)."""
+        task = asyncio.create_task(self._notify(job_id))
+        self._notifications.add(task)
+        task.add_done_callback(self._notifications.discard)
+
+    async def _notify(self, job_id: str) -> None:
+        from limner.server.webhooks import deliver
+
+        current_submission.set(None)
+        job = await asyncio.to_thread(self.get, job_id)
+        if job is None or not job["webhook_url"] or job["status"] not in TERMINAL:
+            return
+        client = self.ctx.http
+        assert client is not None
+        outcome = await deliver(self.ctx.settings, client, job["webhook_url"], self.view(job))
+        with self.engine.begin() as conn:
+            conn.execute(
+                server_jobs.update()
+                .where(server_jobs.c.id == job_id)
+                .values(webhook_status=outcome)
+            )
 
     def _cancelled(self, job_id: str) -> None:
         with self.engine.connect() as conn:
@@ -427,7 +456,11 @@ class JobQueue:
     ) -> dict[str, Any]:
         images = [await self._input(v, f"images[{i}]") for i, v in enumerate(spec.images)]
         mask = await self._input(spec.mask, "mask") if spec.mask else None
-        fields = spec.model_dump(exclude={"operation", "images", "mask"})
+        if spec.webhook_url:
+            from limner.server.webhooks import check_webhook_url
+
+            await asyncio.to_thread(check_webhook_url, self.ctx.settings, spec.webhook_url)
+        fields = spec.model_dump(exclude={"operation", "images", "mask", "webhook_url"})
         request = ImageRequest(**fields, images=images, mask=mask)
         op = Operation(spec.operation)
         if op == Operation.EDIT and mask is not None:
@@ -448,6 +481,7 @@ class JobQueue:
             "updated_at": now, "status": "queued", "operation": op.value,
             "provider": plan.spec.provider, "model": plan.spec.ref, "request": data,
             "attempts": 0, "submit_state": "none", "submit_count": 0, "cancel_requested": False,
+            "webhook_url": spec.webhook_url,
         }  # fmt: skip
 
     async def _input(self, value: str, name: str) -> ImageInput:
@@ -503,6 +537,7 @@ class JobQueue:
             "progress": live.get("progress", job.get("progress")),
             "progress_message": live.get("message", job.get("progress_message")),
             "result": result, "error": job["error"], "cancel_requested": job["cancel_requested"],
+            "webhook_status": job.get("webhook_status"),
         }  # fmt: skip
 
     # -- control -------------------------------------------------------------------------------
@@ -600,9 +635,12 @@ async def cancel_job(
     principal: Principal = Depends(needs("generate")),
 ) -> dict[str, Any]:
     queue = _queue(ctx)
-    _own(await asyncio.to_thread(queue.get, job_id), principal, job_id)
+    before = _own(await asyncio.to_thread(queue.get, job_id), principal, job_id)
     await asyncio.to_thread(queue.cancel, job_id)
-    return queue.view(_own(await asyncio.to_thread(queue.get, job_id), principal, job_id))
+    job = _own(await asyncio.to_thread(queue.get, job_id), principal, job_id)
+    if before["status"] == "queued" and job["status"] == "cancelled" and job["webhook_url"]:
+        queue.notify(job_id)  # a running job's own runner sends its webhook when it stops
+    return queue.view(job)
 
 
 @router.post("/v1/jobs/{job_id}/retry", tags=["jobs"])

@@ -9,12 +9,13 @@ exactly as in the library and the CLI.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from limner import errors
 from limner.types import ImageRequest, Operation, Result
 
-__all__ = ["build_server", "run_stdio"]
+__all__ = ["McpAuth", "build_server", "run_stdio"]
 
 
 def _summary(result: Result) -> str:
@@ -31,8 +32,8 @@ def _summary(result: Result) -> str:
     )  # fmt: skip
 
 
-def build_server() -> Any:
-    """The MCP server with limner's tools registered."""
+def build_server(home: Path | None = None) -> Any:
+    """The MCP server with limner's tools registered (``home``: the limner home to use)."""
     from mcp.server.mcpserver import MCPServer
     from mcp.server.mcpserver.exceptions import ToolError
     from mcp.server.mcpserver.utilities.types import Image
@@ -44,11 +45,14 @@ def build_server() -> Any:
         name="limner",
         version=__version__,
         instructions="Generate and edit images with any limner model; recommend models and estimate costs first.",
+        # The SDK configures the root logger at this level; INFO would log every HTTP request
+        # the server makes (cost and noise), so only warnings and errors.
+        log_level="WARNING",
     )
 
     def run(op: Operation, request: ImageRequest) -> list[Any]:
         try:
-            with Limner() as client:
+            with Limner(home=home) as client:
                 result = client.run(op, request)
         except errors.LimnerError as exc:
             raise ToolError(str(exc)) from exc
@@ -128,7 +132,7 @@ def build_server() -> Any:
         query: str = "", model: str | None = None, limit: int = 20
     ) -> list[dict[str, Any]]:
         """Search past generations (newest first) by words in the prompt, model or tags."""
-        with Limner() as client:
+        with Limner(home=home) as client:
             entries = client.store.search(query or None, model=model, limit=min(max(limit, 1), 200))
         return [
             {
@@ -144,3 +148,35 @@ def build_server() -> Any:
 
 def run_stdio() -> None:
     build_server().run("stdio")
+
+
+class McpAuth:
+    """Guards the MCP endpoint under ``limner serve`` with the server's keys (``generate``)."""
+
+    def __init__(self, app: Any, ctx: Any) -> None:
+        self.app, self.ctx = app, ctx
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            from starlette.requests import Request
+
+            from limner.server.auth import require
+            from limner.server.errors import ApiError, error_response
+
+            request = Request(scope)
+            try:
+                principal = self.ctx.keys.authenticate(request)
+                require(principal, "generate")
+                self.ctx.keys.check_rate(principal)
+            except ApiError as exc:
+                response = error_response(
+                    request,
+                    exc.status,
+                    exc.message,
+                    type_=exc.type,
+                    code=exc.code,
+                    headers=exc.headers,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

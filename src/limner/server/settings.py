@@ -54,6 +54,13 @@ class ServerSettings:
     rate_per_minute: int = 0  # default per-key rate limit; 0 = none
     run_worker: bool = True
     gallery: bool = True
+    mcp: bool = True  # MCP tools over streamable HTTP at /mcp/
+    # Job webhooks are signed with this secret (HMAC-SHA256); without it jobs take no webhook.
+    webhook_secret: str | None = None
+    webhook_attempts: int = 6
+    webhook_backoff_s: float = 1.0
+    # Let webhooks reach loopback and private addresses (a receiver on the same host or LAN).
+    webhook_allow_private: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> ServerSettings:

@@ -44,6 +44,7 @@ server_jobs = sa.Table(
     sa.Column("progress_message", sa.Text),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("webhook_url", sa.Text),
+    sa.Column("webhook_status", sa.String(64)),  # delivered | failed after N attempts
 )
 
 idempotency_keys = sa.Table(
