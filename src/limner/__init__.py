@@ -106,12 +106,20 @@ def build_request(
     mask: Any,
     params: dict[str, Any],
 ) -> ImageRequest:
+    from pydantic import ValidationError
+
+    from limner.errors import InvalidRequestError
     from limner.images import load_image
     from limner.types import ImageRequest
 
     loaded = [load_image(img) for img in images]
     mask_input = load_image(mask, name="mask.png") if mask is not None else None
-    return ImageRequest(prompt=prompt, model=model, images=loaded, mask=mask_input, **params)
+    try:
+        return ImageRequest(prompt=prompt, model=model, images=loaded, mask=mask_input, **params)
+    except ValidationError as exc:  # a typed field given the wrong value, from Python callers
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise InvalidRequestError(f"{field}: {first['msg']}.", param=field) from None
 
 
 def _op_for_edit(mask: Any) -> Operation:

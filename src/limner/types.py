@@ -93,10 +93,12 @@ class ImageRequest(BaseModel):
         return v.strip().lower().replace("×", "x") if v else v
 
     def dimensions(self) -> tuple[int, int] | None:
-        """The requested (width, height), or None for ``auto`` / unset."""
+        """The requested (width, height), or None for ``auto``, unset or malformed sizes."""
         if not self.size or self.size == "auto":
             return None
-        w, _, h = self.size.partition("x")
+        w, sep, h = self.size.partition("x")
+        if not (sep and w.isdigit() and h.isdigit()):
+            return None
         return int(w), int(h)
 
 

@@ -166,7 +166,9 @@ def _check_inputs(op: Operation, request: ImageRequest, spec: ModelSpec) -> None
     # An operation on an earlier provider-side task (Midjourney's U1-U4 / V1-V4) names the task
     # in provider_options["task_id"] and needs no input image.
     acts_on_task = "task_id" in request.provider_options
-    needs_image = op not in (Operation.GENERATE, Operation.CONTROLNET, Operation.LORA) and not acts_on_task
+    needs_image = (
+        op not in (Operation.GENERATE, Operation.CONTROLNET, Operation.LORA) and not acts_on_task
+    )
     if needs_image and not request.images:
         raise errors.InvalidRequestError(f"{op.value} needs an input image.", param="image")
     if len(request.images) > max(spec.max_input_images, 1):

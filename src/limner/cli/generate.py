@@ -156,7 +156,13 @@ def _run(
             return
         status.start(f"Generating with {client.resolve(request.model).ref}...")
         try:
-            result = client.run(op, request, use_cache=not params["no_cache"])
+            gate = params.get("gate")
+            if gate and gate[0] is not None:
+                from limner.ops.gate import run_with_gate
+
+                result = run_with_gate(client, op, request, gate[0], gate[1]).result
+            else:
+                result = client.run(op, request, use_cache=not params["no_cache"])
         finally:
             status.stop()
     paths = _output_paths(result, params["output"])
@@ -180,10 +186,23 @@ def _run(
 @click.command()
 @click.argument("prompt")
 @_request_options
-def generate(prompt: str, **params: Any) -> None:
+@click.option("--require-text", help="Quality gate: retry until OCR finds this text in the image.")
+@click.option("--min-size", help="Quality gate: retry until the image is at least WIDTHxHEIGHT.")
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(1, 10),
+    default=3,
+    show_default=True,
+    help="Attempts for the quality gate (new seed, else the next recommended model).",
+)
+def generate(
+    prompt: str, require_text: str | None, min_size: str | None, max_attempts: int, **params: Any
+) -> None:
     """Make images from PROMPT."""
+    from limner.ops.gate import requested_checks
     from limner.types import Operation
 
+    params["gate"] = (requested_checks(require_text, min_size), max_attempts)
     _run(Operation.GENERATE, prompt, [], None, params)
 
 
