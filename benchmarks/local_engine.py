@@ -52,8 +52,10 @@ def _clip(hidden: int, layers: int, heads: int, projection: bool = False) -> Any
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
 
 
-def build_full(kind: str) -> Any:
-    """An SD1.5-, SDXL- or FLUX.1-sized pipeline with random weights (on the current device)."""
+def build_full(kind: str, device: str = "cpu") -> Any:
+    """An SD1.5-, SDXL- or FLUX.1-sized pipeline with random weights, its models built on
+    ``device`` (schedulers and tokenizers stay on the CPU: they use NumPy)."""
+    import torch
     from diffusers import (
         EulerDiscreteScheduler,
         FlowMatchEulerDiscreteScheduler,
@@ -71,28 +73,40 @@ def build_full(kind: str) -> Any:
     euler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
     )
-    if kind == "sd15":
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-        return StableDiffusionPipeline(unet=unet, vae=_vae(4, sample_size=512), text_encoder=_clip(768, 12, 12),
-                                       tokenizer=tok, scheduler=euler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)  # fmt: skip
-    if kind == "sdxl":
-        unet = UNet2DConditionModel(
-            sample_size=128, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(320, 640, 1280),
-            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,
-        )  # fmt: skip
-        return StableDiffusionXLPipeline(unet=unet, vae=_vae(4, sample_size=1024, scaling_factor=0.13025),
-                                         text_encoder=_clip(768, 12, 12), text_encoder_2=_clip(1280, 32, 20, True),
-                                         tokenizer=tok, tokenizer_2=tok, scheduler=euler)  # fmt: skip
-    t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_heads=64,
-                                 feed_forward_proj="gated-gelu", is_gated_act=True))  # fmt: skip
-    return FluxPipeline(transformer=FluxTransformer2DModel(guidance_embeds=True),
-                        vae=_vae(16, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611),
-                        text_encoder=_clip(768, 12, 12), tokenizer=tok, text_encoder_2=t5, tokenizer_2=tiny_t5_tokenizer(),
-                        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True))  # fmt: skip
+    flow = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+    t5_tok = tiny_t5_tokenizer()
+    with torch.device(device):
+        if kind == "sd15":
+            unet = UNet2DConditionModel(
+                sample_size=64, cross_attention_dim=768, attention_head_dim=8
+            )
+            return StableDiffusionPipeline(unet=unet, vae=_vae(4, sample_size=512), text_encoder=_clip(768, 12, 12),
+                                           tokenizer=tok, scheduler=euler, safety_checker=None,
+                                           feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+        if kind == "sdxl":
+            unet = UNet2DConditionModel(
+                sample_size=128, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10),
+                attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
+                addition_embed_type="text_time", addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816,
+            )  # fmt: skip
+            return StableDiffusionXLPipeline(unet=unet, vae=_vae(4, sample_size=1024, scaling_factor=0.13025),
+                                             text_encoder=_clip(768, 12, 12), text_encoder_2=_clip(1280, 32, 20, True),
+                                             tokenizer=tok, tokenizer_2=tok, scheduler=euler)  # fmt: skip
+        t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_layers=24,
+                                     num_heads=64, feed_forward_proj="gated-gelu", is_gated_act=True))  # fmt: skip
+        vae = _vae(
+            16,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            shift_factor=0.1159,
+            scaling_factor=0.3611,
+        )
+        return FluxPipeline(transformer=FluxTransformer2DModel(guidance_embeds=True), vae=vae,
+                            text_encoder=_clip(768, 12, 12), tokenizer=tok, text_encoder_2=t5,
+                            tokenizer_2=t5_tok, scheduler=flow)  # fmt: skip
 
 
 # -- measuring --------------------------------------------------------------------------------
@@ -167,8 +181,7 @@ def gpu_benchmark(
         size, default_steps = GPU_CASES[kind]
         dtype = torch.bfloat16 if kind == "flux" else torch.float16
         start = time.perf_counter()
-        with torch.device("cuda"):
-            pipe = build_full(kind).to(dtype)
+        pipe = build_full(kind, "cuda").to(dtype)
         build_s = time.perf_counter() - start
         row = measure_pair(pipe, kind, size, steps or default_steps, repeats, cuda_graphs)
         row.update(dtype=str(dtype).removeprefix("torch."), build_s=round(build_s, 1))

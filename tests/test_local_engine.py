@@ -391,3 +391,12 @@ def test_outpaint_needs_sides_and_inpaint_a_mask(client: Limner, tiny: TinyModel
         run(client, "outpaint", tiny.path("sd15"), images=[photo()])
     with pytest.raises(errors.UserError, match="needs a mask"):
         run(client, "inpaint", tiny.path("sd15"), images=[photo()])
+
+
+async def test_async_run_gives_the_same_image(client: Limner, tiny: TinyModels) -> None:
+    request = ImageRequest(
+        prompt="the cat", model=f"local:{tiny.path('sd15')}", size="64x64", steps=2, seed=31
+    )
+    sync = client.run("generate", request, use_cache=False)
+    result = await client.arun("generate", request, use_cache=False)
+    assert np.array_equal(pixels(sync), pixels(result))

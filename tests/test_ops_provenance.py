@@ -189,3 +189,20 @@ def test_sign_from_env(
         and info.c2pa is not None
         and info.c2pa["generation"]["model"] == "local:sd-turbo"
     )
+
+
+def test_generated_images_are_signed_when_configured(
+    openai_env: Any, tmp_path: Path, signing_pair: tuple[bytes, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import limner
+
+    chain, key = signing_pair
+    (tmp_path / "chain.pem").write_bytes(chain)
+    (tmp_path / "key.pem").write_bytes(key)
+    monkeypatch.setenv("LIMNER_C2PA_CERT", str(tmp_path / "chain.pem"))
+    monkeypatch.setenv("LIMNER_C2PA_KEY", str(tmp_path / "key.pem"))
+    result = limner.generate("a signed fox", model="openai:gpt-image-2", size="256x256")
+    info = read_provenance(result.images[0].path.read_bytes())
+    assert info.c2pa_valid is True
+    assert info.c2pa is not None and info.c2pa["generation"]["model"] == "openai:gpt-image-2"
+    assert info.limner["prompt"] == "a signed fox"

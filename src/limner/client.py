@@ -504,6 +504,10 @@ class Limner:
                     "created_at": entry.created_at,
                 }
                 image.data = embed(image.data, image.media_type, meta)
+                if os.environ.get("LIMNER_C2PA_CERT"):
+                    from limner.ops.provenance import sign_from_env
+
+                    image.data = sign_from_env(image.data, model=plan.spec.ref, provider=plan.spec.provider)
             item = self.store.put_asset(image.data, image.media_type, image.width, image.height)
             item.seed, item.revised_prompt = image.seed, image.revised_prompt
             image.sha256, image.path = item.sha256, item.path

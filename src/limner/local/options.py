@@ -214,7 +214,11 @@ def precheck(op: Operation, spec: ModelSpec, request: ImageRequest) -> LocalOpti
                            "Set depth_model to a transformers depth-estimation model (folder or repo), or "
                            "give a ready depth map with type none.")  # fmt: skip
     if op == Operation.INPAINT and request.mask is None:
-        raise _bad("Inpainting needs a mask (white marks the area to repaint).", "mask", "Pass --mask FILE.")
+        raise _bad(
+            "Inpainting needs a mask (white marks the area to repaint).",
+            "mask",
+            "Pass --mask FILE.",
+        )
     if op == Operation.OUTPAINT and not any(opts.expand.values()):
         raise _bad("Outpainting needs the expand option: how many pixels to add on each side.", "expand",
                    'e.g. --option expand=\'{"right": 128}\'.')  # fmt: skip

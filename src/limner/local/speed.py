@@ -25,12 +25,15 @@ def optimise_pipeline(
 
     applied: list[str] = []
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    if hasattr(pipe, "fuse_qkv_projections"):
+    fuse = getattr(pipe, "fuse_qkv_projections", None) or getattr(
+        denoiser, "fuse_qkv_projections", None
+    )
+    if fuse is not None:
         try:
-            pipe.fuse_qkv_projections()
+            fuse()
             applied.append("fused-qkv")
         except (AttributeError, NotImplementedError, ValueError):
-            pass
+            pass  # an attention processor that cannot fuse: keep the separate projections
     if getattr(pipe, "unet", None) is not None:
         pipe.unet.to(memory_format=torch.channels_last)
         applied.append("channels-last-unet")
