@@ -45,6 +45,19 @@ def test_generate_queues_polls_and_downloads(
     assert stats[f"GET /history/{result.request_id}"] >= 2  # {} while running, then the outputs
 
 
+def test_websocket_progress_per_step(comfy: tuple[EmulatorServer, str], tmp_path: Any) -> None:
+    _, url = comfy
+    _settings(url, run_seconds=1.0)
+    seen: list[tuple[float | None, str]] = []
+    with Limner(home=tmp_path, on_progress=lambda f, m: seen.append((f, m))) as client:
+        result = client.run("generate", ImageRequest(prompt="a fox", model="comfyui:any.safetensors",
+                                                     size="64x64", steps=10, seed=3))  # fmt: skip
+    steps = [m for f, m in seen if m.startswith("step ")]
+    assert steps and all(m.endswith("/10") for m in steps)
+    assert all(0 < (f or 0) < 1 for f, m in seen if m.startswith("step "))
+    assert result.images
+
+
 def test_edit_uploads_the_image_and_mask(comfy: tuple[EmulatorServer, str], tmp_path: Any) -> None:
     _, url = comfy
     image = load_image(Image.new("RGB", (64, 64), "red"))

@@ -42,6 +42,8 @@ class TinyModels:
             return folder
         if kind in ("sd15", "sdxl", "sd3", "flux"):
             testing.build_tiny(kind, folder)
+        elif kind == "depth":
+            testing.build_tiny_depth_estimator(folder)
         elif kind == "controlnet":
             testing.build_tiny_controlnet(folder, testing.build_tiny("sd15").unet)
         elif kind.startswith("lora-"):  # lora-sd15-0, lora-flux-0
@@ -190,6 +192,21 @@ def test_controlnet_canny_and_several_at_once(client: Limner, tiny: TinyModels) 
                                                 {"type": "none", "model": net, "scale": 0.5, "image": 1}]})  # fmt: skip
     assert two.images[0].width == 64
     assert not np.array_equal(pixels(one), pixels(two))
+
+
+def test_controlnet_soft_edges_and_depth(client: Limner, tiny: TinyModels) -> None:
+    from limner.local.control import hed_weights_path
+
+    net = str(tiny.path("controlnet"))
+    controls = [{"type": "depth", "model": net, "scale": 0.8}]
+    if hed_weights_path() is not None:
+        controls.append({"type": "hed", "model": net, "scale": 0.6})
+    result = run(client, "controlnet", tiny.path("sd15"), images=[photo()], seed=5,
+                 provider_options={"controlnets": controls, "depth_model": str(tiny.path("depth"))})  # fmt: skip
+    assert result.images[0].width == 64
+    with pytest.raises(errors.UserError, match="depth estimator"):
+        run(client, "controlnet", tiny.path("sd15"), images=[photo()],
+            provider_options={"controlnets": [{"type": "depth", "model": net}]})  # fmt: skip
 
 
 def test_controlnet_without_its_image_is_refused(client: Limner, tiny: TinyModels) -> None:
@@ -400,3 +417,9 @@ async def test_async_run_gives_the_same_image(client: Limner, tiny: TinyModels) 
     sync = client.run("generate", request, use_cache=False)
     result = await client.arun("generate", request, use_cache=False)
     assert np.array_equal(pixels(sync), pixels(result))
+
+
+def test_optimised_path_gives_the_same_image(client: Limner, tiny: TinyModels) -> None:
+    plain = run(client, "generate", tiny.path("sd15"), seed=12)
+    fast = run(client, "generate", tiny.path("sd15"), seed=12, provider_options={"optimise": True})
+    assert np.abs(pixels(plain) - pixels(fast)).max() <= 2

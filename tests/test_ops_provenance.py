@@ -192,7 +192,10 @@ def test_sign_from_env(
 
 
 def test_generated_images_are_signed_when_configured(
-    openai_env: Any, tmp_path: Path, signing_pair: tuple[bytes, bytes], monkeypatch: pytest.MonkeyPatch
+    openai_env: Any,
+    tmp_path: Path,
+    signing_pair: tuple[bytes, bytes],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import limner
 

@@ -12,7 +12,7 @@ from limner.providers import _plugin_table, get_provider_class
 from limner.types import ImageRequest, Operation
 
 PLUGIN = textwrap.dedent(
-    '''
+    """
     from limner.catalog import ModelSpec
     from limner.flows import ProviderOutput, Run
     from limner.providers.base import Provider, image_from_bytes
@@ -38,7 +38,7 @@ PLUGIN = textwrap.dedent(
 
             data = yield Run(render)
             return ProviderOutput(images=[image_from_bytes(data) for _ in range(request.n)])
-    '''
+    """
 )
 
 
@@ -48,7 +48,9 @@ def plugin(tmp_path, monkeypatch):
     dist = tmp_path / "limner_solid-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: limner-solid\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[limner.providers]\nsolid = limner_solid:SolidProvider\n")
+    (dist / "entry_points.txt").write_text(
+        "[limner.providers]\nsolid = limner_solid:SolidProvider\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("LIMNER_LOAD_PLUGINS", "solid")
     _plugin_table.cache_clear()
@@ -72,4 +74,3 @@ def test_plugins_can_be_turned_off(plugin, monkeypatch) -> None:
     monkeypatch.setenv("LIMNER_LOAD_PLUGINS", "")
     _plugin_table.cache_clear()
     assert "solid" not in _plugin_table()
-

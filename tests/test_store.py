@@ -82,6 +82,7 @@ def test_sigkill_mid_write_never_leaves_a_row_without_its_file(tmp_path) -> None
             i += 1
         """
     )
+
     def rows() -> int:
         try:
             with sqlite3.connect(tmp_path / "limner.db") as db:
@@ -109,7 +110,9 @@ def test_sigkill_mid_write_never_leaves_a_row_without_its_file(tmp_path) -> None
 
 def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path) -> None:
     script = f"from limner.store import Store; Store({str(tmp_path / 'shared')!r}).close()"
-    procs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE) for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE) for _ in range(4)
+    ]
     results = [(p.wait(), p.stderr.read().decode() if p.stderr else "") for p in procs]
     assert all(code == 0 for code, _ in results), results
     from limner.store.db import _load_extensions

@@ -145,7 +145,9 @@ class Limner:
         self.home = Path(home) if home else limner_home()
         self._store = store
         self._store_lock = threading.Lock()
-        self.catalog = catalog or get_catalog([*plugin_catalog_entries(), *_registered_models(self.home)])
+        self.catalog = catalog or get_catalog(
+            [*plugin_catalog_entries(), *_registered_models(self.home)]
+        )
         self._http = http_client
         self._owns_http = http_client is None
         self._ahttp = async_http_client
@@ -238,7 +240,11 @@ class Limner:
         if name not in self._providers:
             cls = get_provider_class(name)
             # Optional keys (a Midjourney proxy's secret) are looked up too; only keyless providers skip it.
-            key = cls.resolve_key(self.keys.get(name), self.key_store) if cls.needs_key or cls.key_env else None
+            key = (
+                cls.resolve_key(self.keys.get(name), self.key_store)
+                if cls.needs_key or cls.key_env
+                else None
+            )
             base_url = cls.resolve_base_url(self.base_urls.get(name), self.config)
             self._providers[name] = cls(api_key=key, base_url=base_url)
         return self._providers[name]
@@ -507,7 +513,9 @@ class Limner:
                 if os.environ.get("LIMNER_C2PA_CERT"):
                     from limner.ops.provenance import sign_from_env
 
-                    image.data = sign_from_env(image.data, model=plan.spec.ref, provider=plan.spec.provider)
+                    image.data = sign_from_env(
+                        image.data, model=plan.spec.ref, provider=plan.spec.provider
+                    )
             item = self.store.put_asset(image.data, image.media_type, image.width, image.height)
             item.seed, item.revised_prompt = image.seed, image.revised_prompt
             image.sha256, image.path = item.sha256, item.path

@@ -41,6 +41,7 @@ __all__ = [
     "parse_retry_after",
 ]
 
+
 @functools.cache
 def shared_ssl_context() -> ssl.SSLContext:
     """One verified TLS context per process: building one loads the CA bundle (~0.1 s)."""

@@ -83,7 +83,12 @@ def embed(data: bytes, media_type: str, meta: dict[str, Any]) -> bytes:
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+    return (
+        len(payload).to_bytes(4, "big")
+        + kind
+        + payload
+        + zlib.crc32(kind + payload).to_bytes(4, "big")
+    )
 
 
 def _embed_png(data: bytes, meta: dict[str, Any]) -> bytes:
@@ -99,7 +104,9 @@ def _embed_png(data: bytes, meta: dict[str, Any]) -> bytes:
         params_chunk = _png_chunk(b"iTXt", b"parameters\x00\x00\x00\x00\x00" + params.encode())
     chunks = (
         params_chunk,
-        _png_chunk(b"iTXt", b"limner\x00\x00\x00\x00\x00" + json.dumps(meta, sort_keys=True).encode()),
+        _png_chunk(
+            b"iTXt", b"limner\x00\x00\x00\x00\x00" + json.dumps(meta, sort_keys=True).encode()
+        ),
         _png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + _xmp(meta)),
     )
     return data[:ihdr_end] + b"".join(chunks) + data[ihdr_end:]

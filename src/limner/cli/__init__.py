@@ -28,7 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("limner.cli.logs:logs", "List and search the generation log."),
     "export": ("limner.cli.export:export", "Export manifests and projects."),
     "emulate": ("limner.cli.emulate:emulate", "Serve a provider's API emulator on loopback."),
-    "serve": ("limner.cli.serve:serve", "Serve the OpenAI/A1111-compatible APIs, jobs and gallery."),
+    "serve": (
+        "limner.cli.serve:serve",
+        "Serve the OpenAI/A1111-compatible APIs, jobs and gallery.",
+    ),
     "server-keys": ("limner.cli.serve:server_keys", "Manage the server's API keys."),
     "mcp": ("limner.cli.serve:mcp", "Serve limner's tools to AI assistants over MCP (stdio)."),
     "rerun": ("limner.cli.local:rerun", "Run a logged generation again from its parameters."),

@@ -93,7 +93,6 @@ def models(
         emit_json(rows)
         return
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table("model", "operations", "price", "licence", "status")

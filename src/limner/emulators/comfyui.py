@@ -1,7 +1,9 @@
 """An emulator of the ComfyUI server API: ``POST /prompt`` (API-format workflows, validated
 node by node), ``GET /history[/{id}]`` (empty ``{}`` while a prompt runs, as ComfyUI does),
 ``GET /view``, ``POST /upload/image``, ``POST /interrupt``, ``GET|POST /queue``,
-``GET /object_info`` and ``GET /system_stats``. Every route is also under ``/api``.
+``GET /object_info``, ``GET /system_stats`` and the ``/ws?clientId=`` websocket (``progress``
+messages per KSampler step, then ``executing`` with ``node: null``). Every route is also under
+``/api``.
 
 A prompt "runs" for ``run_seconds`` (``POST /_emulator/comfyui {"run_seconds": 2}``; the shared
 ``latency`` setting delays every request instead) and renders one image per
@@ -11,13 +13,15 @@ ends in ``execution_error``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from limner.emulators.common import BLOCKED_WORD, EmulatorState, emulator_app, render_image
 
@@ -241,8 +245,9 @@ class _Server:
             return JSONResponse({"error": error, "node_errors": node_errors}, status_code=400)
         prompt_id = str(body.get("prompt_id") or uuid.uuid4())
         self.number += 1
+        now = time.monotonic()
         self.state.jobs[prompt_id] = {"workflow": workflow, "status": "running", "number": self.number,
-                                      "ready_at": time.monotonic() + self.run_seconds,
+                                      "started_at": now, "ready_at": now + self.run_seconds,
                                       "client_id": body.get("client_id")}  # fmt: skip
         return JSONResponse({"prompt_id": prompt_id, "number": self.number, "node_errors": {}})
 
@@ -302,6 +307,65 @@ class _Server:
             }
         )
 
+    def _progress_messages(
+        self, client_id: str | None, sent: dict[str, int]
+    ) -> list[dict[str, Any]]:
+        """The websocket messages due for ``client_id``'s prompts: KSampler steps, then done."""
+        messages = []
+        for prompt_id in list(self.state.jobs):
+            job = self.finish(prompt_id)
+            if job.get("client_id") != client_id or sent.get(prompt_id) == -1:
+                continue
+            if job["status"] != "running":
+                messages.append(
+                    {"type": "executing", "data": {"node": None, "prompt_id": prompt_id}}
+                )
+                sent[prompt_id] = -1
+                continue
+            sampler: dict[str, Any] = next(
+                (
+                    n["inputs"]
+                    for n in job["workflow"].values()
+                    if n.get("class_type") == "KSampler"
+                ),
+                {},
+            )
+            steps = int(sampler.get("steps", 20))
+            span = max(job["ready_at"] - job["started_at"], 1e-6)
+            value = min(int(steps * (time.monotonic() - job["started_at"]) / span), steps - 1)
+            if value > sent.get(prompt_id, 0):
+                sent[prompt_id] = value
+                messages.append(
+                    {
+                        "type": "progress",
+                        "data": {"value": value, "max": steps, "prompt_id": prompt_id, "node": "3"},
+                    }
+                )
+        return messages
+
+    async def websocket(self, socket: WebSocket) -> None:
+        await socket.accept()
+        client_id = socket.query_params.get("clientId")
+        await socket.send_json(
+            {
+                "type": "status",
+                "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": client_id},
+            }
+        )
+        sent: dict[str, int] = {}
+        try:
+            while True:
+                for message in self._progress_messages(client_id, sent):
+                    await socket.send_json(message)
+                try:  # wait a little, noticing at once when the client goes away
+                    incoming = await asyncio.wait_for(socket.receive(), timeout=0.05)
+                except TimeoutError:
+                    continue
+                if incoming.get("type") == "websocket.disconnect":
+                    return
+        except (WebSocketDisconnect, RuntimeError):
+            return  # the client went away
+
     async def settings(self, request: Request) -> Response:
         body = await request.json()
         self.run_seconds = float(body.get("run_seconds", self.run_seconds))
@@ -311,7 +375,7 @@ class _Server:
 def create_app(state: EmulatorState | None = None) -> Any:
     state = state or EmulatorState()
     server = _Server(state)
-    routes = [Route("/_emulator/comfyui", server.settings, methods=["POST"])]
+    routes: list[Any] = [Route("/_emulator/comfyui", server.settings, methods=["POST"])]
     for prefix in ("", "/api"):
         routes += [
             Route(prefix + "/prompt", server.post_prompt, methods=["POST"]),
@@ -323,5 +387,6 @@ def create_app(state: EmulatorState | None = None) -> Any:
             Route(prefix + "/queue", server.queue, methods=["GET", "POST"]),
             Route(prefix + "/object_info", server.object_info, methods=["GET"]),
             Route(prefix + "/system_stats", server.system_stats, methods=["GET"]),
+            WebSocketRoute(prefix + "/ws", server.websocket),
         ]
     return emulator_app(routes, state, error_body)

@@ -365,6 +365,7 @@ EXTRA_ROUTES: list[Route] = []
 def create_app(state: EmulatorState | None = None) -> Any:
     state = state or EmulatorState()
     state.delivery.ttl = 3600.0  # OpenAI's result URLs last 60 minutes
+
     async def moderations(request: Request) -> Response:
         # Flags any input holding BLOCKED_WORD, in the response shape of POST /v1/moderations.
         try:
@@ -374,7 +375,12 @@ def create_app(state: EmulatorState | None = None) -> Any:
             except ValueError:
                 raise APIError(400, "We could not parse the JSON body of your request.") from None
             if "input" not in params:
-                raise APIError(400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+                raise APIError(
+                    400,
+                    "Missing required parameter: 'input'.",
+                    param="input",
+                    code="missing_required_parameter",
+                )
             inputs = params["input"] if isinstance(params["input"], list) else [params["input"]]
             results = []
             for item in inputs:

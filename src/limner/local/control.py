@@ -108,8 +108,11 @@ def hed(image: Any) -> Any:
 def _depth_estimator(model: str) -> Any:
     from transformers import pipeline
 
+    from limner.local.models import refuse_pickle
+
+    refuse_pickle(model)
     try:
-        return pipeline("depth-estimation", model=model)
+        return pipeline("depth-estimation", model=model, model_kwargs={"use_safetensors": True})
     except Exception as exc:  # transformers raises many kinds for a model it cannot load
         raise errors.UserError(f"Could not load the depth model {model}: {exc}") from exc
 

@@ -195,7 +195,7 @@ def _control_kwargs(
     nets, maps, scales = [], [], []
     for control in opts.controlnets:
         source = (
-            _pil(request.images[control.image].data)
+            _pil(request.images[control.image or 0].data)
             .convert("RGB")
             .resize(size, Image.Resampling.LANCZOS)
         )

@@ -19,12 +19,12 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from limner import errors
 from limner.catalog import ModelSpec
-from limner.local.models import FAMILIES
+from limner.local.models import FAMILIES, Family
 from limner.types import ImageRequest, Operation
 
 __all__ = ["ControlSpec", "LocalOptions", "parse_options", "target_size"]
@@ -40,7 +40,7 @@ class ControlSpec:
     type: str
     model: str
     scale: float = 1.0
-    image: int = 0
+    image: int | None = None  # which input image; None: its own position, else the first
     low: int = 100
     high: int = 200
 
@@ -91,7 +91,7 @@ def _weighted(item: Any, key: str, param: str) -> tuple[str, float]:
 def _controls(raw: Any, spec: ModelSpec) -> list[ControlSpec]:
     defaults: dict[str, str] = dict(spec.wire.get("controlnets", {}))
     out = []
-    for index, item in enumerate(raw if isinstance(raw, list) else [raw]):
+    for item in raw if isinstance(raw, list) else [raw]:
         entry = dict(item) if isinstance(item, dict) else {}
         kind, scale = (
             (str(entry.get("type", "")), float(entry.get("scale", 1.0)))
@@ -110,7 +110,7 @@ def _controls(raw: Any, spec: ModelSpec) -> list[ControlSpec]:
                 f"No ControlNet model for {kind!r} with {spec.ref}.", "controlnets",
                 'Name one: --option controlnets=\'[{"type": "canny", "model": "PATH_OR_REPO"}]\'.',
             )  # fmt: skip
-        out.append(ControlSpec(kind, str(model), scale, int(entry.get("image", index)),
+        out.append(ControlSpec(kind, str(model), scale, None if entry.get("image") is None else int(entry["image"]),
                                int(entry.get("low", 100)), int(entry.get("high", 200))))  # fmt: skip
     return out
 
@@ -184,6 +184,27 @@ def target_size(
     return (width, height), note
 
 
+def _check_controls(opts: LocalOptions, request: ImageRequest, family: Family) -> None:
+    if not family.controlnet:
+        raise _bad(f"ControlNet is not available for {family.name} models in the local engine.", "controlnets",
+                   "Use an SD 1.5 or SDXL model.")  # fmt: skip
+    for index, control in enumerate(list(opts.controlnets)):
+        image = control.image
+        if image is None:
+            image = index if index < len(request.images) else 0
+            opts.controlnets[index] = control = replace(control, image=image)
+        if image >= len(request.images):
+            raise _bad(
+                f"ControlNet {control.type!r} needs a control image (image {image + 1}), "
+                f"but {len(request.images)} image(s) were given.", "image",
+                "Pass the image to derive the control map from with -i.",
+            )  # fmt: skip
+        if control.type == "depth" and not opts.depth_model:
+            raise _bad("Depth control needs a depth estimator.", "depth_model",
+                       "Set depth_model to a transformers depth-estimation model (folder or repo), or "
+                       "give a ready depth map with type none.")  # fmt: skip
+
+
 def precheck(op: Operation, spec: ModelSpec, request: ImageRequest) -> LocalOptions:
     """Everything about a local request that can be refused before a model loads."""
     family = FAMILIES[str(spec.wire.get("family", "sd"))]
@@ -199,20 +220,7 @@ def precheck(op: Operation, spec: ModelSpec, request: ImageRequest) -> LocalOpti
                        'e.g. --option controlnets=\'[{"type": "canny", "model": "PATH_OR_REPO"}]\'.')  # fmt: skip
         opts.controlnets = _controls([default], spec)
     if opts.controlnets:
-        if not family.controlnet:
-            raise _bad(f"ControlNet is not available for {family.name} models in the local engine.", "controlnets",
-                       "Use an SD 1.5 or SDXL model.")  # fmt: skip
-        for control in opts.controlnets:
-            if control.image >= len(request.images):
-                raise _bad(
-                    f"ControlNet {control.type!r} needs a control image (image {control.image + 1}), "
-                    f"but {len(request.images)} image(s) were given.", "image",
-                    "Pass the image to derive the control map from with -i.",
-                )  # fmt: skip
-            if control.type == "depth" and not opts.depth_model:
-                raise _bad("Depth control needs a depth estimator.", "depth_model",
-                           "Set depth_model to a transformers depth-estimation model (folder or repo), or "
-                           "give a ready depth map with type none.")  # fmt: skip
+        _check_controls(opts, request, family)
     if op == Operation.INPAINT and request.mask is None:
         raise _bad(
             "Inpainting needs a mask (white marks the area to repaint).",

@@ -227,6 +227,24 @@ def build_tiny_controlnet(folder: Path, unet: Any) -> Path:
     return folder
 
 
+def build_tiny_depth_estimator(folder: Path) -> Path:
+    """A random DPT depth estimator with its image processor, for the depth-control path."""
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    config = DPTConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37,
+        image_size=32, patch_size=8, backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[16, 16, 32, 32], fusion_hidden_size=16, is_hybrid=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    DPTForDepthEstimation(config).eval().save_pretrained(str(folder))
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(
+        str(folder)
+    )
+    return folder
+
+
 def build_tiny_lora(folder: Path, pipe: Any, *, rank: int = 4, seed: int = 0) -> Path:
     """A random LoRA for ``pipe``'s UNet or transformer, saved as diffusers LoRA safetensors."""
     import torch

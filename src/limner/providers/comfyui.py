@@ -4,7 +4,8 @@
 ``limner export comfyui`` writes) with core nodes; ``provider_options={"workflow": {...}}``
 sends a workflow of your own as it is. Inputs are uploaded first (``/upload/image``), the
 prompt queued (``POST /prompt``), ``/history/{id}`` polled until it holds the outputs (it is
-``{}`` while the prompt runs), and the images fetched from ``/view``. On the deadline the
+``{}`` while the prompt runs; between polls the ``/ws`` feed gives per-step progress), and the
+images fetched from ``/view``. On the deadline the
 prompt is interrupted and removed from the queue.
 
 The server is ``LIMNER_COMFYUI_BASE_URL`` (default http://127.0.0.1:8188). ComfyUI has no
@@ -13,7 +14,10 @@ authentication, so no key is needed or sent.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
+import time
 import uuid
 from collections.abc import Generator
 from typing import Any
@@ -23,7 +27,16 @@ import httpx
 
 from limner import errors
 from limner.catalog import ModelSpec, Price, SizeRule
-from limner.flows import DeadlineExceeded, Download, Flow, Progress, ProviderOutput, Send, Sleep
+from limner.flows import (
+    DeadlineExceeded,
+    Download,
+    Flow,
+    Progress,
+    ProviderOutput,
+    Run,
+    Send,
+    Sleep,
+)
 from limner.http import map_http_error
 from limner.images import encode_mask
 from limner.providers.base import Provider, image_from_bytes
@@ -121,7 +134,20 @@ class ComfyUIProvider(Provider):
                 f"limner-{stem}-mask.png", encode_mask(request.mask, "white")
             )
         workflow = self._workflow(op, request, spec, names)
-        body = {"prompt": workflow, "client_id": uuid.uuid4().hex}
+        client_id = uuid.uuid4().hex
+        socket: _ProgressSocket | None = yield Run(
+            lambda: _ProgressSocket.open(self.base_url, client_id)
+        )
+        try:
+            return (yield from self._submit(workflow, client_id, socket))
+        finally:
+            if socket is not None:
+                socket.close()
+
+    def _submit(
+        self, workflow: dict[str, Any], client_id: str, socket: _ProgressSocket | None
+    ) -> Flow:
+        body = {"prompt": workflow, "client_id": client_id}
         response: httpx.Response = yield Send(
             httpx.Request("POST", f"{self.base_url}/prompt", json=body), retry=False
         )
@@ -131,7 +157,7 @@ class ComfyUIProvider(Provider):
             raise map_http_error(self.name, response, None)
         prompt_id = str(response.json()["prompt_id"])
         try:
-            item = yield from self._wait(prompt_id)
+            item = yield from self._wait(prompt_id, socket)
         except DeadlineExceeded:
             yield Send(
                 httpx.Request("POST", f"{self.base_url}/interrupt", json={"prompt_id": prompt_id}),
@@ -159,7 +185,9 @@ class ComfyUIProvider(Provider):
             images=images, request_id=prompt_id, cost_usd=0.0, raw={"workflow": workflow}
         )
 
-    def _wait(self, prompt_id: str) -> Generator[Any, Any, dict[str, Any]]:
+    def _wait(
+        self, prompt_id: str, socket: _ProgressSocket | None
+    ) -> Generator[Any, Any, dict[str, Any]]:
         polls = 0
         while True:
             response: httpx.Response = yield Send(
@@ -177,8 +205,66 @@ class ComfyUIProvider(Provider):
                     )  # fmt: skip
                 return item
             polls += 1
-            yield Progress(None, f"queued on ComfyUI ({polls * POLL_SECONDS:.0f}s)")
-            yield Sleep(POLL_SECONDS)
+            if socket is None:
+                yield Progress(None, f"running on ComfyUI ({polls * POLL_SECONDS:.0f}s)")
+                yield Sleep(POLL_SECONDS)
+                continue
+            # Between polls, wait on the websocket: per-step progress, or "done" at once.
+            event = yield Run(lambda: socket.next_event(prompt_id, POLL_SECONDS * 4))
+            if event is not None and event[0] == "progress":
+                yield Progress(event[1] / max(event[2], 1), f"step {event[1]}/{event[2]}")
+
+
+class _ProgressSocket:
+    """ComfyUI's ``/ws?clientId=`` feed, read with the websockets package when it is installed;
+    without it (or when the socket cannot open) the flow polls ``/history`` alone."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    @classmethod
+    def open(cls, base_url: str, client_id: str) -> _ProgressSocket | None:
+        try:
+            from websockets.exceptions import WebSocketException
+            from websockets.sync.client import connect
+        except ImportError:
+            return None
+        url = "ws" + base_url.removeprefix("http") + f"/ws?clientId={client_id}"
+        try:
+            # Entered like a context manager, which newer websockets versions require.
+            return cls(connect(url, open_timeout=5, close_timeout=1).__enter__())
+        except (OSError, WebSocketException, TimeoutError):
+            return None
+
+    def next_event(self, prompt_id: str, timeout: float) -> tuple[str, int, int] | None:
+        """("progress", value, max), ("done", 0, 0), or None when nothing came in ``timeout``."""
+        from websockets.exceptions import ConnectionClosed
+
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                raw = self.connection.recv(timeout=left)
+            except (TimeoutError, ConnectionClosed):
+                return None
+            if isinstance(raw, bytes):
+                continue  # binary preview frames
+            message = json.loads(raw)
+            data = message.get("data") or {}
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            if message.get("type") == "progress":
+                return ("progress", int(data.get("value", 0)), int(data.get("max", 1)))
+            if (
+                message.get("type") == "executing"
+                and data.get("node") is None
+                and data.get("prompt_id")
+            ):
+                return ("done", 0, 0)
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing a broken socket may raise anything
+            self.connection.close()
 
 
 def _error_message(status: dict[str, Any]) -> str:
