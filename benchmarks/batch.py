@@ -188,12 +188,15 @@ def _logged_prompts(home: Path) -> Counter[str]:
     return Counter(rows)
 
 
-def _table(clean: dict[str, Any], chaos: list[dict[str, Any]]) -> str:
+def _table(clean: dict[str, Any] | None, chaos: list[dict[str, Any]]) -> str:
     lines = [
         "| run | prompts | wall s (command / batch) | bound s | wall/bound (command / batch) | 429s | lost | recorded twice | provider generated twice | kills |",
         "|---|---|---|---|---|---|---|---|---|---|",
-        f"| clean | {clean['prompts']} | {clean['wall_s']} / {clean['batch_wall_s']} | {clean['bound_s']} | {clean['ratio']} / {clean['batch_ratio']} | {clean['provider_429']} | {clean['prompts'] - clean['done']} | 0 | 0 | 0 |",
     ]
+    if clean:
+        lines.append(
+            f"| clean | {clean['prompts']} | {clean['wall_s']} / {clean['batch_wall_s']} | {clean['bound_s']} | {clean['ratio']} / {clean['batch_ratio']} | {clean['provider_429']} | {clean['prompts'] - clean['done']} | 0 | 0 | 0 |"
+        )
     for c in chaos:
         dup = str(c["provider_generated_twice"])
         if c["parked_uncertain"]:
@@ -227,13 +230,14 @@ def main() -> None:
         "--modes", default="resubmit,park", help="Chaos runs to do (empty for none)."
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--no-clean", action="store_true", help="Only the kill -9 runs.")
     args = parser.parse_args()
     # Killed clients leave the emulator with disconnected requests; that is expected here.
     logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
     bench = Bench(args)
     rng = random.Random(args.seed)
     try:
-        clean = bench.clean_run()
+        clean = bench.clean_run() if not args.no_clean else None
         print(json.dumps(clean), flush=True)
         chaos = []
         for mode in filter(None, args.modes.split(",")):
@@ -247,7 +251,8 @@ def main() -> None:
     command = "python benchmarks/batch.py " + " ".join(sys.argv[1:])
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     runs = previous.get("runs", {}) if isinstance(previous, dict) else {}
-    runs[f"{args.prompts} prompts"] = {
+    key = f"{args.prompts} prompts" + (", kill -9 only" if args.no_clean else "")
+    runs[key] = {
         "command": command,
         "settings": vars(args),
         "clean": clean,

@@ -120,3 +120,26 @@ def test_cli_generate_dry_run_and_bad_option(tiny_sd: Path, tmp_path: Path) -> N
     assert bad.exit_code == 2 and "Unknown scheduler" in bad.output
     missing = runner.invoke(cli, [*args, "--option", "device=cuda:7"])
     assert missing.exit_code == 2 and "not available" in missing.output
+
+
+def test_cache_key_follows_the_weights_of_a_local_folder(tiny_sd: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_sd, folder)
+    request = ImageRequest(prompt="a cube", model=f"local:{folder}", size="64x64", steps=2, seed=3)
+    with Limner() as client:
+        first = client.run("generate", request)
+        again = client.run("generate", request)
+        weights = next(folder.rglob("*.safetensors"))
+        stat = weights.stat()
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # new weights
+        changed = client.run("generate", request)
+    assert not first.cache_hit and again.cache_hit
+    assert not changed.cache_hit
+    entry = client.store.get(first.generation_id or "")
+    meta = entry.params["provider_meta"] if entry else {}
+    assert (
+        meta["seeds"] == [3] and meta["model_revision"].startswith("local-") and meta["scheduler"]
+    )

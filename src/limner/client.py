@@ -84,6 +84,18 @@ def _registered_models(home: Path) -> list[ModelSpec]:
     return registered_specs(home)
 
 
+def _provider_meta(outputs: list[ProviderOutput]) -> dict[str, Any] | None:
+    """What providers report beyond images (local seed, scheduler and versions; quotes), for
+    the log; left out when it is too large to belong in a log row."""
+    merged: dict[str, Any] = {}
+    for out in outputs:
+        merged.update(out.raw)
+    if not merged:
+        return None
+    text = json.dumps(merged, default=str)
+    return json.loads(text) if len(text) <= 16_384 else None
+
+
 def _retired_error(spec: ModelSpec, provider: Provider) -> errors.RetiredModelError:
     envs = type(provider).base_url_envs or (f"LIMNER_{spec.provider.upper()}_BASE_URL",)
     instead = f"Use {spec.successor} instead" if spec.successor else "Pick another model"
@@ -93,13 +105,18 @@ def _retired_error(spec: ModelSpec, provider: Provider) -> errors.RetiredModelEr
     )
 
 
-def request_hash(op: Operation, spec: ModelSpec, request: ImageRequest) -> str:
-    """Identity of a request after normalisation: the cache key and the batch resume key."""
+def request_hash(
+    op: Operation, spec: ModelSpec, request: ImageRequest, *, revision: str | None = None
+) -> str:
+    """Identity of a request after normalisation: the cache key and the batch resume key.
+    ``revision`` names the model's weights where they can change under one name."""
     payload = request.model_dump(
         mode="json", exclude={"images", "mask", "references", "tags", "project", "model"}
     )
     payload["op"] = op.value
     payload["model"] = spec.ref
+    if revision:
+        payload["revision"] = revision
     payload["images"] = [img.sha256 for img in request.images]
     payload["mask"] = request.mask.sha256 if request.mask else None
     payload["references"] = [(r.kind, r.weight, r.image.sha256) for r in request.references]
@@ -267,7 +284,7 @@ class Limner:
             request=request,
             warnings=warnings,
             chunks=split_n(request, spec.max_n),
-            cache_key=request_hash(op, spec, request),
+            cache_key=request_hash(op, spec, request, revision=provider.model_revision(spec)),
             estimated_cost=estimate_cost(spec, request),
         )
 
@@ -465,6 +482,9 @@ class Limner:
         entry.images = stored
         entry.cost_usd = cost
         entry.usage = usage.model_dump(exclude_none=True, exclude={"raw"})
+        meta = _provider_meta(outputs)
+        if meta:
+            entry.params = {**entry.params, "provider_meta": meta}
         entry.provider_request_id = ",".join(o.request_id for o in outputs if o.request_id) or None
         entry.warnings = warnings or None
         total = time.perf_counter() - started

@@ -111,9 +111,9 @@ def models(
 @json_option
 def show(name: str, as_json: bool) -> None:
     """Everything the catalog knows about NAME."""
-    from limner.catalog import get_catalog
+    from limner.client import Limner
 
-    spec = get_catalog().resolve(name)
+    spec = Limner().resolve(name)
     data = spec.model_dump(mode="json", exclude_defaults=False)
     data["status"] = spec.status()
     if as_json:

@@ -87,6 +87,11 @@ class Provider:
 
         return urlsplit(url).netloc == urlsplit(self.base_url).netloc
 
+    def model_revision(self, spec: ModelSpec) -> str | None:
+        """What identifies the weights behind ``spec`` when they can change under one name
+        (a local folder); it joins the cache key so new weights never return stale images."""
+        return None
+
     # -- the call ------------------------------------------------------------------------------
     def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
         raise NotImplementedError

@@ -32,6 +32,11 @@ class LocalProvider(Provider):
 
         return spec_for_reference(model_id)
 
+    def model_revision(self, spec: ModelSpec) -> str | None:
+        from limner.local.models import source_for
+
+        return source_for(spec).revision
+
     def native_request(
         self, op: Operation, request: ImageRequest, spec: ModelSpec
     ) -> dict[str, Any]:
