@@ -257,3 +257,15 @@ async def test_async_generate(stab: Env) -> None:
         Operation.GENERATE, _request("sd3.5-flash", prompt="a", aspect_ratio="9:16")
     )
     assert result.images[0].height > result.images[0].width
+
+
+def test_erase_needs_no_prompt_but_inpaint_does(stab: Env) -> None:
+    client, _, _ = stab
+    result = client.run(
+        Operation.INPAINT, _request("erase", prompt="", images=[_image()], mask=_mask())
+    )
+    assert result.images
+    with pytest.raises(errors.InvalidRequestError, match="prompt is empty"):
+        client.run(
+            Operation.INPAINT, _request("inpaint", prompt="", images=[_image()], mask=_mask())
+        )

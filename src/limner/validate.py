@@ -195,7 +195,7 @@ def check_request(
 ) -> tuple[ImageRequest, list[str]]:
     """Validate ``request`` for ``spec``; return the request to send and the warnings."""
     warnings: list[str] = []
-    if op not in PROMPTLESS and not request.prompt.strip():
+    if op not in PROMPTLESS and spec.prompt_required and not request.prompt.strip():
         raise errors.InvalidRequestError(
             "The prompt is empty.", param="prompt", hint="Describe the image to make."
         )

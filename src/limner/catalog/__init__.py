@@ -125,6 +125,7 @@ class ModelSpec(BaseModel):
     max_n: int = 1
     max_input_images: int = 1
     max_reference_images: int = 0
+    prompt_required: bool = True  # False for services that ignore the prompt (erase)
     max_prompt_chars: int | None = None
     max_prompt_tokens: int | None = None
     negative_prompt: bool = False
