@@ -41,7 +41,7 @@ def test_ab_variants_models_seeds_sheet_report_and_pick(openai_env: Any, tmp_pat
     for cell in cells:
         assert cell["generation_id"] in report
         assert Path(cell["file"]).is_file()
-        assert cell["scores"]  # quality scores per image
+        assert {c["name"] for c in cell["scores"]["checks"]} >= {"sharpness", "exposure"}
     assert "minimalist, blue gradient" in report and "cost $" in report
 
     first, second = cells[0]["generation_id"], cells[1]["generation_id"]

@@ -167,34 +167,12 @@ def _grid_lines(base: dict[str, Any], axes: list[Axis]) -> list[BatchLine]:
 
 
 def _quality_scores(path: Path) -> dict[str, Any]:
-    """Scores from ``limner.ops.checks`` when installed, else sharpness and exposure by Pillow."""
-    import importlib
-    import importlib.util
+    """The seed's checklist scores for the report: sharpness, exposure, size."""
+    from limner.ops import read_image
+    from limner.ops.checks import Checks, check_image
 
-    found = importlib.util.find_spec("limner.ops.checks") is not None
-    checks: Any = importlib.import_module("limner.ops.checks") if found else None
-    for name in ("check_image", "run_checks", "check"):
-        fn = getattr(checks, name, None) if checks else None
-        if callable(fn):
-            try:
-                report = fn(path)
-                data = (
-                    report.model_dump()
-                    if hasattr(report, "model_dump")
-                    else report.to_dict()
-                    if hasattr(report, "to_dict")
-                    else report
-                )
-                return dict(data) if isinstance(data, dict) else {"result": str(data)}
-            except Exception:  # a check that cannot run must not lose the report
-                break
-    from PIL import Image, ImageFilter, ImageStat
-
-    with Image.open(path) as img:
-        gray = img.convert("L")
-        edges = ImageStat.Stat(gray.filter(ImageFilter.FIND_EDGES))
-        stat = ImageStat.Stat(gray)
-        return {"sharpness": round(edges.var[0], 1), "brightness": round(stat.mean[0] / 255, 3)}
+    img, _ = read_image(path)
+    return check_image(img, Checks(duplicate_distance=None), name=path.name).to_dict()
 
 
 def run_grid(
