@@ -289,3 +289,20 @@ def test_guards_run_for_each_item(openai_env: Any, tmp_path: Path) -> None:
         summary = runner.run(batch_id_for("batch", "cap"), rows)
     assert (summary.done, summary.failed) == (2, 1)
     assert "BudgetExceededError" in summary.problems[0]["error"]
+
+
+def test_dry_run_estimates_and_sends_nothing(openai_env: Any, tmp_path: Path) -> None:
+    _, url = openai_env
+    rows = "\n".join(
+        json.dumps(
+            {"prompt": f"p{i}", "model": "openai:dall-e-3", "quality": "hd", "size": "1792x1024"}
+        )
+        for i in range(3)
+    )
+    source = _write(tmp_path / "jobs.jsonl", rows + "\n")
+    result = _batch([str(source), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["would_send"] == 3 and data["by_model"] == {"openai:dall-e-3": 3}
+    assert data["estimated_cost_usd"] == pytest.approx(0.36)
+    assert _stats(url).get("total", 0) == 0

@@ -107,6 +107,7 @@ def _run_options(fn: Any) -> Any:
         click.option("--no-cache", is_flag=True, help="Always call the provider, even for seeded requests seen before."),
         click.option("--naming", default=None, help="File name template (default {model}_{prompthash}_{timestamp})."),
         click.option("--no-progress", is_flag=True, help="No progress bar."),
+        click.option("--dry-run", is_flag=True, help="Print what would be sent and its estimated cost; send nothing."),
         json_option,
     ]  # fmt: skip
     for option in reversed(options):
@@ -121,6 +122,41 @@ def _options(params: dict[str, Any]) -> Any:
         concurrency=params["concurrency"], rpm=params["rpm"], uncertain=params["uncertain"],
         retry_uncertain=params["retry_uncertain"], use_cache=not params["no_cache"],
     )  # fmt: skip
+
+
+def _dry_run(runner: Any, batch_id: str, rows: list[Any], as_json: bool) -> None:
+    """The items a run would send (those not already done) and their estimated cost."""
+    from collections import Counter
+
+    from limner.pricing import estimate_cost
+    from limner.types import ImageRequest
+
+    done = {r.item_key for r in runner.store.items(batch_id) if r.status == "done"}
+    to_send = [r for r in rows if r.status == "pending" and r.item_key not in done]
+    by_model: Counter[str] = Counter()
+    total, unpriced = 0.0, 0
+    for row in to_send:
+        request = ImageRequest(**row.request)
+        spec = runner.client.resolve(request.model)
+        by_model[spec.ref] += 1
+        cost = estimate_cost(spec, request)
+        if cost is None:
+            unpriced += 1
+        else:
+            total += cost
+    payload = {
+        "items": len(rows), "would_send": len(to_send), "already_done": len(done & {r.item_key for r in rows}),
+        "refused": sum(r.status == "failed" for r in rows), "by_model": dict(by_model),
+        "estimated_cost_usd": round(total, 6), "unpriced_items": unpriced,
+    }  # fmt: skip
+    if as_json:
+        emit_json(payload)
+        return
+    click.echo(f"Would send {len(to_send)} of {len(rows)} item(s); nothing sent.")
+    for model, count in by_model.most_common():
+        click.echo(f"  {model}: {count}")
+    note = f" ({unpriced} without a list price)" if unpriced else ""
+    click.echo(f"Estimated cost: ${total:.4f}{note}")
 
 
 def execute(
@@ -141,6 +177,9 @@ def execute(
             f"Nothing in {name} can run: every request was refused before sending.",
             hint="; ".join(reasons) or None,
         )
+    if params.get("dry_run"):
+        _dry_run(runner, batch_id, rows, params["as_json"])
+        sys.exit(0)
     show = not params["no_progress"] and not params["as_json"] and sys.stderr.isatty()
     with _progress(show, name) as (on_start, on_item):
         return runner.run(

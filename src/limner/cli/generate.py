@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from limner.cli._common import emit_json, json_option, result_payload
+from limner.cli._common import emit_json, json_option, parse_key_values, result_payload
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,23 +46,6 @@ def _request_options(fn: F) -> F:
     return fn
 
 
-def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    from limner.errors import InvalidRequestError
-
-    parsed: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidRequestError(
-                f"--option {pair!r} is not KEY=VALUE.", param="provider_options"
-            )
-        try:
-            parsed[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key] = value
-    return parsed
-
-
 def _build(
     op: Any, prompt: str, images: list[Path], mask: Path | None, params: dict[str, Any]
 ) -> Any:
@@ -74,7 +57,7 @@ def _build(
                   "output_format", "background", "steps", "guidance", "strength", "project")
         if params.get(k) is not None
     }  # fmt: skip
-    fields["provider_options"] = _parse_options(params["provider_options"])
+    fields["provider_options"] = parse_key_values(params["provider_options"])
     fields["tags"] = list(params["tags"])
     return build_request(op, prompt, params["model"], list(images), mask, fields)
 

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from limner import errors
-from limner.cli._common import emit_json, json_option
+from limner.cli._common import emit_json, json_option, parse_key_values
 
 IMAGE = click.Path(dir_okay=False, path_type=Path)
 
@@ -32,23 +32,6 @@ def _client(model: str | None) -> Any:
     from limner.client import Limner
 
     return Limner() if model and ":" in model else None
-
-
-def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    import json
-
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise errors.InvalidRequestError(
-                f"Option {pair!r} is not KEY=VALUE.", param="provider_options"
-            )
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
-    return options
 
 
 def _report(result: Any, saved: list[Path], as_json: bool) -> None:
@@ -112,7 +95,12 @@ def upscale(
     from limner.ops.upscale import upscale as run_upscale
 
     result = run_upscale(
-        image, scale, model, client=_client(model), tile=tile, provider_options=_options(options)
+        image,
+        scale,
+        model,
+        client=_client(model),
+        tile=tile,
+        provider_options=parse_key_values(options, "-O"),
     )
     out = _write(result.image.data, output or _default_out(image, f"x{scale}"))
     _report(result, [out], as_json)

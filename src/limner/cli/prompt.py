@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from limner.cli._common import emit_json, json_option
+from limner.cli._common import emit_json, json_option, parse_key_values
 
 
 @click.group()
@@ -85,25 +85,6 @@ def keywords(category: str | None, as_json: bool) -> None:
                 click.echo(f"    {key}: {', '.join(item) if isinstance(item, list) else item}")
 
 
-def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    import json
-
-    from limner.errors import InvalidRequestError
-
-    parsed: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidRequestError(
-                f"--option {pair!r} is not KEY=VALUE.", param="provider_options"
-            )
-        try:
-            parsed[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key] = value
-    return parsed
-
-
 @prompt.command("for")
 @click.argument("model")
 @click.argument("text")
@@ -136,7 +117,7 @@ def for_model(
     spec = get_catalog().resolve(model)
     request = ImageRequest(
         prompt=text, model=spec.ref, negative_prompt=combine_negative(_negative_presets(negative_presets), negative),
-        provider_options=_parse_options(options), **{k: v for k, v in fields.items() if v is not None},
+        provider_options=parse_key_values(options), **{k: v for k, v in fields.items() if v is not None},
     )  # fmt: skip
     fields, warnings = translate(request, spec)
     native = _native_request(request, spec)
