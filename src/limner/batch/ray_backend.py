@@ -100,9 +100,25 @@ class _EngineActor:
 
     def __init__(self, options: dict[str, Any], limiter: Any) -> None:
         self.options, self.limiter = options, limiter
+        self.items = 0
+        # Every pipeline object this actor has held: a count above one per model means the
+        # model was loaded again (evicted, or not kept resident) instead of reused.
+        self.pipelines: set[int] = set()
 
     def run(self, batch_id: str, run_id: str, row: dict[str, Any]) -> dict[str, Any]:
-        return _run_remote(self.options, self.limiter, batch_id, run_id, row)
+        outcome = _run_remote(self.options, self.limiter, batch_id, run_id, row)
+        self.items += 1
+        self.pipelines.update(_resident_pipelines())
+        return outcome
+
+    def stats(self) -> dict[str, int]:
+        return {"local:engine_items": self.items, "local:model_loads": len(self.pipelines)}
+
+
+def _resident_pipelines() -> set[int]:
+    from limner.local.engine import get_engine
+
+    return {id(m.pipe) for m in get_engine().cache.resident()}
 
 
 def _connect(address: str, env: dict[str, str]) -> None:
@@ -194,6 +210,9 @@ def _execute(
             if on_item:
                 on_item(outcome)
     runner.limiter.stats.update(ray.get(limiter.stats.remote()))
+    for actor_stats in ray.get([actor.stats.remote() for actor in actors]):
+        runner.limiter.stats.update(actor_stats)  # Counter.update adds across actors
+    runner.limiter.stats["local:engine_actors"] += len(actors)
     return outcomes
 
 

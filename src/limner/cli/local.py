@@ -101,11 +101,15 @@ def request_from_entry(
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), default=Path("."), show_default=True
 )
+@click.option(
+    "--dry-run", is_flag=True, help="Print the provider-native request and its estimated cost; send nothing."
+)  # fmt: skip
 @json_option
 def rerun(generation_id: str, images: tuple[Path, ...], mask: Path | None, model: str | None,
-          seed: int | None, output: Path, as_json: bool) -> None:  # fmt: skip
+          seed: int | None, output: Path, dry_run: bool, as_json: bool) -> None:  # fmt: skip
     """Run a logged generation again from its stored parameters (any provider)."""
     from limner.cli._common import result_payload
+    from limner.cli.generate import _dry_run
     from limner.client import Limner
 
     with Limner() as client:
@@ -114,6 +118,9 @@ def rerun(generation_id: str, images: tuple[Path, ...], mask: Path | None, model
         update = {k: v for k, v in (("model", model), ("seed", seed)) if v is not None}
         if update:
             request = request.model_copy(update=update)
+        if dry_run:
+            _dry_run(client, entry.operation, request, as_json)
+            return
         result = client.run(entry.operation, request, use_cache=False, parent_id=entry.id)
     output.mkdir(parents=True, exist_ok=True)
     paths = [

@@ -34,6 +34,39 @@ def _client(model: str | None) -> Any:
     return Limner() if model and ":" in model else None
 
 
+def _is_cloud(model: str | None) -> bool:
+    """The ops' own rule: provider:model that is not a file on disk."""
+    return bool(model and ":" in model and not Path(model).expanduser().exists())
+
+
+def _dry_run_cloud(
+    op: str, image: Path, model: str, options: dict[str, Any], as_json: bool
+) -> None:
+    from limner.cli.generate import _dry_run
+    from limner.client import Limner
+    from limner.images import load_image
+    from limner.types import ImageRequest
+
+    request = ImageRequest(model=model, images=[load_image(image)], provider_options=options)
+    with Limner() as client:
+        _dry_run(client, op, request, as_json)
+
+
+def _dry_run_local(op: str, image: Path, model: str, detail: str, as_json: bool) -> None:
+    """A local operation sends nothing anywhere: say what would run, and that it is free."""
+    from limner.ops._common import read_image
+
+    img, _ = read_image(image)  # the input is checked as the real run would
+    if as_json:
+        emit_json({"operation": op, "model": model, "local": True, "input": str(image),
+                   "input_size": f"{img.width}x{img.height}", "detail": detail,
+                   "estimated_cost_usd": 0.0})  # fmt: skip
+        return
+    click.echo(f"Would run {op} with {model} on this machine: {image} ({img.width}x{img.height}), "
+               f"{detail}; nothing sent.")  # fmt: skip
+    click.echo("Estimated cost: $0.0000 (local)")
+
+
 def _report(result: Any, saved: list[Path], as_json: bool) -> None:
     if as_json:
         emit_json({
@@ -81,6 +114,9 @@ def _report(result: Any, saved: list[Path], as_json: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the result.",
 )
+@click.option(
+    "--dry-run", is_flag=True, help="Say what would run and its estimated cost; send nothing."
+)
 @json_option
 def upscale(
     image: Path,
@@ -89,10 +125,18 @@ def upscale(
     tile: int,
     options: tuple[str, ...],
     output: Path | None,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Upscale IMAGE by 2, 3 or 4 (cloud upscalers use their own factor; see -O)."""
     from limner.ops.upscale import upscale as run_upscale
+
+    if dry_run:
+        if _is_cloud(model):
+            _dry_run_cloud("upscale", image, model or "", parse_key_values(options, "-O"), as_json)
+        else:
+            _dry_run_local("upscale", image, model or "lanczos", f"x{scale}", as_json)
+        return
 
     result = run_upscale(
         image,
@@ -129,6 +173,9 @@ def upscale(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the mask.",
 )
+@click.option(
+    "--dry-run", is_flag=True, help="Say what would run and its estimated cost; send nothing."
+)
 @json_option
 def remove_bg(
     image: Path,
@@ -136,10 +183,19 @@ def remove_bg(
     background: str | None,
     output: Path | None,
     mask_output: Path | None,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Remove the background of IMAGE; writes the cut-out and its mask."""
     from limner.ops.background import remove_background
+
+    if dry_run:
+        if _is_cloud(model):
+            _dry_run_cloud("remove-background", image, model or "", {}, as_json)
+        else:
+            detail = f"background {background}" if background else "transparent background"
+            _dry_run_local("remove-background", image, model or "grabcut", detail, as_json)
+        return
 
     result = remove_background(image, model, background=background, client=_client(model))
     mask_index = result.extras.get("mask_index", len(result.images) - 1)
@@ -296,6 +352,9 @@ def mask(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the result.",
 )
+@click.option(
+    "--dry-run", is_flag=True, help="Say what would run and its estimated cost; send nothing."
+)
 @json_option
 def outpaint(
     image: Path,
@@ -309,6 +368,7 @@ def outpaint(
     seed: int | None,
     canvas_only: bool,
     output: Path | None,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Extend IMAGE beyond its borders with a model (or just build the canvas and mask)."""
@@ -338,6 +398,9 @@ def outpaint(
     from limner.client import Limner
 
     extra = {"seed": seed} if seed is not None else {}
+    if dry_run:
+        _dry_run_outpaint(image, model, prompt, pad, to_aspect, extra, as_json)
+        return
     with Limner() as client:
         result = op.outpaint(
             client, image, model=model, prompt=prompt, pad=pad, to_aspect=to_aspect, **extra
@@ -537,3 +600,38 @@ def _print_provenance(image: Path, info: Any) -> None:
         click.echo(f"  signed by: {signature.get('common_name') or signature.get('issuer')}")
     for problem in info.c2pa.get("problems") or []:
         click.echo(f"  problem: {problem}")
+
+
+def _dry_run_outpaint(
+    image: Path,
+    model: str | None,
+    prompt: str,
+    pad: Any,
+    to_aspect: str | None,
+    extra: dict[str, Any],
+    as_json: bool,
+) -> None:
+    """The request `limner outpaint` would send for the padded canvas, planned and not sent."""
+    from limner.cli.generate import _dry_run
+    from limner.client import Limner
+    from limner.images import load_image
+    from limner.ops import outpaint as op
+    from limner.ops._common import encode_png, read_image
+    from limner.types import ImageRequest, Operation
+
+    img, _ = read_image(image)
+    if to_aspect:
+        pad = op.padding_for_aspect(img.width, img.height, to_aspect)
+    canvas, canvas_mask = op.build_canvas(img, pad)
+    with Limner() as client:
+        spec = client.resolve(model)
+        # The operation the real run picks: outpaint where the model has it, else inpaint.
+        operation = Operation.OUTPAINT if spec.supports(Operation.OUTPAINT) else Operation.INPAINT
+        request = ImageRequest(
+            prompt=prompt,
+            model=spec.ref,
+            images=[load_image(encode_png(canvas), name="canvas.png")],
+            mask=load_image(encode_png(canvas_mask), name="mask.png"),
+            **extra,
+        )
+        _dry_run(client, operation, request, as_json)

@@ -59,8 +59,8 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "sd": Family("sd", 8, 512, 25, 7.0, True, False, True),
     "sdxl": Family("sdxl", 8, 1024, 30, 6.0, True, False, True),
-    "sd3": Family("sd3", 16, 1024, 28, 5.0, True, True, False),
-    "flux": Family("flux", 16, 1024, 28, 3.5, False, True, False),
+    "sd3": Family("sd3", 16, 1024, 28, 5.0, True, True, True),
+    "flux": Family("flux", 16, 1024, 28, 3.5, False, True, True),
     "flux2": Family("flux2", 16, 1024, 28, 4.0, False, True, False),
 }
 # diffusers pipeline class names (model_index.json ``_class_name``) -> family.

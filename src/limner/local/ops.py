@@ -24,6 +24,13 @@ __all__ = ["JobCancelled", "OperationResult", "run_operation"]
 
 IMG2IMG_OPS = (Operation.EDIT, Operation.VARIATION)
 INPAINT_OPS = (Operation.INPAINT, Operation.OUTPAINT)
+# family -> (ControlNet class, the wrapper that runs several at once), all from diffusers.
+CONTROLNET_CLASSES = {
+    "sd": ("ControlNetModel", "MultiControlNetModel"),
+    "sdxl": ("ControlNetModel", "MultiControlNetModel"),
+    "sd3": ("SD3ControlNetModel", "SD3MultiControlNetModel"),
+    "flux": ("FluxControlNetModel", "FluxMultiControlNetModel"),
+}
 DEFAULT_STRENGTH = {
     Operation.EDIT: 0.75,
     Operation.VARIATION: 0.6,
@@ -65,7 +72,7 @@ def _controlnet_model(model: LoadedModel, location: str) -> Any:
     from limner.local.models import refuse_pickle
 
     refuse_pickle(location)
-    class_name = "ControlNetModel" if model.family in ("sd", "sdxl") else "FluxControlNetModel"
+    class_name, _ = CONTROLNET_CLASSES[model.family]
     local = Path(location).expanduser().exists()
     try:
         net = getattr(diffusers, class_name).from_pretrained(
@@ -95,9 +102,10 @@ def _task_pipeline(
         if len(controlnets) == 1:
             extra["controlnet"] = controlnets[0]
         else:
-            from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+            import diffusers
 
-            extra["controlnet"] = MultiControlNetModel(controlnets)
+            _, multi_name = CONTROLNET_CLASSES[model.family]
+            extra["controlnet"] = getattr(diffusers, multi_name)(controlnets)
     if op in INPAINT_OPS or has_mask:
         auto: Any = AutoPipelineForInpainting
     elif op in IMG2IMG_OPS:
@@ -210,7 +218,9 @@ def _control_kwargs(
         )
         nets.append(_controlnet_model(model, control.model))
         scales.append(control.scale)
-    key = "control_image" if img2img else "image"
+    # The UNet ControlNet text-to-image pipelines take the condition as ``image``; their
+    # img2img/inpaint variants and every transformer ControlNet pipeline as ``control_image``.
+    key = "control_image" if img2img or FAMILIES[model.family].transformer else "image"
     single = len(nets) == 1
     return nets, {
         key: maps[0] if single else maps,

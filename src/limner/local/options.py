@@ -187,7 +187,7 @@ def target_size(
 def _check_controls(opts: LocalOptions, request: ImageRequest, family: Family) -> None:
     if not family.controlnet:
         raise _bad(f"ControlNet is not available for {family.name} models in the local engine.", "controlnets",
-                   "Use an SD 1.5 or SDXL model.")  # fmt: skip
+                   "Use an SD 1.5, SDXL, SD3 or FLUX.1 model.")  # fmt: skip
     for index, control in enumerate(list(opts.controlnets)):
         image = control.image
         if image is None:
@@ -221,6 +221,14 @@ def precheck(op: Operation, spec: ModelSpec, request: ImageRequest) -> LocalOpti
         opts.controlnets = _controls([default], spec)
     if opts.controlnets:
         _check_controls(opts, request, family)
+        if family.name == "sd3" and (op != Operation.CONTROLNET or request.mask is not None):
+            # diffusers' other SD3 ControlNet pipeline is for inpainting ControlNets, which take
+            # the mask as an extra condition: a canny/depth ControlNet cannot drive it.
+            raise errors.UnsupportedOperationError(
+                f"ControlNet on SD3 models runs as text-to-image only, not with {op.value}.",
+                hint="Use the controlnet operation without a mask, or a FLUX.1, SD 1.5 or SDXL "
+                "model for ControlNet with img2img or inpainting.",
+            )
     if op == Operation.INPAINT and request.mask is None:
         raise _bad(
             "Inpainting needs a mask (white marks the area to repaint).",

@@ -13,7 +13,13 @@ import string
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_tiny", "tiny_clip_tokenizer", "tiny_t5_tokenizer"]
+__all__ = [
+    "build_tiny",
+    "build_tiny_controlnet",
+    "build_tiny_transformer_controlnet",
+    "tiny_clip_tokenizer",
+    "tiny_t5_tokenizer",
+]
 
 MERGE_PAIRS = [("t", "h"), ("th", "e</w>"), ("c", "a"), ("ca", "t</w>"), ("o", "n</w>")]
 
@@ -223,6 +229,45 @@ def build_tiny_controlnet(folder: Path, unet: Any) -> Path:
     with torch.no_grad():
         for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
             conv.weight.normal_(0.0, 0.05)
+    net.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def build_tiny_transformer_controlnet(folder: Path, pipe: Any, *, seed: int = 0) -> Path:
+    """A random SD3 or FLUX ControlNet made from ``pipe``'s transformer, saved as a diffusers
+    folder. Its zero-initialised input embedding and output projections get small random
+    weights, as training would give them, so that the control changes the image."""
+    import torch
+    from diffusers import (
+        FluxControlNetModel,
+        FluxTransformer2DModel,
+        SD3ControlNetModel,
+        SD3Transformer2DModel,
+    )
+
+    transformer = pipe.transformer
+    torch.manual_seed(seed)
+    net: Any
+    if isinstance(transformer, SD3Transformer2DModel):
+        # from_transformer writes into the transformer's (frozen) config: build from a copy.
+        config = {k: v for k, v in transformer.config.items() if not k.startswith("_")}
+        net = SD3ControlNetModel(**{**config, "num_layers": 1, "extra_conditioning_channels": 0})
+        for part in ("pos_embed", "time_text_embed", "context_embedder"):
+            getattr(net, part).load_state_dict(getattr(transformer, part).state_dict())
+        zeroed = [*net.controlnet_blocks, net.pos_embed_input.proj]
+    elif isinstance(transformer, FluxTransformer2DModel):
+        net = FluxControlNetModel.from_transformer(
+            transformer, num_layers=1, num_single_layers=1,
+            attention_head_dim=transformer.config.attention_head_dim,
+            num_attention_heads=transformer.config.num_attention_heads,
+        )  # fmt: skip
+        zeroed = [*net.controlnet_blocks, *net.controlnet_single_blocks, net.controlnet_x_embedder]
+    else:
+        raise TypeError(f"{type(transformer).__name__} has no transformer ControlNet here.")
+    with torch.no_grad():
+        for layer in zeroed:
+            layer.weight.normal_(0.0, 0.05)
+            layer.bias.normal_(0.0, 0.05)
     net.save_pretrained(str(folder), safe_serialization=True)
     return folder
 
