@@ -113,3 +113,41 @@ def test_outpaint_runs_on_an_inpainting_model(openai_env: Any) -> None:
     assert result.operation.value == "inpaint" and result.images
     assert entry is not None and entry.params.get("mask")
     assert server.app.state.emulator.stats["POST /v1/images/edits"] == 1
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "key_env", "path"),
+    [
+        (
+            "stability",
+            "stability:outpaint",
+            "STABILITY_API_KEY",
+            "POST /v2beta/stable-image/edit/outpaint",
+        ),
+        ("bfl", "bfl:flux-pro-1.0-expand", "BFL_API_KEY", "POST /v1/flux-pro-1.0-expand"),
+    ],
+)
+def test_outpaint_only_models_get_the_image_and_how_far_to_expand(
+    emulator: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    provider: str,
+    model: str,
+    key_env: str,
+    path: str,
+) -> None:
+    from limner.client import Limner
+    from limner.ops.outpaint import Padding
+
+    source = photo("coffee", 64)
+    server, url = emulator(provider)
+    monkeypatch.setenv(key_env, "test-key")
+    monkeypatch.setenv(f"LIMNER_{provider.upper()}_BASE_URL", url)
+    with Limner() as client:
+        result = outpaint(
+            client, png_bytes(source), model=model, prompt="more table",
+            pad=Padding(right=32, bottom=16), provider_options={"poll_interval": 0.01},
+        )  # fmt: skip
+    assert result.operation.value == "outpaint"
+    expected = (source.width + 32, source.height + 16)
+    assert (result.images[0].width, result.images[0].height) == expected
+    assert server.app.state.emulator.stats[path] == 1

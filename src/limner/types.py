@@ -83,6 +83,7 @@ class ImageRequest(BaseModel):
     mask: ImageInput | None = None
     strength: float | None = None
     references: list[ReferenceImage] = Field(default_factory=list)
+    expand: dict[str, int] | None = None  # outpainting: pixels to add on left/right/top/bottom
     provider_options: dict[str, Any] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
     project: str | None = None
@@ -91,6 +92,18 @@ class ImageRequest(BaseModel):
     @classmethod
     def _normalise_size(cls, v: str | None) -> str | None:
         return v.strip().lower().replace("×", "x") if v else v
+
+    @field_validator("expand")
+    @classmethod
+    def _check_expand(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v is None:
+            return v
+        unknown = set(v) - {"left", "right", "top", "bottom"}
+        if unknown:
+            raise ValueError(f"expand takes left, right, top and bottom, not {sorted(unknown)}")
+        if any(pixels < 0 for pixels in v.values()):
+            raise ValueError("expand takes no negative sides")
+        return v
 
     def dimensions(self) -> tuple[int, int] | None:
         """The requested (width, height), or None for ``auto``, unset or malformed sizes."""

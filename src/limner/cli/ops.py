@@ -611,27 +611,13 @@ def _dry_run_outpaint(
     extra: dict[str, Any],
     as_json: bool,
 ) -> None:
-    """The request `limner outpaint` would send for the padded canvas, planned and not sent."""
+    """The request `limner outpaint` would send, planned and not sent."""
     from limner.cli.generate import _dry_run
     from limner.client import Limner
-    from limner.images import load_image
-    from limner.ops import outpaint as op
-    from limner.ops._common import encode_png, read_image
-    from limner.types import ImageRequest, Operation
+    from limner.ops.outpaint import outpaint_request
 
-    img, _ = read_image(image)
-    if to_aspect:
-        pad = op.padding_for_aspect(img.width, img.height, to_aspect)
-    canvas, canvas_mask = op.build_canvas(img, pad)
     with Limner() as client:
-        spec = client.resolve(model)
-        # The operation the real run picks: outpaint where the model has it, else inpaint.
-        operation = Operation.OUTPAINT if spec.supports(Operation.OUTPAINT) else Operation.INPAINT
-        request = ImageRequest(
-            prompt=prompt,
-            model=spec.ref,
-            images=[load_image(encode_png(canvas), name="canvas.png")],
-            mask=load_image(encode_png(canvas_mask), name="mask.png"),
-            **extra,
+        operation, request, _ = outpaint_request(
+            client, image, model=model, prompt=prompt, pad=pad, to_aspect=to_aspect, **extra
         )
         _dry_run(client, operation, request, as_json)

@@ -8,8 +8,9 @@ batch is the image that seed gives alone. Cancellation and progress go through
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,6 +241,19 @@ def _step_callback(
     return callback
 
 
+@contextlib.contextmanager
+def _seeded_global_rng(seed: int, device: str) -> Iterator[None]:
+    """The SD3 ControlNet pipeline samples the control image's VAE latents from torch's global
+    generator (it passes no generator there): seed it for the call, and restore it after."""
+    import torch
+
+    kind = torch.device(device).type
+    accelerators = [torch.device(device).index or 0] if kind in ("cuda", "mps") else []
+    with torch.random.fork_rng(devices=accelerators, device_type=kind if accelerators else "cuda"):
+        torch.manual_seed(seed)
+        yield
+
+
 def _effective_steps(steps: int, strength: float | None) -> int:
     return max(1, int(steps * strength)) if strength is not None else steps
 
@@ -300,7 +314,13 @@ def run_operation(
         kwargs.pop(key)
     if "strength" in image_kwargs and "strength" not in accepted:
         notes.append(f"{type(pipe).__name__} takes no strength; it was ignored.")
-    images = pipe(**kwargs).images
+    seeded = (
+        _seeded_global_rng(seeds[0], model.settings.device)
+        if model.family == "sd3" and nets
+        else None
+    )
+    with seeded or contextlib.nullcontext():
+        images = pipe(**kwargs).images
     info = {
         "pipeline": type(pipe).__name__, "scheduler": type(pipe.scheduler).__name__,
         "scheduler_choice": opts.scheduler or "model default", "steps": steps, "guidance": guidance,

@@ -159,6 +159,8 @@ def parse_options(spec: ModelSpec, request: ImageRequest) -> LocalOptions:
         opts.controlnets = _controls(raw["controlnets"], spec)
     if "expand" in raw:
         opts.expand = _expand(raw["expand"])
+    elif request.expand:
+        opts.expand = _expand(request.expand)
     if not 0 <= opts.mask_blur <= 256:
         raise _bad("mask_blur must be between 0 and 256 pixels.", "mask_blur")
     return opts

@@ -172,8 +172,10 @@ def _sd3() -> Any:
     )
 
     torch.manual_seed(0)
+    # Two layers: the last SD3 block only reads the text stream and takes no ControlNet
+    # residual, so one layer would leave ControlNet nothing to act on.
     transformer = SD3Transformer2DModel(
-        sample_size=32, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+        sample_size=32, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
         num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32,
         pooled_projection_dim=64, out_channels=4,
     )  # fmt: skip

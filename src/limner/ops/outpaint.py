@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from limner.client import Limner
-    from limner.types import Result
+    from limner.types import ImageRequest, Operation, Result
 
 __all__ = ["Padding", "build_canvas", "outpaint", "padding_for_aspect"]
 
@@ -93,6 +93,50 @@ def build_canvas(img: Image, pad: Padding) -> tuple[Image, Image]:
     return canvas, mask
 
 
+def outpaint_request(
+    client: Limner,
+    source: Any,
+    *,
+    model: str | None,
+    prompt: str,
+    pad: Padding | None = None,
+    to_aspect: str | None = None,
+    **params: Any,
+) -> tuple[Operation, ImageRequest, list[str]]:
+    """The request that extends ``source``: the image and how far to expand it for models that
+    outpaint; the expanded canvas and its mask for models that only inpaint."""
+    from limner.images import load_image
+    from limner.ops._common import encode_png, read_image
+    from limner.types import ImageRequest, Operation
+
+    img, notes = read_image(source)
+    if to_aspect:
+        pad = padding_for_aspect(img.width, img.height, to_aspect)
+    pad = pad or Padding()
+    spec = client.resolve(model)
+    if spec.supports(Operation.OUTPAINT):
+        expand = {"left": pad.left, "right": pad.right, "top": pad.top, "bottom": pad.bottom}
+        request = ImageRequest(
+            prompt=prompt, model=spec.ref, images=[load_image(encode_png(img), name="image.png")],
+            expand=expand, **params,
+        )  # fmt: skip
+        return Operation.OUTPAINT, request, notes
+    if not spec.supports(Operation.INPAINT):
+        raise errors.UnsupportedOperationError(
+            f"{spec.ref} can neither outpaint nor inpaint.",
+            hint="Pick a model with outpaint or inpaint in `limner models`.",
+        )
+    canvas, mask = build_canvas(img, pad)
+    request = ImageRequest(
+        prompt=prompt,
+        model=spec.ref,
+        images=[load_image(encode_png(canvas), name="canvas.png")],
+        mask=load_image(encode_png(mask), name="mask.png"),
+        **params,
+    )
+    return Operation.INPAINT, request, notes
+
+
 def outpaint(
     client: Limner,
     source: Any,
@@ -104,30 +148,8 @@ def outpaint(
     **params: Any,
 ) -> Result:
     """Expand ``source`` and fill the new area with ``model`` (outpaint, else inpaint)."""
-    from limner.images import load_image
-    from limner.ops._common import encode_png, read_image
-    from limner.types import ImageRequest, Operation
-
-    img, notes = read_image(source)
-    if to_aspect:
-        pad = padding_for_aspect(img.width, img.height, to_aspect)
-    canvas, mask = build_canvas(img, pad or Padding())
-    spec = client.resolve(model)
-    if spec.supports(Operation.OUTPAINT):
-        op = Operation.OUTPAINT
-    elif spec.supports(Operation.INPAINT):
-        op = Operation.INPAINT
-    else:
-        raise errors.UnsupportedOperationError(
-            f"{spec.ref} can neither outpaint nor inpaint.",
-            hint="Pick a model with outpaint or inpaint in `limner models`.",
-        )
-    request = ImageRequest(
-        prompt=prompt,
-        model=spec.ref,
-        images=[load_image(encode_png(canvas), name="canvas.png")],
-        mask=load_image(encode_png(mask), name="mask.png"),
-        **params,
+    op, request, notes = outpaint_request(
+        client, source, model=model, prompt=prompt, pad=pad, to_aspect=to_aspect, **params
     )
     result = client.run(op, request)
     result.warnings[:0] = notes

@@ -163,13 +163,18 @@ def size_for_aspect(aspect: str, megapixels: float = 1.0, multiple: int = 16) ->
 
 
 def padding_to(
-    image: ImageInput, size: str | None, options: dict[str, Any], names: tuple[str, str, str, str]
+    image: ImageInput,
+    size: str | None,
+    options: dict[str, Any],
+    names: tuple[str, str, str, str],
+    expand: dict[str, int] | None = None,
 ) -> dict[str, int]:
-    """Outpaint padding (left, right, top, bottom under ``names``) from options or a target size.
-
-    Explicit options win; else the image is centred in the target ``size``.
-    """
+    """Outpaint padding (left, right, top, bottom under ``names``) from the request's ``expand``,
+    the provider's own options, or a target size (the image centred in it), in that order."""
     left, right, top, bottom = names
+    if expand:
+        canonical = ("left", "right", "top", "bottom")
+        return {name: int(expand.get(side, 0)) for name, side in zip(names, canonical, strict=True)}
     given = {k: int(options[k]) for k in names if k in options}
     if given:
         return {k: given.get(k, 0) for k in names}

@@ -149,7 +149,11 @@ class BFLProvider(Provider):
         body["image"] = b64(image)
         body.update(
             padding_to(
-                image, request.size, request.provider_options, ("left", "right", "top", "bottom")
+                image,
+                request.size,
+                request.provider_options,
+                ("left", "right", "top", "bottom"),
+                request.expand,
             )
         )
         if request.steps is not None:

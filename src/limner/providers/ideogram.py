@@ -248,6 +248,7 @@ class IdeogramProvider(Provider):
         if op == Operation.OUTPAINT:
             fields = {
                 "resolution": opts.get("resolution")
+                or _expanded_size(request)
                 or request.size
                 or _resolution_for(request.aspect_ratio)
             }
@@ -441,3 +442,13 @@ def describe(image: Any, *, model: str = "ideogram:ideogram-v3", client: Any = N
     finally:
         if owned:
             engine.close()
+
+
+def _expanded_size(request: ImageRequest) -> str | None:
+    """The canvas size an ``expand`` request asks for, as Ideogram's reframe resolution."""
+    if not request.expand or not request.images:
+        return None
+    image, pad = request.images[0], request.expand
+    width = image.width + pad.get("left", 0) + pad.get("right", 0)
+    height = image.height + pad.get("top", 0) + pad.get("bottom", 0)
+    return f"{width}x{height}"

@@ -144,7 +144,11 @@ class StabilityProvider(Provider):
         if service == "edit/outpaint":
             text.update(
                 padding_to(
-                    image, request.size, request.provider_options, ("left", "right", "up", "down")
+                    image,
+                    request.size,
+                    request.provider_options,
+                    ("left", "right", "up", "down"),
+                    request.expand,
                 )
             )
         if service == "edit/search-and-replace" and "search_prompt" not in request.provider_options:
