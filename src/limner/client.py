@@ -160,6 +160,8 @@ class Limner:
         on_progress: Callable[[float | None, str], None] | None = None,
     ) -> None:
         self.home = Path(home) if home else limner_home()
+        self.key_store = KeyStore(self.home)
+        self.config = UserConfig(self.home)
         self._store = store
         self._store_lock = threading.Lock()
         self.catalog = catalog or get_catalog(
@@ -175,8 +177,6 @@ class Limner:
         self.guards: list[Guard] = list(guards) if guards is not None else default_guards(self)
         self.embed_metadata = embed_metadata
         self.on_progress = on_progress
-        self.key_store = KeyStore(self.home)
-        self.config = UserConfig(self.home)
         self._providers: dict[str, Provider] = {}
 
     # -- resources -----------------------------------------------------------------------------
