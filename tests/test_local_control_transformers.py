@@ -60,8 +60,8 @@ def run(client: Limner, op: str, model: Path, **fields: Any) -> Result:
     return client.run(op, ImageRequest(model=f"local:{model}", **fields), use_cache=False)
 
 
-def pixels(result: Result) -> np.ndarray:
-    return np.asarray(result.images[0].to_pil().convert("RGB"), dtype=np.int16)
+def pixels(result: Result, index: int = 0) -> np.ndarray:
+    return np.asarray(result.images[index].to_pil().convert("RGB"), dtype=np.int16)
 
 
 def controls(net: str, *scales: float) -> dict[str, Any]:
@@ -85,6 +85,14 @@ def test_canny_control_steers_the_image_and_is_reproducible(
     assert np.abs(pixels(controlled) - plain).max() > 10
     assert np.array_equal(pixels(controlled), pixels(again))
     assert controlled.images[0].seed == 5
+    batch = run(
+        client, "controlnet", model, images=[photo()], n=2, provider_options=controls(net, 1.0)
+    )
+    alone = run(
+        client, "controlnet", model, images=[photo()], seed=6, provider_options=controls(net, 1.0)
+    )
+    assert [image.seed for image in batch.images] == [5, 6]
+    assert np.abs(pixels(batch, 1) - pixels(alone)).max() <= 2  # image k is its seed's image
 
 
 @pytest.mark.parametrize("family", FAMILIES)

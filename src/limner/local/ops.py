@@ -243,8 +243,7 @@ def _step_callback(
 
 @contextlib.contextmanager
 def _seeded_global_rng(seed: int, device: str) -> Iterator[None]:
-    """The SD3 ControlNet pipeline samples the control image's VAE latents from torch's global
-    generator (it passes no generator there): seed it for the call, and restore it after."""
+    """torch's global generator seeded for one call, and restored after it."""
     import torch
 
     kind = torch.device(device).type
@@ -252,6 +251,22 @@ def _seeded_global_rng(seed: int, device: str) -> Iterator[None]:
     with torch.random.fork_rng(devices=accelerators, device_type=kind if accelerators else "cuda"):
         torch.manual_seed(seed)
         yield
+
+
+def _generate(
+    pipe: Any, kwargs: dict[str, Any], model: LoadedModel, seeds: list[int], controlled: bool
+) -> list[Any]:
+    if not (controlled and model.family == "sd3"):
+        return list(pipe(**kwargs).images)
+    # The SD3 ControlNet pipeline samples the control image's latents from torch's global
+    # generator: run each image alone, with it seeded by that image's seed, so that image k of
+    # a batch is still the image its seed gives alone.
+    images: list[Any] = []
+    for seed, generator in zip(seeds, kwargs["generator"], strict=True):
+        with _seeded_global_rng(seed, model.settings.device):
+            one = {**kwargs, "num_images_per_prompt": 1, "generator": [generator]}
+            images += pipe(**one).images
+    return images
 
 
 def _effective_steps(steps: int, strength: float | None) -> int:
@@ -314,13 +329,7 @@ def run_operation(
         kwargs.pop(key)
     if "strength" in image_kwargs and "strength" not in accepted:
         notes.append(f"{type(pipe).__name__} takes no strength; it was ignored.")
-    seeded = (
-        _seeded_global_rng(seeds[0], model.settings.device)
-        if model.family == "sd3" and nets
-        else None
-    )
-    with seeded or contextlib.nullcontext():
-        images = pipe(**kwargs).images
+    images = _generate(pipe, kwargs, model, seeds, controlled=bool(nets))
     info = {
         "pipeline": type(pipe).__name__, "scheduler": type(pipe.scheduler).__name__,
         "scheduler_choice": opts.scheduler or "model default", "steps": steps, "guidance": guidance,

@@ -248,20 +248,21 @@ def build_tiny_transformer_controlnet(folder: Path, pipe: Any, *, seed: int = 0)
     )
 
     transformer = pipe.transformer
+    heads, head_dim = (
+        transformer.config.num_attention_heads,
+        transformer.config.attention_head_dim,
+    )
     torch.manual_seed(seed)
     net: Any
     if isinstance(transformer, SD3Transformer2DModel):
-        # from_transformer writes into the transformer's (frozen) config: build from a copy.
-        config = {k: v for k, v in transformer.config.items() if not k.startswith("_")}
-        net = SD3ControlNetModel(**{**config, "num_layers": 1, "extra_conditioning_channels": 0})
-        for part in ("pos_embed", "time_text_embed", "context_embedder"):
-            getattr(net, part).load_state_dict(getattr(transformer, part).state_dict())
+        net = SD3ControlNetModel.from_transformer(
+            transformer, num_layers=1, num_extra_conditioning_channels=0
+        )
         zeroed = [*net.controlnet_blocks, net.pos_embed_input.proj]
     elif isinstance(transformer, FluxTransformer2DModel):
         net = FluxControlNetModel.from_transformer(
-            transformer, num_layers=1, num_single_layers=1,
-            attention_head_dim=transformer.config.attention_head_dim,
-            num_attention_heads=transformer.config.num_attention_heads,
+            transformer, num_layers=1, num_single_layers=1, attention_head_dim=head_dim,
+            num_attention_heads=heads,
         )  # fmt: skip
         zeroed = [*net.controlnet_blocks, *net.controlnet_single_blocks, net.controlnet_x_embedder]
     else:
