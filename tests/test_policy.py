@@ -136,3 +136,20 @@ async def test_async_run_is_guarded_too(openai_env, tmp_path):
     with Limner(home=tmp_path) as client, pytest.raises(UsagePolicyError):
         await client.arun("generate", _request("harpoon"))
     assert _sent(server) == 0
+
+
+def test_commercial_flag_on_generate_refuses_non_commercial_licences(openai_env, tmp_path):
+    from click.testing import CliRunner
+
+    from limner.cli import cli
+
+    # FLUX.1 [dev] on the local engine is non-commercial; the refusal comes before any loading.
+    result = CliRunner().invoke(
+        cli, ["generate", "a fox", "-m", "local:flux.1-dev", "--commercial", "-o", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert "may not be used commercially" in result.stderr
+    import limner
+
+    with pytest.raises(UsagePolicyError):
+        limner.generate("a fox", model="local:flux.1-dev", commercial=True)

@@ -82,6 +82,7 @@ _CLIENT_ARGS = {
     "http_client",
     "async_http_client",
     "deadline_s",
+    "commercial",
     "guards",
 }
 

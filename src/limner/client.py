@@ -157,6 +157,7 @@ class Limner:
         deadline_s: float | None = None,
         guards: list[Guard] | None = None,
         embed_metadata: bool = True,
+        commercial: bool = False,
         on_progress: Callable[[float | None, str], None] | None = None,
     ) -> None:
         self.home = Path(home) if home else limner_home()
@@ -176,6 +177,7 @@ class Limner:
         self.deadline_s = deadline_s
         self.guards: list[Guard] = list(guards) if guards is not None else default_guards(self)
         self.embed_metadata = embed_metadata
+        self.commercial = commercial  # refuse models whose licence forbids commercial use
         self.on_progress = on_progress
         self._providers: dict[str, Provider] = {}
 

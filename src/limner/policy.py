@@ -151,7 +151,9 @@ class PolicyGuard:
 
     def before_send(self, plan: Plan) -> None:
         settings = load_policy(self.client.config)
-        check_licence(plan.spec, settings.commercial_only)
+        check_licence(
+            plan.spec, settings.commercial_only or getattr(self.client, "commercial", False)
+        )
         text = " ".join(filter(None, [plan.request.prompt]))
         denied = _deny_match(text, settings.deny)
         if denied:

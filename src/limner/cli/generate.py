@@ -36,6 +36,7 @@ def _request_options(fn: F) -> F:
         click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=Path("."),
                      show_default=True, help="Folder (or file name for one image) to save to."),
         click.option("--no-cache", is_flag=True, help="Always call the provider."),
+        click.option("--commercial", is_flag=True, help="Refuse models whose licence forbids commercial use."),
         click.option("--no-metadata", is_flag=True, help="Embed no parameters in the saved files."),
         click.option("--dry-run", is_flag=True, help="Print the provider-native request and its estimated cost; send nothing."),
         click.option("--timeout", type=float, help="Give up (and cancel the remote job) after this many seconds."),
@@ -131,6 +132,7 @@ def _run(
     status = _Status(not as_json and sys.stderr.isatty())
     with Limner(
         embed_metadata=not params["no_metadata"],
+        commercial=params["commercial"],
         deadline_s=params["timeout"],
         on_progress=status.update,
     ) as client:
