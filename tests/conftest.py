@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from limner.client import Limner
 from limner.emulators import base_url, create_app
 from limner.emulators.common import EmulatorServer
 
@@ -47,6 +48,13 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
         if name.startswith("LIMNER_") and name.endswith("_BASE_URL"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(socket.socket, "connect", _loopback_only)
+
+
+@pytest.fixture
+def client() -> Iterator[Limner]:
+    """One warm client per test: many calls in one test share its HTTP pool and store."""
+    with Limner() as shared:
+        yield shared
 
 
 @pytest.fixture

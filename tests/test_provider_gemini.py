@@ -4,14 +4,14 @@ official google-genai SDK)."""
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import httpx
 import pytest
 from PIL import Image
 
 import limner
+from _provider_helpers import emulator_stats, generate
 from limner import errors
 from limner.emulators.common import BLOCKED_WORD, EmulatorServer
 from limner.images import load_image
@@ -35,21 +35,6 @@ def _png(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (6
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")
     return buf.getvalue()
-
-
-@pytest.fixture
-def client() -> Iterator[limner.Limner]:
-    """One warm client per test: many calls in one test share its HTTP pool and store."""
-    with limner.Limner() as shared:
-        yield shared
-
-
-def _gen(client: limner.Limner, prompt: str, **params: Any) -> limner.Result:
-    return client.run(Operation.GENERATE, ImageRequest(prompt=prompt, **params))
-
-
-def _stats(server: EmulatorServer) -> dict[str, int]:
-    return dict(httpx.get(server.url + "/_emulator/stats").json())
 
 
 def test_generate_sends_aspect_and_size_and_costs_by_tokens(
@@ -83,7 +68,10 @@ def test_n_above_one_is_split_into_calls(gemini: tuple[EmulatorServer, str]) -> 
     server, _ = gemini
     result = limner.generate("two cats", model="gemini:gemini-3.1-flash-image", n=2)
     assert len(result.images) == 2
-    assert _stats(server)["POST /v1beta/models/gemini-3.1-flash-image-preview:generateContent"] == 2
+    assert (
+        emulator_stats(server)["POST /v1beta/models/gemini-3.1-flash-image-preview:generateContent"]
+        == 2
+    )
 
 
 def test_thought_images_are_not_results(gemini: tuple[EmulatorServer, str]) -> None:
@@ -113,7 +101,6 @@ def test_edit_sends_input_and_reference_images_as_inline_parts(
 def test_native_request_shows_generate_content_body() -> None:
     from limner.catalog import get_catalog
     from limner.providers.gemini import GeminiProvider
-    from limner.types import ImageRequest, Operation
 
     spec = get_catalog().resolve("gemini:gemini-3.1-flash-image")
     native = GeminiProvider(api_key="k").native_request(
@@ -146,7 +133,7 @@ def test_prompt_block_reason_is_a_content_policy_error(gemini: tuple[EmulatorSer
 def test_errors_are_mapped(gemini: tuple[EmulatorServer, str], client: limner.Limner) -> None:
     server, _ = gemini
     with pytest.raises(errors.InvalidRequestError, match="quality"):
-        _gen(client, "x", model="gemini:gemini-3-pro-image", quality="512")
+        generate(client, "x", model="gemini:gemini-3-pro-image", quality="512")
     httpx.post(
         server.url + "/_emulator/faults",
         json={
@@ -155,12 +142,12 @@ def test_errors_are_mapped(gemini: tuple[EmulatorServer, str], client: limner.Li
         },
     )
     with pytest.raises(errors.ProviderRejectedError, match="Bad thing"):
-        _gen(client, "x", model="gemini:gemini-3.1-flash-image")
+        generate(client, "x", model="gemini:gemini-3.1-flash-image")
     httpx.post(server.url + "/_emulator/faults", json={"status": 403, "count": 1})
     with pytest.raises(errors.AuthenticationError, match="PERMISSION_DENIED"):
-        _gen(client, "x", model="gemini:gemini-3.1-flash-image")
+        generate(client, "x", model="gemini:gemini-3.1-flash-image")
     httpx.post(server.url + "/_emulator/faults", json={"status": 429, "retry_after": 0, "count": 1})
-    result = _gen(client, "retried", model="gemini:gemini-3.1-flash-image")
+    result = generate(client, "retried", model="gemini:gemini-3.1-flash-image")
     assert len(result.images) == 1
 
 
@@ -171,7 +158,7 @@ def test_missing_key_is_refused_before_sending(
     monkeypatch.setenv("LIMNER_GEMINI_BASE_URL", url)
     with pytest.raises(errors.MissingKeyError, match="GEMINI_API_KEY"):
         limner.generate("x", model="gemini:gemini-3.1-flash-image")
-    assert _stats(server).get("total", 0) == 0
+    assert emulator_stats(server).get("total", 0) == 0
 
 
 def test_retired_models_are_refused_on_google_but_run_on_a_compatible_server(

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import httpx
 import pytest
 from PIL import Image
 
 import limner
+from _provider_helpers import emulator_stats, generate
 from limner import errors
 from limner.catalog import get_catalog
 from limner.emulators.common import BLOCKED_WORD, EmulatorServer
@@ -47,21 +47,6 @@ def _white_left_mask(size: tuple[int, int] = (64, 48)) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-@pytest.fixture
-def client() -> Iterator[limner.Limner]:
-    """One warm client per test: many calls in one test share its HTTP pool and store."""
-    with limner.Limner() as shared:
-        yield shared
-
-
-def _gen(client: limner.Limner, prompt: str, **params: Any) -> limner.Result:
-    return client.run(Operation.GENERATE, ImageRequest(prompt=prompt, **params))
-
-
-def _stats(server: EmulatorServer) -> dict[str, int]:
-    return dict(httpx.get(server.url + "/_emulator/stats").json())
 
 
 def _multipart_fields(request: httpx.Request) -> dict[str, list[bytes]]:
@@ -101,7 +86,7 @@ def test_v3_generate_with_style_magic_prompt_palette_seed(
         "a poster that says OPEN LATE,"
     )
     assert result.cost_usd == pytest.approx(0.06)  # 2 x turbo, from the catalog
-    assert _stats(server)["POST /v1/ideogram-v3/generate"] == 1
+    assert emulator_stats(server)["POST /v1/ideogram-v3/generate"] == 1
 
 
 def test_v3_request_fields_are_multipart_in_ideogram_spelling() -> None:
@@ -153,7 +138,7 @@ def test_legacy_generate_uses_image_request_json(ideogram: tuple[EmulatorServer,
         quality="turbo",
     )
     assert result.cost_usd == pytest.approx(0.05)
-    assert _stats(server)["POST /generate"] == 1
+    assert emulator_stats(server)["POST /generate"] == 1
     native = IdeogramProvider(api_key="k").native_request(
         Operation.GENERATE,
         ImageRequest(prompt="a logo", aspect_ratio="3:2", quality="turbo"),
@@ -173,14 +158,16 @@ def test_v2_api_quotes_the_price_first_and_records_it(ideogram: tuple[EmulatorSe
     )
     assert len(result.images) == 3
     assert result.cost_usd == pytest.approx(0.30)  # the quote: 3 x 100,000 usd_micros
-    assert _stats(server)["POST /v2/image/generate/ideogram-4-5"] == 2  # dry run + the real call
+    assert (
+        emulator_stats(server)["POST /v2/image/generate/ideogram-4-5"] == 2
+    )  # dry run + the real call
     entry = Store(limner.Limner().home).get(str(result.generation_id))
     assert entry is not None and entry.cost_usd == pytest.approx(0.30)
     quiet = limner.generate(
         "a mug", model="ideogram:ideogram-4.5", provider_options={"price_quote": False}
     )
     assert quiet.cost_usd == pytest.approx(0.06)  # the catalog's medium price
-    assert _stats(server)["POST /v2/image/generate/ideogram-4-5"] == 3
+    assert emulator_stats(server)["POST /v2/image/generate/ideogram-4-5"] == 3
 
 
 def test_quote_flow_alone_generates_nothing(ideogram: tuple[EmulatorServer, str]) -> None:
@@ -200,13 +187,13 @@ def test_quote_flow_alone_generates_nothing(ideogram: tuple[EmulatorServer, str]
         )
     assert output.cost_usd == pytest.approx(0.06) and output.images == []
     assert output.raw["quote"]["qualifier"] == "exact"
-    assert not any(k.startswith("GET /delivery") for k in _stats(server))
+    assert not any(k.startswith("GET /delivery") for k in emulator_stats(server))
 
 
 def test_inpaint_sends_black_marks_area_mask(ideogram: tuple[EmulatorServer, str]) -> None:
     server, url = ideogram
     result = limner.edit(_png(), "a window", mask=_white_left_mask(), model="ideogram:ideogram-v3")
-    assert _stats(server)["POST /v1/ideogram-v3/edit"] == 1 and len(result.images) == 1
+    assert emulator_stats(server)["POST /v1/ideogram-v3/edit"] == 1 and len(result.images) == 1
     spec = get_catalog().resolve("ideogram:ideogram-v3")
     request = ImageRequest(
         prompt="p", images=[load_image(_png())], mask=load_image(_white_left_mask())
@@ -223,7 +210,7 @@ def test_legacy_inpaint_and_remix(ideogram: tuple[EmulatorServer, str]) -> None:
     server, _ = ideogram
     limner.edit(_png(), "a window", mask=_white_left_mask(), model="ideogram:ideogram-v2")
     remixed = limner.edit(_png(), "in neon", model="ideogram:ideogram-v2", strength=0.25)
-    assert _stats(server)["POST /edit"] == 1 and _stats(server)["POST /remix"] == 1
+    assert emulator_stats(server)["POST /edit"] == 1 and emulator_stats(server)["POST /remix"] == 1
     assert (remixed.images[0].width, remixed.images[0].height) == (64, 48)
 
 
@@ -261,7 +248,7 @@ def test_remix_reframe_upscale_and_remove_background(ideogram: tuple[EmulatorSer
             Operation.REMOVE_BACKGROUND,
             ImageRequest(model="ideogram:ideogram-4.6", images=[image], provider_options=FAST),
         )
-    stats = _stats(server)
+    stats = emulator_stats(server)
     assert stats["POST /v2/image/remix/ideogram-4-5"] == 2
     assert stats["POST /v1/ideogram-v3/reframe"] == 1 and stats["POST /upscale"] == 1
     assert reframed.images[0].width > reframed.images[0].height
@@ -278,7 +265,7 @@ def test_unsafe_results_are_a_content_policy_error(ideogram: tuple[EmulatorServe
     server, _ = ideogram
     with pytest.raises(errors.ContentPolicyError, match="is_image_safe"):
         limner.generate(f"a {BLOCKED_WORD}", model="ideogram:ideogram-v3")
-    assert not any(k.startswith("GET /delivery") for k in _stats(server))
+    assert not any(k.startswith("GET /delivery") for k in emulator_stats(server))
 
 
 def test_partly_unsafe_results_keep_the_safe_ones_with_a_warning(
@@ -305,28 +292,30 @@ def test_partly_unsafe_results_keep_the_safe_ones_with_a_warning(
 def test_errors_are_mapped(ideogram: tuple[EmulatorServer, str], client: limner.Limner) -> None:
     server, _ = ideogram
     with pytest.raises(errors.InvalidRequestError, match="aspect ratio 7:3"):
-        _gen(client, "x", model="ideogram:ideogram-v3", aspect_ratio="7:3")
+        generate(client, "x", model="ideogram:ideogram-v3", aspect_ratio="7:3")
     with pytest.raises(errors.InvalidRequestError, match="provider option"):
-        _gen(client, "x", model="ideogram:ideogram-v3", provider_options={"cfg": 3})
+        generate(client, "x", model="ideogram:ideogram-v3", provider_options={"cfg": 3})
     with pytest.raises(errors.InvalidRequestError, match="colour palette"):
-        _gen(client, "x", model="ideogram:ideogram-v3", provider_options={"color_palette": "neon"})
+        generate(
+            client, "x", model="ideogram:ideogram-v3", provider_options={"color_palette": "neon"}
+        )
     httpx.post(
         server.url + "/_emulator/faults",
         json={"status": 422, "body": {"detail": "Prompt failed the safety check"}},
     )
     with pytest.raises(errors.ContentPolicyError, match="safety check"):
-        _gen(client, "x", model="ideogram:ideogram-v3")
+        generate(client, "x", model="ideogram:ideogram-v3")
     httpx.post(
         server.url + "/_emulator/faults",
         json={"status": 422, "body": {"detail": "num_images too large"}},
     )
     with pytest.raises(errors.ProviderRejectedError, match="num_images too large"):
-        _gen(client, "x", model="ideogram:ideogram-v3")
+        generate(client, "x", model="ideogram:ideogram-v3")
     httpx.post(server.url + "/_emulator/faults", json={"status": 401})
     with pytest.raises(errors.AuthenticationError):
-        _gen(client, "x", model="ideogram:ideogram-v3")
+        generate(client, "x", model="ideogram:ideogram-v3")
     httpx.post(server.url + "/_emulator/faults", json={"status": 429, "retry_after": 0})
-    assert len(_gen(client, "x", model="ideogram:ideogram-v3").images) == 1
+    assert len(generate(client, "x", model="ideogram:ideogram-v3").images) == 1
 
 
 def test_emulator_refuses_missing_key_and_bad_enums(ideogram: tuple[EmulatorServer, str]) -> None:
@@ -361,8 +350,8 @@ def test_tool_endpoints_and_async_images_are_polled(ideogram: tuple[EmulatorServ
     assert seen == ["ideogram pending", "ideogram pending", "ideogram completed"]
     assert len(result.images) == 2
     assert result.cost_usd == pytest.approx(0.06)  # usage_cost_usd_micros of the completed body
-    polls = [k for k in _stats(server) if k.startswith("GET /v2/generations/")]
-    assert len(polls) == 1 and _stats(server)[polls[0]] == 3
+    polls = [k for k in emulator_stats(server) if k.startswith("GET /v2/generations/")]
+    assert len(polls) == 1 and emulator_stats(server)[polls[0]] == 3
     with pytest.raises(errors.JobFailedError, match="internal error"):
         limner.generate(
             "fail-task", model="ideogram:ideogram-4.5", provider_options={"async": True, **FAST}

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import httpx
 import pytest
 from PIL import Image
 
 import limner
+from _provider_helpers import emulator_stats, generate
 from limner import errors
 from limner.emulators.common import BLOCKED_WORD, EmulatorServer
 from limner.store import Store
@@ -43,21 +43,6 @@ def _mask(size: tuple[int, int] = (64, 48)) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def client() -> Iterator[limner.Limner]:
-    """One warm client per test: many calls in one test share its HTTP pool and store."""
-    with limner.Limner() as shared:
-        yield shared
-
-
-def _gen(client: limner.Limner, prompt: str, **params: Any) -> limner.Result:
-    return client.run(Operation.GENERATE, ImageRequest(prompt=prompt, **params))
-
-
-def _stats(server: EmulatorServer) -> dict[str, int]:
-    return dict(httpx.get(server.url + "/_emulator/stats").json())
-
-
 def test_generate_raster_downloads_urls_and_records_reported_credits(
     recraft: tuple[EmulatorServer, str],
 ) -> None:
@@ -67,7 +52,7 @@ def test_generate_raster_downloads_urls_and_records_reported_credits(
     )
     assert [(i.width, i.height) for i in result.images] == [(1536, 768)] * 2
     assert result.cost_usd == pytest.approx(0.07)  # 2 x 35 credits, as the response reported
-    assert _stats(server)["POST /v1/images/generations"] == 1
+    assert emulator_stats(server)["POST /v1/images/generations"] == 1
     entry = Store(limner.Limner().home).get(str(result.generation_id))
     assert entry is not None and entry.cost_usd == pytest.approx(0.07)
 
@@ -85,14 +70,14 @@ def test_v3_style_and_size_are_checked_before_sending(recraft: tuple[EmulatorSer
         limner.generate("x", model="recraft:recraftv4", style="icon")
     with pytest.raises(errors.InvalidRequestError, match="Size 1500x1000"):
         limner.generate("x", model="recraft:recraftv3", size="1500x1000")
-    assert _stats(server).get("total", 0) == 0
+    assert emulator_stats(server).get("total", 0) == 0
 
 
 def test_image_to_image_passes_strength(recraft: tuple[EmulatorServer, str]) -> None:
     server, _ = recraft
     result = limner.edit(_png(), "in watercolour", model="recraft:recraftv3", strength=0.4)
     assert (result.images[0].width, result.images[0].height) == (64, 48)
-    assert _stats(server)["POST /v1/images/imageToImage"] == 1
+    assert emulator_stats(server)["POST /v1/images/imageToImage"] == 1
     assert result.cost_usd == pytest.approx(0.04)
 
 
@@ -103,7 +88,7 @@ def test_inpaint_sends_a_white_marks_area_mask(recraft: tuple[EmulatorServer, st
 
     server, url = recraft
     result = limner.edit(_png(), "a red door", mask=_mask(), model="recraft:recraftv3")
-    assert _stats(server)["POST /v1/images/inpaint"] == 1
+    assert emulator_stats(server)["POST /v1/images/inpaint"] == 1
     assert len(result.images) == 1
     request = ImageRequest(prompt="p", images=[load_image(_png())], mask=load_image(_mask()))
     built = RecraftProvider(api_key="k", base_url=url)._build(
@@ -139,7 +124,7 @@ def test_operations_by_action(
     )
     with limner.Limner() as client:
         result = client.run(op, request)
-    assert _stats(server)[f"POST /v1/images/{endpoint}"] == 1
+    assert emulator_stats(server)[f"POST /v1/images/{endpoint}"] == 1
     assert result.cost_usd == pytest.approx(credits)
     if endpoint == "vectorize":
         assert result.images[0].media_type == "image/svg+xml"
@@ -222,18 +207,18 @@ def test_content_filter_and_errors_are_mapped(
 ) -> None:
     server, _ = recraft
     with pytest.raises(errors.ContentPolicyError, match="content filter"):
-        _gen(client, f"a {BLOCKED_WORD}", model="recraft:recraftv4")
+        generate(client, f"a {BLOCKED_WORD}", model="recraft:recraftv4")
     httpx.post(server.url + "/_emulator/faults", json={"status": 401})
     with pytest.raises(errors.AuthenticationError):
-        _gen(client, "x", model="recraft:recraftv4")
+        generate(client, "x", model="recraft:recraftv4")
     httpx.post(
         server.url + "/_emulator/faults",
         json={"status": 400, "body": {"code": "invalid_size", "message": "Size is odd"}},
     )
     with pytest.raises(errors.ProviderRejectedError, match="Size is odd"):
-        _gen(client, "x", model="recraft:recraftv4")
+        generate(client, "x", model="recraft:recraftv4")
     httpx.post(server.url + "/_emulator/faults", json={"status": 429, "retry_after": 0})
-    assert len(_gen(client, "x", model="recraft:recraftv4").images) == 1
+    assert len(generate(client, "x", model="recraft:recraftv4").images) == 1
 
 
 def test_expired_result_urls_fail_cleanly(recraft: tuple[EmulatorServer, str]) -> None:
