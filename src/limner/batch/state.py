@@ -48,6 +48,15 @@ class ItemBinding:
     sent: bool = False
 
 
+def _claimed_by(binding: ItemBinding) -> tuple[Any, ...]:
+    """The item row this run claimed: updates through a stale claim touch nothing."""
+    return (
+        batch_items.c.batch_id == binding.batch_id,
+        batch_items.c.item_key == binding.item_key,
+        batch_items.c.run_id == binding.run_id,
+    )
+
+
 _current_item: contextvars.ContextVar[ItemBinding | None] = contextvars.ContextVar(
     "limner_batch_item", default=None
 )
@@ -91,12 +100,7 @@ class BatchStore(Store):
             self.insert_entry(conn, entry)
             conn.execute(
                 batch_items.update()
-                .where(
-                    batch_items.c.batch_id == binding.batch_id,
-                    batch_items.c.item_key == binding.item_key,
-                    batch_items.c.run_id == binding.run_id,
-                    batch_items.c.status == "running",
-                )
+                .where(*_claimed_by(binding), batch_items.c.status == "running")
                 .values(
                     status="done", generation_id=entry.id, cost_usd=entry.cost_usd,
                     error_type=None, error_message=None, updated_at=time.time(),
@@ -239,12 +243,7 @@ class BatchStore(Store):
         with self.engine.begin() as conn:
             conn.execute(
                 batch_items.update()
-                .where(
-                    batch_items.c.batch_id == binding.batch_id,
-                    batch_items.c.item_key == binding.item_key,
-                    batch_items.c.run_id == binding.run_id,
-                    batch_items.c.sent_at.is_(None),
-                )
+                .where(*_claimed_by(binding), batch_items.c.sent_at.is_(None))
                 .values(sent_at=time.time())
             )
         binding.sent = True
@@ -253,12 +252,7 @@ class BatchStore(Store):
         with self.engine.begin() as conn:
             conn.execute(
                 batch_items.update()
-                .where(
-                    batch_items.c.batch_id == binding.batch_id,
-                    batch_items.c.item_key == binding.item_key,
-                    batch_items.c.run_id == binding.run_id,
-                    batch_items.c.status == "running",
-                )
+                .where(*_claimed_by(binding), batch_items.c.status == "running")
                 .values(
                     status="failed",
                     error_type=type(exc).__name__,
