@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -237,3 +238,119 @@ def test_openai_sdk_drives_the_emulator_for_generation(recraft: tuple[EmulatorSe
     )
     assert response.data and response.data[0].url
     assert httpx.get(response.data[0].url).headers["content-type"] == "image/png"
+
+
+@pytest.mark.parametrize(
+    ("action", "endpoint", "with_mask"),
+    [
+        ("vectorize", "vectorize", False),
+        ("remove-background", "removeBackground", False),
+        ("erase-region", "eraseRegion", True),
+    ],
+)
+def test_promptless_actions_run_without_a_prompt(
+    recraft: tuple[EmulatorServer, str],
+    client: limner.Limner,
+    action: str,
+    endpoint: str,
+    with_mask: bool,
+) -> None:
+    from limner.images import load_image
+
+    server, _ = recraft
+    request = ImageRequest(
+        model="recraft:recraftv3",
+        images=[load_image(_png())],
+        mask=load_image(_mask()) if with_mask else None,
+        provider_options={"action": action},
+    )
+    # With a mask an edit is an inpaint (as the CLI runs it); the action still applies.
+    op = Operation.INPAINT if with_mask else Operation.EDIT
+    result = client.run(op, request)
+    assert emulator_stats(server)[f"POST /v1/images/{endpoint}"] == 1
+    assert len(result.images) == 1 and result.warnings == []
+
+
+def test_a_prompt_given_to_a_promptless_action_is_not_sent_and_says_so(
+    recraft: tuple[EmulatorServer, str], client: limner.Limner
+) -> None:
+    from limner.images import load_image
+
+    request = ImageRequest(
+        prompt="ignored",
+        model="recraft:recraftv3",
+        images=[load_image(_png())],
+        provider_options={"action": "vectorize"},
+    )
+    result = client.run(Operation.EDIT, request)
+    assert any("takes no prompt" in w for w in result.warnings)
+    native = client.provider("recraft").native_request(
+        Operation.EDIT, request, client.resolve("recraft:recraftv3")
+    )
+    assert "prompt" not in native["multipart"] and "model" not in native["multipart"]
+
+
+@pytest.mark.parametrize("action", [None, "replace-background", "image-to-image"])
+def test_actions_that_need_a_prompt_refuse_an_empty_one_before_sending(
+    recraft: tuple[EmulatorServer, str], client: limner.Limner, action: str | None
+) -> None:
+    from limner.images import load_image
+
+    server, _ = recraft
+    request = ImageRequest(
+        prompt="  ",
+        model="recraft:recraftv3",
+        images=[load_image(_png())],
+        provider_options={"action": action} if action else {},
+    )
+    with pytest.raises(errors.InvalidRequestError, match="The prompt is empty") as caught:
+        client.run(Operation.EDIT, request)
+    if action:
+        assert f"needs one for edit with action {action!r}" in caught.value.message
+    assert "vectorize|erase-region|remove-background" in (caught.value.hint or "")
+    assert emulator_stats(server).get("total", 0) == 0
+
+
+def test_catalog_promptless_actions_match_the_wire_table() -> None:
+    from limner.catalog import get_catalog
+    from limner.providers.recraft import ACTIONS
+
+    wire = {action for (op, action), (_, takes_prompt, _) in ACTIONS.items() if not takes_prompt}
+    wire_edit = {
+        action
+        for (op, action), (_, takes_prompt, _) in ACTIONS.items()
+        if not takes_prompt and op in (Operation.EDIT, Operation.INPAINT)
+    }
+    for spec in get_catalog().filter(provider="recraft"):
+        assert set(spec.promptless_options["action"]) == wire_edit <= wire
+
+
+def test_cli_edit_vectorizes_without_a_prompt(
+    recraft: tuple[EmulatorServer, str], tmp_path: Path
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from limner.cli import cli
+
+    server, _ = recraft
+    source = tmp_path / "logo.png"
+    source.write_bytes(_png())
+    runner = CliRunner()
+    ok = runner.invoke(
+        cli,
+        ["edit", str(source), "", "-m", "recraft-v3", "--option", "action=vectorize",
+         "-o", str(tmp_path / "logo.svg"), "--json"],
+    )  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    saved = json.loads(ok.stdout)["images"][0]
+    assert saved["media_type"] == "image/svg+xml"
+    assert (tmp_path / "logo.svg").read_bytes().startswith(b"<svg")
+    refused = runner.invoke(
+        cli,
+        ["edit", str(source), "", "-m", "recraft-v3", "--option", "action=replace-background"],
+    )
+    assert refused.exit_code == 2
+    assert "needs one for edit with action 'replace-background'" in refused.stderr
+    assert emulator_stats(server)["total"] == 2  # the vectorize call and its download

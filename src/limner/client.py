@@ -2,11 +2,20 @@
 
 ``Limner`` is the one entry point the library functions, the CLI and the server share. Its sync
 and async faces run the same plan; only the driver of the provider flow differs.
+
+Resuming: an asynchronous provider's flow announces each job it submits
+(``limner.flows.Submitted``; record the handle with ``limner.flows.on_submitted``). After a
+crash, ``run(op, request, resume_handle=handle)`` / ``arun(...)`` with the same request follows
+that job to its result instead of submitting it again: the same checks, guards, storage, log
+entry and cost as a normal run, never served from the cache. It raises
+``errors.ResumeUnsupportedError`` (before any guard or network call) when the provider answers
+synchronously or the request needs several calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import math
@@ -25,10 +34,10 @@ from limner import errors
 from limner.catalog import Catalog, ModelSpec, get_catalog
 from limner.config import KeyStore, UserConfig, limner_home
 from limner.fetch import SafeFetcher
-from limner.flows import ProviderOutput
+from limner.flows import Flow, ProviderOutput
 from limner.guards import default_guards
 from limner.http import AsyncFlowRunner, FlowRunner, RetryPolicy, new_async_client, new_client
-from limner.metadata import embed
+from limner.metadata import embed, strip
 from limner.pricing import actual_cost, estimate_cost
 from limner.providers import get_provider_class, plugin_catalog_entries
 from limner.providers.base import Provider
@@ -298,15 +307,15 @@ class Limner:
         *,
         use_cache: bool = True,
         parent_id: str | None = None,
+        resume_handle: str | None = None,
     ) -> Result:
         started = time.perf_counter()
-        plan = self.plan(op, request)
-        cached = self._cached(plan, use_cache, parent_id, started)
-        if cached:
-            return cached
-        self._before_send(plan)
+        prepared = self._prepare(op, request, use_cache, parent_id, resume_handle, started)
+        if isinstance(prepared, Result):
+            return prepared
+        plan, resumed = prepared
         try:
-            outputs = self._run_chunks(plan)
+            outputs = self._run_chunks(plan, resumed)
         except errors.LimnerError as exc:
             self._failed(plan, exc, parent_id)
             raise
@@ -319,19 +328,42 @@ class Limner:
         *,
         use_cache: bool = True,
         parent_id: str | None = None,
+        resume_handle: str | None = None,
     ) -> Result:
         started = time.perf_counter()
-        plan = await asyncio.to_thread(self.plan, op, request)
-        cached = await asyncio.to_thread(self._cached, plan, use_cache, parent_id, started)
-        if cached:
-            return cached
-        await asyncio.to_thread(self._before_send, plan)
+        # One trip to a worker thread for everything before the provider call (a server
+        # pays for each trip on every request).
+        prepared = await asyncio.to_thread(
+            self._prepare, op, request, use_cache, parent_id, resume_handle, started
+        )
+        if isinstance(prepared, Result):
+            return prepared
+        plan, resumed = prepared
         try:
-            outputs = await self._arun_chunks(plan)
+            outputs = await self._arun_chunks(plan, resumed)
         except errors.LimnerError as exc:
             await asyncio.to_thread(self._failed, plan, exc, parent_id)
             raise
         return await asyncio.to_thread(self._finish, plan, outputs, started, parent_id)
+
+    def _prepare(
+        self,
+        op: Operation | str,
+        request: ImageRequest,
+        use_cache: bool,
+        parent_id: str | None,
+        resume_handle: str | None,
+        started: float,
+    ) -> Result | tuple[Plan, Flow | None]:
+        """Plan, answer from the cache, or reserve with the guards: the cached Result, or the
+        plan (and the flow that resumes ``resume_handle``) ready to send."""
+        plan = self.plan(op, request)
+        resumed = self._resume_flow(plan, resume_handle)
+        cached = self._cached(plan, use_cache and resumed is None, parent_id, started)
+        if cached:
+            return cached
+        self._before_send(plan)
+        return plan, resumed
 
     def _fetcher(self, provider: Provider) -> SafeFetcher:
         local = provider.is_local_endpoint
@@ -345,20 +377,40 @@ class Limner:
             "on_progress": self.on_progress,
         }
 
-    def _run_chunks(self, plan: Plan) -> list[ProviderOutput]:
-        def one(chunk: ImageRequest) -> ProviderOutput:
+    def _resume_flow(self, plan: Plan, handle: str | None) -> Flow | None:
+        """The flow that follows the job ``handle`` names, or None for a fresh run."""
+        if handle is None:
+            return None
+        if len(plan.chunks) != 1:
+            raise errors.ResumeUnsupportedError(
+                f"{plan.spec.ref} makes {len(plan.chunks)} calls for n={plan.request.n}; only a "
+                "request made in one call can be resumed.",
+                hint="Run the request again without a resume handle.",
+            )
+        flow = plan.provider.resume_flow(plan.op, plan.chunks[0], plan.spec, handle)
+        if flow is None:
+            raise errors.ResumeUnsupportedError(
+                f"{plan.spec.ref} answers in one request: there is no submitted job to resume.",
+                hint="Run the request again without a resume handle.",
+            )
+        return flow
+
+    def _run_chunks(self, plan: Plan, resumed: Flow | None = None) -> list[ProviderOutput]:
+        def one(chunk: ImageRequest, flow: Flow | None = None) -> ProviderOutput:
             runner = FlowRunner(self.http, plan.spec.provider, **self._runner_kwargs(plan))
-            return runner.run(plan.provider.flow(plan.op, chunk, plan.spec))
+            return runner.run(flow or plan.provider.flow(plan.op, chunk, plan.spec))
 
         if len(plan.chunks) == 1:
-            return [one(plan.chunks[0])]
+            return [one(plan.chunks[0], resumed)]
         with ThreadPoolExecutor(max_workers=min(len(plan.chunks), 8)) as pool:
-            return list(pool.map(one, plan.chunks))
+            # Each call in a copy of this context, so on_submitted listeners hear every thread.
+            calls = [pool.submit(contextvars.copy_context().run, one, c) for c in plan.chunks]
+            return [call.result() for call in calls]
 
-    async def _arun_chunks(self, plan: Plan) -> list[ProviderOutput]:
+    async def _arun_chunks(self, plan: Plan, resumed: Flow | None = None) -> list[ProviderOutput]:
         async def one(client: httpx.AsyncClient, chunk: ImageRequest) -> ProviderOutput:
             runner = AsyncFlowRunner(client, plan.spec.provider, **self._runner_kwargs(plan))
-            return await runner.run(plan.provider.flow(plan.op, chunk, plan.spec))
+            return await runner.run(resumed or plan.provider.flow(plan.op, chunk, plan.spec))
 
         if self._ahttp is not None:
             return list(await asyncio.gather(*(one(self._ahttp, c) for c in plan.chunks)))
@@ -538,7 +590,9 @@ class Limner:
                     image.data = sign_from_env(
                         image.data, model=plan.spec.ref, provider=plan.spec.provider
                     )
-            item = self.store.put_asset(image.data, image.media_type, image.width, image.height)
+            else:  # no metadata means none from the provider either (C2PA, EXIF, text chunks)
+                image.data = strip(image.data, image.media_type)
+            item = self.store.write_asset(image.data, image.media_type, image.width, image.height)
             item.seed, item.revised_prompt = image.seed, image.revised_prompt
             image.sha256, image.path = item.sha256, item.path
             stored.append(item)

@@ -12,7 +12,8 @@ into exit codes and the server into JSON error bodies.
     │   ├── RetiredModelError          the model was retired and no base URL override is set
     │   ├── MissingKeyError            no API key for the provider
     │   ├── InputImageError            an unreadable, non-image, oversized or mismatched input
-    │   └── ProviderRejectedError      the provider refused the request as invalid (its message)
+    │   ├── ProviderRejectedError      the provider refused the request as invalid (its message)
+    │   └── ResumeUnsupportedError     a submitted job cannot be resumed (HTTP 409)
     ├── PolicyError                    refused before sending; exit 1, HTTP 403
     │   ├── BudgetExceededError        a spending cap would be exceeded
     │   └── UsagePolicyError           a licence or content rule forbids the request
@@ -46,6 +47,7 @@ __all__ = [
     "ProviderTimeoutError",
     "ProviderUnavailableError",
     "RateLimitError",
+    "ResumeUnsupportedError",
     "RetiredModelError",
     "UnknownModelError",
     "UnsupportedOperationError",
@@ -134,6 +136,14 @@ class ProviderRejectedError(UserError):
         super().__init__(message)
         self.status = status
         self.provider = provider
+
+
+class ResumeUnsupportedError(UserError):
+    """A run was asked to follow an earlier submission that cannot be followed again: the
+    provider answers synchronously, or the request was split into several calls."""
+
+    code = "resume_unsupported"
+    http_status = 409
 
 
 class PolicyError(LimnerError):

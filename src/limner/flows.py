@@ -15,11 +15,18 @@ same generator synchronously or asynchronously, adding retries, deadlines and sa
 When the client-side deadline passes, the driver throws :class:`DeadlineExceeded` into the
 generator at its current ``yield``; a flow that can cancel the remote job catches it, yields
 the cancel request, and re-raises.
+
+A flow of an asynchronous provider yields :class:`Submitted` once the provider has accepted the
+job and named it. The drivers pass the handle to the listeners registered with
+:func:`on_submitted` (a batch or a job queue records it), so that after a crash the job is
+followed again with ``Provider.resume_flow`` instead of being submitted a second time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +45,10 @@ __all__ = [
     "Run",
     "Send",
     "Sleep",
+    "Submitted",
+    "SubmittedListener",
+    "announce_submitted",
+    "on_submitted",
 ]
 
 
@@ -93,7 +104,16 @@ class Run:
     fn: Callable[[], Any]
 
 
-Step = Send | Sleep | Download | Progress | Run
+@dataclass
+class Submitted:
+    """The provider accepted a job: ``handle`` is what :meth:`Provider.resume_flow` needs to
+    follow it again (an id, or JSON with the id and polling URLs). Never a secret; the flow
+    receives ``None`` back."""
+
+    handle: str
+
+
+Step = Send | Sleep | Download | Progress | Run | Submitted
 Flow = Generator[Step, Any, "ProviderOutput"]
 
 
@@ -111,3 +131,31 @@ class ProviderOutput(BaseModel):
     cost_usd: float | None = None
     raw: dict[str, Any] = Field(default_factory=dict)
     requests: int = 0
+
+
+# Called as ``listener(provider_name, handle)`` for every Submitted step of a flow run within
+# ``on_submitted``. A context variable, so it follows asyncio tasks and ``asyncio.to_thread``.
+SubmittedListener = Callable[[str, str], None]
+_submitted_listeners: ContextVar[tuple[SubmittedListener, ...]] = ContextVar(
+    "limner_submitted_listeners", default=()
+)
+
+
+@contextmanager
+def on_submitted(listener: SubmittedListener) -> Iterator[None]:
+    """Call ``listener(provider, handle)`` whenever a flow run inside this block submits a job.
+
+    Listeners nest: an inner block adds to the outer ones. An exception raised by a listener
+    stops the run (the job was submitted but its handle could not be recorded).
+    """
+    token = _submitted_listeners.set((*_submitted_listeners.get(), listener))
+    try:
+        yield
+    finally:
+        _submitted_listeners.reset(token)
+
+
+def announce_submitted(provider: str, handle: str) -> None:
+    """Pass a submitted job's handle to the listeners of the current context, in order."""
+    for listener in _submitted_listeners.get():
+        listener(provider, handle)

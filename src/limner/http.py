@@ -31,6 +31,8 @@ from limner.flows import (
     Run,
     Send,
     Sleep,
+    Submitted,
+    announce_submitted,
 )
 
 __all__ = [
@@ -227,9 +229,19 @@ class _RunnerBase:
         output.requests = self.requests
         return output
 
+    def _announce(self, flow: Flow, step: Submitted) -> None:
+        """Hand a submitted job's handle to the ``on_submitted`` listeners. When one fails the
+        run stops there: the flow is closed (its ``finally`` blocks run) and the error raised."""
+        try:
+            announce_submitted(self.provider, step.handle)
+        except BaseException:
+            flow.close()
+            raise
+
     def _advance(self, flow: Flow, state: _Resume) -> Any:
         """Resume ``flow`` with the last outcome; return its next step, or raise _Done.
 
+        ``Submitted`` steps are handled here for both drivers (the flow gets ``None`` back).
         Once the deadline has passed, DeadlineExceeded is thrown in (once) so the flow can
         cancel its remote job before giving up.
         """
@@ -241,6 +253,10 @@ class _RunnerBase:
             except DeadlineExceeded as exc:
                 raise self._timeout_error() from exc
             state.throw, state.outcome = None, None
+            if isinstance(step, Submitted):
+                # Announced even past the deadline: the job exists remotely either way.
+                self._announce(flow, step)
+                continue
             if self._expired() and not state.cancelling:
                 state.cancelling, state.throw = True, DeadlineExceeded()
                 continue

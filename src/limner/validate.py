@@ -190,15 +190,29 @@ def _check_inputs(op: Operation, request: ImageRequest, spec: ModelSpec) -> None
             check_mask_matches(request.images[0], request.mask)
 
 
+def _check_prompt_present(op: Operation, request: ImageRequest, spec: ModelSpec) -> None:
+    """Refuse an empty prompt unless the operation, the model or the chosen provider option
+    (``spec.promptless_options``, e.g. Recraft's ``action=vectorize``) does without one."""
+    if op in PROMPTLESS or not spec.prompt_required or request.prompt.strip():
+        return
+    chosen = {key: request.provider_options.get(key) for key in spec.promptless_options}
+    if any(str(chosen[key]) in values for key, values in spec.promptless_options.items()):
+        return
+    hint = "Describe the image to make"
+    for key, values in spec.promptless_options.items():
+        hint += f", or set {key} to one that needs none: --option {key}={'|'.join(values)}"
+    hint += "."
+    picked = [f"{key} {value!r}" for key, value in chosen.items() if value is not None]
+    needs = f" {spec.ref} needs one for {op.value} with {', '.join(picked)}." if picked else ""
+    raise errors.InvalidRequestError(f"The prompt is empty.{needs}", param="prompt", hint=hint)
+
+
 def check_request(
     op: Operation, request: ImageRequest, spec: ModelSpec, catalog: Catalog | None = None
 ) -> tuple[ImageRequest, list[str]]:
     """Validate ``request`` for ``spec``; return the request to send and the warnings."""
     warnings: list[str] = []
-    if op not in PROMPTLESS and spec.prompt_required and not request.prompt.strip():
-        raise errors.InvalidRequestError(
-            "The prompt is empty.", param="prompt", hint="Describe the image to make."
-        )
+    _check_prompt_present(op, request, spec)
     if spec.max_prompt_chars and len(request.prompt) > spec.max_prompt_chars:
         raise errors.InvalidRequestError(
             f"The prompt is {len(request.prompt)} characters; {spec.ref} takes at most {spec.max_prompt_chars}.",

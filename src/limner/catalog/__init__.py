@@ -126,6 +126,8 @@ class ModelSpec(BaseModel):
     max_input_images: int = 1
     max_reference_images: int = 0
     prompt_required: bool = True  # False for services that ignore the prompt (erase)
+    # provider_options values that make the prompt optional: {"action": ["vectorize"]}
+    promptless_options: dict[str, list[str]] = Field(default_factory=dict)
     max_prompt_chars: int | None = None
     max_prompt_tokens: int | None = None
     negative_prompt: bool = False

@@ -48,6 +48,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "outpaint": ("limner.cli.ops:outpaint", "Extend an image beyond its borders."),
     "check": ("limner.cli.ops:check", "Check size, blur, exposure, text, duplicates."),
     "provenance": ("limner.cli.ops:provenance", "Read, verify, sign or strip image provenance."),
+    "describe": (
+        "limner.cli.describe:describe",
+        "Suggest prompts for an image (Ideogram, Midjourney).",
+    ),
 }
 
 

@@ -2,12 +2,14 @@
 faithful enough for the official ``google-genai`` SDK: ``x-goog-api-key`` (or ``?key=``) auth,
 ``imageConfig`` aspect ratios and sizes, input images as ``inlineData`` parts, usage in tokens
 by modality, Google's error shape, and the ``IMAGE_SAFETY`` refusal on ``BLOCKED_WORD``.
+Result PNGs carry metadata of the provider's own (an AI-made credit and IPTC XMP), as Google's do.
 The retired Imagen ``:predict`` path is kept for the catalog's retired entries."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import uuid
 from typing import Any
 
@@ -44,6 +46,12 @@ IMAGEN_MODELS = {
 # The emulator draws small images so that tests stay fast; the long edge per imageSize.
 EDGE = {"512": 128, "1K": 256, "2K": 320, "4K": 384}
 VERTEX_ONLY = {"personGeneration", "prominentPeople", "imageOutputOptions"}
+GOOGLE_XMP = (
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    '<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"'
+    ' Iptc4xmpExt:DigitalSourceType="http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"/>'
+    "</rdf:RDF></x:xmpmeta>"
+)
 
 
 GOOGLE_STATUS = {
@@ -112,15 +120,8 @@ def _read_parts(body: dict[str, Any]) -> tuple[str, list[bytes]]:
     return " ".join(texts), images
 
 
-def _generate_content(model: str, body: dict[str, Any]) -> dict[str, Any]:
-    rules = MODELS.get(model)
-    if rules is None:
-        raise APIError(
-            404,
-            f"models/{model} is not found for API version v1beta, or is not supported for generateContent.",
-        )
-    prompt, images = _read_parts(body)
-    config = body.get("generationConfig") or {}
+def _image_settings(model: str, rules: dict[str, Any], config: dict[str, Any]) -> tuple[str, str]:
+    """The aspect ratio and imageSize asked for, checked against what ``model`` takes."""
     image_config = config.get("imageConfig") or {}
     for key in VERTEX_ONLY & set(image_config):
         raise APIError(400, f"{key} parameter is not supported in Gemini API.")
@@ -130,14 +131,68 @@ def _generate_content(model: str, body: dict[str, Any]) -> dict[str, Any]:
     size = image_config.get("imageSize", "1K")
     if size not in rules["sizes"]:
         raise APIError(400, f"Unsupported image size: {size} for model {model}.")
-    modalities = [m.upper() for m in config.get("responseModalities") or ["TEXT"]]
+    return aspect, size
+
+
+def _prompt_usage(prompt: str, images: list[bytes]) -> dict[str, Any]:
     text_tokens = max(len(prompt.split()), 1)
-    usage: dict[str, Any] = {
+    return {
         "promptTokenCount": text_tokens + 258 * len(images),
         "promptTokensDetails": [{"modality": "TEXT", "tokenCount": text_tokens}]
         + ([{"modality": "IMAGE", "tokenCount": 258 * len(images)}] if images else []),
     }
-    response_id = uuid.uuid4().hex[:22]
+
+
+def with_provider_metadata(png: bytes) -> bytes:
+    """Mark an image as AI-made the way Google does (IPTC digital source type in XMP, a credit
+    line), so that clients have provider metadata to keep or strip."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Credit", "Made with Google AI")
+    info.add_itxt("XML:com.adobe.xmp", GOOGLE_XMP)
+    with Image.open(io.BytesIO(png)) as img:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def _inline_png(data: bytes) -> dict[str, Any]:
+    return {"mimeType": "image/png", "data": base64.b64encode(data).decode()}
+
+
+def _image_parts(
+    prompt: str,
+    images: list[bytes],
+    rules: dict[str, Any],
+    config: dict[str, Any],
+    shape: tuple[str, str],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The thought parts (a draft, for models that think) and the image part."""
+    width, height = _dimensions(*shape)
+    seed = config.get("seed")
+    salt = hashlib.sha256(b"".join(images)).hexdigest()[:8] if images else ""
+    data = with_provider_metadata(render_image(prompt + salt, seed, width, height, "png"))
+    thoughts = []
+    if rules.get("thinks"):
+        draft = render_image("draft " + prompt, seed, width // 2, height // 2, "png")
+        thoughts.append({"inlineData": _inline_png(draft), "thought": True})
+    return thoughts, {"inlineData": _inline_png(data), "thoughtSignature": "c2lnbmF0dXJl"}
+
+
+def _generate_content(model: str, body: dict[str, Any]) -> dict[str, Any]:
+    rules = MODELS.get(model)
+    if rules is None:
+        raise APIError(
+            404,
+            f"models/{model} is not found for API version v1beta, or is not supported for generateContent.",
+        )
+    prompt, images = _read_parts(body)
+    config = body.get("generationConfig") or {}
+    shape = _image_settings(model, rules, config)
+    modalities = [m.upper() for m in config.get("responseModalities") or ["TEXT"]]
+    usage = _prompt_usage(prompt, images)
+    reply = {"modelVersion": model, "responseId": uuid.uuid4().hex[:22]}
     if BLOCKED_WORD in prompt:
         usage.update(candidatesTokenCount=0, totalTokenCount=usage["promptTokenCount"])
         candidate = {
@@ -145,40 +200,15 @@ def _generate_content(model: str, body: dict[str, Any]) -> dict[str, Any]:
             "index": 0,
             "finishMessage": "Unable to show the generated image.",
         }
-        return {
-            "candidates": [candidate],
-            "usageMetadata": usage,
-            "modelVersion": model,
-            "responseId": response_id,
-        }
+        return {"candidates": [candidate], "usageMetadata": usage, **reply}
     parts: list[dict[str, Any]] = []
     if "TEXT" in modalities:
         parts.append({"text": f"Here is the image: {prompt[:60]}"})
     image_tokens = 0
     if "IMAGE" in modalities:
-        width, height = _dimensions(aspect, size)
-        seed = config.get("seed")
-        salt = hashlib.sha256(b"".join(images)).hexdigest()[:8] if images else ""
-        data = render_image(prompt + salt, seed, width, height, "png")
-        if rules.get("thinks"):
-            draft = render_image("draft " + prompt, seed, width // 2, height // 2, "png")
-            parts.insert(
-                0,
-                {
-                    "inlineData": {
-                        "mimeType": "image/png",
-                        "data": base64.b64encode(draft).decode(),
-                    },
-                    "thought": True,
-                },
-            )
-        parts.append(
-            {
-                "inlineData": {"mimeType": "image/png", "data": base64.b64encode(data).decode()},
-                "thoughtSignature": "c2lnbmF0dXJl",
-            }
-        )
-        image_tokens = rules["sizes"][size]
+        thoughts, image = _image_parts(prompt, images, rules, config, shape)
+        parts = [*thoughts, *parts, image]  # thoughts come first, the image last
+        image_tokens = rules["sizes"][shape[1]]
     text_out = 8 if "TEXT" in modalities else 0
     usage.update(
         candidatesTokenCount=image_tokens + text_out,
@@ -189,12 +219,7 @@ def _generate_content(model: str, body: dict[str, Any]) -> dict[str, Any]:
     candidate = {"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}
     if "IMAGE" in modalities and not parts:
         candidate["finishReason"] = "NO_IMAGE"
-    return {
-        "candidates": [candidate],
-        "usageMetadata": usage,
-        "modelVersion": model,
-        "responseId": response_id,
-    }
+    return {"candidates": [candidate], "usageMetadata": usage, **reply}
 
 
 def _predict(model: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import hashlib
 import io
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.datastructures import UploadFile
@@ -169,102 +170,123 @@ async def _image_of(upload: Any) -> tuple[int, int, bytes]:
         raise APIError(400, "Invalid image", "invalid_image") from None
 
 
+def _b64(params: dict[str, Any]) -> bool:
+    return params.get("response_format") == "b64_json"
+
+
+async def _generations(request: Request, state: EmulatorState) -> Response:
+    _check_auth(request)
+    params = await request.json()
+    _check_prompt(str(params.get("prompt", "")))
+    model, rules = _model(params, "recraftv4")
+    size = _check_params(params, rules, model)
+    n, seed = int(params.get("n", 1)), params.get("random_seed")
+    data = []
+    for i in range(n):
+        raw, media = _render(str(params["prompt"]), (seed or 0) + i, size, rules[3])
+        data.append(_deliver(request, state, raw, media, _b64(params)))
+    return JSONResponse({"created": int(time.time()), "credits": rules[0] * n, "data": data})
+
+
+async def _read_operation_form(
+    request: Request, endpoint: str
+) -> tuple[dict[str, Any], tuple[int, int, bytes]]:
+    """The form fields and the input image (width, height, bytes); the mask checked where the
+    endpoint needs one."""
+    form = await request.form()
+    params = {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
+    upload = form.get("image") or form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise APIError(400, "image is required", "invalid_image")
+    width, height, data = await _image_of(upload)
+    if endpoint in MASKED_OPS:
+        mask = form.get("mask")
+        if mask is None or isinstance(mask, str):
+            raise APIError(400, "mask is required", "invalid_mask")
+        mw, mh, _ = await _image_of(mask)
+        if (mw, mh) != (width, height):
+            raise APIError(400, "mask must have the same dimensions as image", "invalid_mask")
+    return params, (width, height, data)
+
+
+def _prompted_operation(
+    request: Request,
+    state: EmulatorState,
+    endpoint: str,
+    params: dict[str, Any],
+    image: tuple[int, int, bytes],
+) -> dict[str, Any]:
+    """An operation guided by a prompt (image-to-image, inpaint, backgrounds), billed as its model."""
+    _check_prompt(str(params.get("prompt", "")))
+    _, rules = _model(params, "recraftv3")
+    credits, vector = rules[0], rules[3]
+    width, height, data = image
+    salt = hashlib.sha256(data).hexdigest()[:12]
+    n, seed = int(params.get("n", 1)), params.get("random_seed")
+    items = []
+    for i in range(n):
+        prompt = f"{endpoint}|{params['prompt']}|{salt}"
+        raw, media = _render(prompt, f"{seed}-{i}", f"{width}x{height}", vector)
+        items.append(_deliver(request, state, raw, media, _b64(params)))
+    return {"created": int(time.time()), "credits": credits * n, "data": items}
+
+
+def _utility_operation(
+    request: Request,
+    state: EmulatorState,
+    endpoint: str,
+    params: dict[str, Any],
+    image: tuple[int, int, bytes],
+) -> dict[str, Any]:
+    """A model-independent utility (vectorize, upscales, background removal, erase), one image."""
+    width, height, data = image
+    salt = hashlib.sha256(data).hexdigest()[:12]
+    factor = {"crispUpscale": 4, "creativeUpscale": 4}.get(endpoint, 1)
+    w, h = width * factor, height * factor
+    raw, media = _render(f"{endpoint}|{salt}", None, f"{w}x{h}", endpoint == "vectorize")
+    item = _deliver(request, state, raw, media, _b64(params))
+    return {"created": int(time.time()), "credits": UTILITY_CREDITS[endpoint], "image": item}
+
+
+async def _operation(request: Request, state: EmulatorState) -> Response:
+    endpoint = request.path_params["endpoint"]
+    _check_auth(request)
+    if endpoint not in PROMPTED_OPS and endpoint not in UTILITY_CREDITS:
+        raise APIError(404, f"Unknown endpoint /images/{endpoint}", "not_found")
+    params, image = await _read_operation_form(request, endpoint)
+    run = _prompted_operation if endpoint in PROMPTED_OPS else _utility_operation
+    return JSONResponse(run(request, state, endpoint, params, image))
+
+
+async def _me(request: Request) -> Response:
+    _check_auth(request)
+    return JSONResponse(
+        {"id": "emulator", "email": "emulator@example.com", "name": "Emulator", "credits": 100000}
+    )
+
+
 def create_app(state: EmulatorState | None = None) -> Any:
-    state = state or EmulatorState()
-    state.delivery.ttl = 24 * 3600.0
+    app_state = state or EmulatorState()
+    app_state.delivery.ttl = 24 * 3600.0
 
-    async def generations(request: Request) -> Response:
-        try:
-            _check_auth(request)
-            params = await request.json()
-            _check_prompt(str(params.get("prompt", "")))
-            model, rules = _model(params, "recraftv4")
-            size = _check_params(params, rules, model)
-            n, seed = int(params.get("n", 1)), params.get("random_seed")
-            b64 = params.get("response_format") == "b64_json"
-            data = []
-            for i in range(n):
-                raw, media = _render(str(params["prompt"]), (seed or 0) + i, size, rules[3])
-                data.append(_deliver(request, state, raw, media, b64))
-            return JSONResponse(
-                {"created": int(time.time()), "credits": rules[0] * n, "data": data}
-            )
-        except APIError as exc:
-            return exc.response()
+    def endpoint(handler: Callable[..., Awaitable[Response]], *with_state: EmulatorState) -> Any:
+        async def respond(request: Request) -> Response:
+            try:
+                return await handler(request, *with_state)
+            except APIError as exc:
+                return exc.response()
 
-    async def operation(request: Request) -> Response:
-        endpoint = request.path_params["endpoint"]
-        try:
-            _check_auth(request)
-            if endpoint not in PROMPTED_OPS and endpoint not in UTILITY_CREDITS:
-                raise APIError(404, f"Unknown endpoint /images/{endpoint}", "not_found")
-            form = await request.form()
-            params = {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
-            upload = form.get("image") or form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise APIError(400, "image is required", "invalid_image")
-            width, height, data = await _image_of(upload)
-            if endpoint in MASKED_OPS:
-                mask = form.get("mask")
-                if mask is None or isinstance(mask, str):
-                    raise APIError(400, "mask is required", "invalid_mask")
-                mw, mh, _ = await _image_of(mask)
-                if (mw, mh) != (width, height):
-                    raise APIError(
-                        400, "mask must have the same dimensions as image", "invalid_mask"
-                    )
-            salt = hashlib.sha256(data).hexdigest()[:12]
-            if endpoint in PROMPTED_OPS:
-                _check_prompt(str(params.get("prompt", "")))
-                _, rules = _model(params, "recraftv3")
-                credits, vector = rules[0], rules[3]
-                n = int(params.get("n", 1))
-                seed = params.get("random_seed")
-                out = [
-                    _render(
-                        f"{endpoint}|{params['prompt']}|{salt}",
-                        f"{seed}-{i}",
-                        f"{width}x{height}",
-                        vector,
-                    )
-                    for i in range(n)
-                ]
-                items = [
-                    _deliver(
-                        request, state, raw, media, params.get("response_format") == "b64_json"
-                    )
-                    for raw, media in out
-                ]
-                return JSONResponse(
-                    {"created": int(time.time()), "credits": credits * n, "data": items}
-                )
-            factor = {"crispUpscale": 4, "creativeUpscale": 4}.get(endpoint, 1)
-            w, h = width * factor, height * factor
-            raw, media = _render(f"{endpoint}|{salt}", None, f"{w}x{h}", endpoint == "vectorize")
-            item = _deliver(request, state, raw, media, params.get("response_format") == "b64_json")
-            return JSONResponse(
-                {"created": int(time.time()), "credits": UTILITY_CREDITS[endpoint], "image": item}
-            )
-        except APIError as exc:
-            return exc.response()
-
-    async def me(request: Request) -> Response:
-        try:
-            _check_auth(request)
-        except APIError as exc:
-            return exc.response()
-        return JSONResponse(
-            {
-                "id": "emulator",
-                "email": "emulator@example.com",
-                "name": "Emulator",
-                "credits": 100000,
-            }
-        )
+        return respond
 
     routes = [
-        Route(f"{BASE_PATH}/images/generations", generations, methods=["POST"]),
-        Route(f"{BASE_PATH}/images/{{endpoint}}", operation, methods=["POST"]),
-        Route(f"{BASE_PATH}/users/me", me, methods=["GET"]),
+        Route(
+            f"{BASE_PATH}/images/generations",
+            endpoint(_generations, app_state),
+            methods=["POST"],
+        ),
+        Route(
+            f"{BASE_PATH}/images/{{endpoint}}", endpoint(_operation, app_state), methods=["POST"]
+        ),
+        Route(f"{BASE_PATH}/users/me", endpoint(_me), methods=["GET"]),
     ]
-    return emulator_app(routes, state, error_body)
+    return emulator_app(routes, app_state, error_body)

@@ -209,7 +209,7 @@ def sign_from_env(data: bytes, *, model: str | None, provider: str | None) -> by
 
 
 def strip_metadata(data: bytes) -> bytes:
-    """Every metadata block removed (pixels re-encoded), for users who must publish without it."""
+    """Every metadata block removed (pixels untouched), for users who must publish without it."""
     from limner.images import open_checked
     from limner.metadata import strip
 

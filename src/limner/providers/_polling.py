@@ -14,7 +14,6 @@ These keys are limner's own and never reach the provider's wire body.
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from limner import errors
+from limner import codec, errors
 from limner.flows import DeadlineExceeded, Progress, Send, Sleep, Step
 from limner.types import ImageInput, ImageRequest
 
@@ -110,12 +109,12 @@ def data_url(image: ImageInput | bytes, media_type: str = "image/png") -> str:
     """An image as a ``data:`` URL, the form Replicate and fal take inline."""
     data = image.data if isinstance(image, ImageInput) else image
     media = image.media_type if isinstance(image, ImageInput) else media_type
-    return f"data:{media};base64,{base64.b64encode(data).decode()}"
+    return f"data:{media};base64,{codec.b64encode(data)}"
 
 
 def b64(image: ImageInput | bytes) -> str:
     data = image.data if isinstance(image, ImageInput) else image
-    return base64.b64encode(data).decode()
+    return codec.b64encode(data)
 
 
 def error_detail(response: httpx.Response) -> str | None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import io
+import json
 import os
 from typing import Any, ClassVar
 
-from limner import errors
+from limner import codec, errors
 from limner.catalog import ModelSpec
 from limner.config import KeyStore, UserConfig, base_url_env_name
 from limner.fetch import is_loopback_url
@@ -96,11 +96,41 @@ class Provider:
     def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
         raise NotImplementedError
 
+    def resume_flow(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec, handle: str
+    ) -> Flow | None:
+        """A flow that follows a job :meth:`flow` already submitted (the ``handle`` of its
+        ``Submitted`` step) to its result without submitting again, or None when this
+        provider or request cannot be resumed (synchronous APIs)."""
+        return None
+
     def native_request(
         self, op: Operation, request: ImageRequest, spec: ModelSpec
     ) -> dict[str, Any]:
         """The provider-native request that :meth:`flow` would send, for ``--dry-run``."""
         raise NotImplementedError
+
+    # -- resume handles --------------------------------------------------------------------------
+    @staticmethod
+    def encode_handle(**fields: Any) -> str:
+        """A ``Submitted`` handle: the fields polling needs, as compact JSON (never the key)."""
+        return json.dumps(fields, separators=(",", ":"), sort_keys=True)
+
+    def decode_handle(self, handle: str, required: tuple[str, ...] = ("id",)) -> dict[str, Any]:
+        """The fields of a handle from :meth:`encode_handle`; a clear error when it is not one."""
+        try:
+            fields = json.loads(handle)
+        except ValueError:
+            fields = None
+        missing = [k for k in required if not isinstance(fields, dict) or not fields.get(k)]
+        if not isinstance(fields, dict) or missing:
+            raise errors.InvalidRequestError(
+                f"{self.name}: {handle[:80]!r} is not a submission handle of this provider"
+                + (f" (missing {', '.join(missing)})." if isinstance(fields, dict) else "."),
+                param="resume_handle",
+                hint="Pass the handle recorded from the run's Submitted step unchanged.",
+            )
+        return fields
 
 
 def image_from_bytes(
@@ -132,4 +162,4 @@ def image_from_bytes(
 
 
 def b64_image(b64: str, **kw: Any) -> GeneratedImage:
-    return image_from_bytes(base64.b64decode(b64), **kw)
+    return image_from_bytes(codec.b64decode(b64), **kw)

@@ -5,6 +5,9 @@ Every endpoint is asynchronous: ``POST /v1/<endpoint>`` answers ``{id, polling_u
 that expires after 10 minutes, downloaded at once) or to a moderated or error status. The key
 (``x-key``) goes to the API hosts only; the delivery hosts that serve samples never see it.
 Cost comes from the submit answer's ``cost`` in credits (1 credit = $0.01).
+
+A run yields ``Submitted`` with the task id, polling URL and cost as its resume handle;
+``resume_flow`` polls from there (the polling URL is checked against the trusted hosts again).
 """
 
 from __future__ import annotations
@@ -16,7 +19,16 @@ import httpx
 
 from limner import errors
 from limner.catalog import ModelSpec
-from limner.flows import DeadlineExceeded, Download, Fetched, Flow, Progress, ProviderOutput, Send
+from limner.flows import (
+    DeadlineExceeded,
+    Download,
+    Fetched,
+    Flow,
+    Progress,
+    ProviderOutput,
+    Send,
+    Submitted,
+)
 from limner.http import map_http_error
 from limner.images import encode_mask
 from limner.providers._polling import (
@@ -180,7 +192,7 @@ class BFLProvider(Provider):
 
     # -- the flow ------------------------------------------------------------------------------
     def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
-        settings = PollSettings.from_options({**self.poll_defaults, **self.options}, request)
+        settings = self._poll_settings(request)
         body = self._body(op, request, spec)
         url = f"{self.base_url}/{self._endpoint(spec)}"
         response: httpx.Response = yield Send(
@@ -190,7 +202,27 @@ class BFLProvider(Provider):
             raise self._error(response, None)
         submitted = response.json()
         task_id = str(submitted.get("id", ""))
-        polling_url = submitted.get("polling_url") or f"{self.base_url}/get_result?id={task_id}"
+        # The handle keeps the billed cost too, so a resumed run logs what this one would.
+        handle = {k: submitted[k] for k in ("cost", "input_mp", "output_mp") if k in submitted}
+        handle["id"] = task_id
+        handle["polling_url"] = (
+            submitted.get("polling_url") or f"{self.base_url}/get_result?id={task_id}"
+        )
+        yield Submitted(self.encode_handle(**handle))
+        return (yield from self._follow(handle, settings))
+
+    def resume_flow(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec, handle: str
+    ) -> Flow | None:
+        submitted = self.decode_handle(handle, ("id", "polling_url"))
+        return self._follow(submitted, self._poll_settings(request))
+
+    def _poll_settings(self, request: ImageRequest) -> PollSettings:
+        return PollSettings.from_options({**self.poll_defaults, **self.options}, request)
+
+    def _follow(self, submitted: dict[str, Any], settings: PollSettings) -> Flow:
+        """Poll a submitted task until Ready, then download its sample."""
+        task_id, polling_url = str(submitted["id"]), str(submitted["polling_url"])
         if not self.trusts_host(polling_url):
             raise errors.ProviderError(
                 f"bfl: refusing to send the API key to the polling URL host {urlsplit(polling_url).hostname!r}.",

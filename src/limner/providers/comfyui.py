@@ -6,7 +6,9 @@ sends a workflow of your own as it is. Inputs are uploaded first (``/upload/imag
 prompt queued (``POST /prompt``), ``/history/{id}`` polled until it holds the outputs (it is
 ``{}`` while the prompt runs; between polls the ``/ws`` feed gives per-step progress), and the
 images fetched from ``/view``. On the deadline the
-prompt is interrupted and removed from the queue.
+prompt is interrupted and removed from the queue. A queued prompt is announced with
+``Submitted`` (handle: prompt id and client id); ``resume_flow`` waits for it again after a
+crash, reading the queued workflow back from the history.
 
 The server is ``LIMNER_COMFYUI_BASE_URL`` (default http://127.0.0.1:8188). ComfyUI has no
 authentication, so no key is needed or sent.
@@ -19,7 +21,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -36,6 +38,7 @@ from limner.flows import (
     Run,
     Send,
     Sleep,
+    Submitted,
 )
 from limner.http import map_http_error
 from limner.images import encode_mask
@@ -135,11 +138,28 @@ class ComfyUIProvider(Provider):
             )
         workflow = self._workflow(op, request, spec, names)
         client_id = uuid.uuid4().hex
+        return (
+            yield from self._watching(
+                client_id, lambda socket: self._submit(workflow, client_id, socket)
+            )
+        )
+
+    def resume_flow(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec, handle: str
+    ) -> Flow | None:
+        fields = self.decode_handle(handle)
+        # The same client id: the server sends the prompt's progress to that socket.
+        client_id = str(fields.get("client_id") or uuid.uuid4().hex)
+        prompt_id = str(fields["id"])
+        return self._watching(client_id, lambda socket: self._follow(prompt_id, socket, None))
+
+    def _watching(self, client_id: str, follow: Callable[[_ProgressSocket | None], Flow]) -> Flow:
+        """Run ``follow`` with the progress socket of ``client_id`` open (when it opens)."""
         socket: _ProgressSocket | None = yield Run(
             lambda: _ProgressSocket.open(self.base_url, client_id)
         )
         try:
-            return (yield from self._submit(workflow, client_id, socket))
+            return (yield from follow(socket))
         finally:
             if socket is not None:
                 socket.close()
@@ -156,6 +176,13 @@ class ComfyUIProvider(Provider):
         if response.status_code >= 400:
             raise map_http_error(self.name, response, None)
         prompt_id = str(response.json()["prompt_id"])
+        yield Submitted(self.encode_handle(id=prompt_id, client_id=client_id))
+        return (yield from self._follow(prompt_id, socket, workflow))
+
+    def _follow(
+        self, prompt_id: str, socket: _ProgressSocket | None, workflow: dict[str, Any] | None
+    ) -> Flow:
+        """Wait for a queued prompt and fetch its images; at the deadline interrupt it."""
         try:
             item = yield from self._wait(prompt_id, socket)
         except DeadlineExceeded:
@@ -181,8 +208,14 @@ class ComfyUIProvider(Provider):
                 provider=self.name,
                 request_id=prompt_id,
             )
+        if workflow is None:  # resumed: the history holds the workflow that was queued
+            queued = item.get("prompt")
+            workflow = queued[2] if isinstance(queued, list) and len(queued) > 2 else None
         return ProviderOutput(
-            images=images, request_id=prompt_id, cost_usd=0.0, raw={"workflow": workflow}
+            images=images,
+            request_id=prompt_id,
+            cost_usd=0.0,
+            raw={"workflow": workflow} if isinstance(workflow, dict) else {},
         )
 
     def _wait(

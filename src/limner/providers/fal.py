@@ -8,6 +8,8 @@ than building its own. ``GET status_url?logs=1`` answers 202 while ``IN_QUEUE`` 
 ``GET response_url`` returns the model's output. At limner's deadline the flow sends
 ``PUT cancel_url``. Provider option ``mode="sync"`` posts to ``https://fal.run/{model_id}``
 instead (one request, no queue; option ``sync_base_url`` overrides that host).
+A queued request is announced with ``Submitted`` (handle: its id and queue URLs), so that
+``resume_flow`` can follow it after a crash; sync mode has nothing to resume.
 
 Per-model input names live in the catalog's ``wire`` table: ``endpoints`` (operation ->
 endpoint), ``size_mode`` (``image_size`` or ``aspect_ratio``), ``image_field`` /
@@ -17,15 +19,23 @@ endpoint), ``size_mode`` (``image_size`` or ``aspect_ratio``), ``image_field`` /
 
 from __future__ import annotations
 
-import base64
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from limner import errors
+from limner import codec, errors
 from limner.catalog import ModelSpec
-from limner.flows import DeadlineExceeded, Download, Fetched, Flow, Progress, ProviderOutput, Send
+from limner.flows import (
+    DeadlineExceeded,
+    Download,
+    Fetched,
+    Flow,
+    Progress,
+    ProviderOutput,
+    Send,
+    Submitted,
+)
 from limner.http import map_http_error
 from limner.images import encode_mask
 from limner.providers._polling import PollSettings, data_url, error_detail, poll, wire_options
@@ -174,7 +184,7 @@ class FalProvider(Provider):
 
     # -- the flow ------------------------------------------------------------------------------
     def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
-        settings = PollSettings.from_options({**self.poll_defaults, **self.options}, request)
+        settings = self._poll_settings(request)
         submit = self._submit(op, request, spec)
         response: httpx.Response = yield Send(submit)
         if response.status_code >= 400:
@@ -184,16 +194,34 @@ class FalProvider(Provider):
                 yield from self._collect(response.json(), response.headers.get("x-fal-request-id"))
             )
         queued = response.json()
-        rid = str(queued.get("request_id", ""))
-        status_url, response_url = queued.get("status_url"), queued.get("response_url")
-        cancel_url = queued.get("cancel_url")
-        for url in (status_url, response_url, cancel_url):
-            if not url or not self.owns_url(url):
+        handle = {"id": str(queued.get("request_id", ""))}
+        handle.update({k: queued.get(k) for k in ("status_url", "response_url", "cancel_url")})
+        yield Submitted(self.encode_handle(**handle))
+        return (yield from self._follow(handle, settings))
+
+    def resume_flow(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec, handle: str
+    ) -> Flow | None:
+        if self._mode(request) == "sync":
+            return None  # one request, nothing queued to come back to
+        fields = self.decode_handle(handle, ("id", "status_url", "response_url", "cancel_url"))
+        return self._follow(fields, self._poll_settings(request))
+
+    def _poll_settings(self, request: ImageRequest) -> PollSettings:
+        return PollSettings.from_options({**self.poll_defaults, **self.options}, request)
+
+    def _follow(self, queued: dict[str, Any], settings: PollSettings) -> Flow:
+        """Poll a queued request until COMPLETED, then fetch its output; at the deadline cancel."""
+        rid = str(queued["id"])
+        urls = [queued.get(k) for k in ("status_url", "response_url", "cancel_url")]
+        for url in urls:
+            if not url or not self.owns_url(str(url)):
                 raise errors.ProviderError(
                     f"fal: the queue answered a URL off its own host ({url!r}); refusing to send the key.",
                     provider=self.name,
                     request_id=rid,
                 )
+        status_url, response_url, cancel_url = (str(url) for url in urls)
         try:
             yield from poll(
                 settings,
@@ -247,7 +275,7 @@ class FalProvider(Provider):
                 continue
             url = str(item.get("url", ""))
             if url.startswith("data:"):
-                data = base64.b64decode(url.split(",", 1)[1])
+                data = codec.b64decode(url.split(",", 1)[1])
             else:
                 fetched: Fetched = yield Download(url, {})  # CDN URLs are public: no key
                 data = fetched.data

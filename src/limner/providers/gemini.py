@@ -8,13 +8,12 @@ The retired Imagen models keep their ``:predict`` wire format for compatible ser
 
 from __future__ import annotations
 
-import base64
 import os
 from typing import Any
 
 import httpx
 
-from limner import errors
+from limner import codec, errors
 from limner.catalog import ModelSpec
 from limner.config import KeyStore
 from limner.flows import Flow, ProviderOutput, Send
@@ -50,7 +49,7 @@ TOP_LEVEL_OPTIONS = {"safetySettings", "tools", "systemInstruction"}
 
 def _inline(image: ImageInput) -> dict[str, Any]:
     return {
-        "inlineData": {"mimeType": image.media_type, "data": base64.b64encode(image.data).decode()}
+        "inlineData": {"mimeType": image.media_type, "data": codec.b64encode(image.data)}
     }
 
 
@@ -145,7 +144,7 @@ class GeminiProvider(Provider):
         )
         if response.status_code >= 400:
             raise self._error(response)
-        data = response.json()
+        data = codec.json_loads(response.content)
         if method == "predict":
             return self._parse_predict(data)
         return self._parse_generate_content(data)

@@ -15,22 +15,22 @@ IN_PROGRESS -> SUCCESS | FAILURE, with a progress percentage), then download the
 * describe   :meth:`MidjourneyProvider.describe_flow` / :func:`describe`.
 
 Poll pacing: ``provider_options`` ``poll_interval`` (seconds, default 3) and ``poll_timeout``
-(default 600). Reference images are uploaded through the proxy first (their URLs become
+(default 600). A submitted task is announced with ``Submitted`` (handle: its id), and
+``resume_flow`` waits for it again after a crash instead of queueing a second job. Reference images are uploaded through the proxy first (their URLs become
 ``--sref``/``--cref``); see :mod:`limner.providers.midjourney_flags` for the prompt.
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import time
 from typing import Any
 
 import httpx
 
-from limner import errors
+from limner import codec, errors
 from limner.catalog import ModelSpec
-from limner.flows import Download, Fetched, Flow, Progress, ProviderOutput, Send, Sleep
+from limner.flows import Download, Fetched, Flow, Progress, ProviderOutput, Send, Sleep, Submitted
 from limner.http import map_http_error, parse_retry_after
 from limner.providers.base import Provider, image_from_bytes
 from limner.providers.midjourney_flags import FLAG_OPTIONS, midjourney_prompt
@@ -52,7 +52,7 @@ POLICY_HINTS = ("banned", "moderation", "blocked", "not allowed", "community gui
 
 
 def _data_url(image: ImageInput) -> str:
-    return f"data:{image.media_type};base64,{base64.b64encode(image.data).decode()}"
+    return f"data:{image.media_type};base64,{codec.b64encode(image.data)}"
 
 
 def _code(response: httpx.Response) -> Any:
@@ -203,6 +203,26 @@ class MidjourneyProvider(Provider):
             )
             body, warnings = self._imagine_body(request, spec, urls)
             task_id = yield from self._submit("/mj/submit/imagine", body, self._interval(request))
+        yield Submitted(self.encode_handle(id=task_id))
+        return (yield from self._follow(task_id, request, warnings))
+
+    def resume_flow(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec, handle: str
+    ) -> Flow | None:
+        self._check_options(request, spec)
+        task_id = str(self.decode_handle(handle)["id"])
+        warnings: list[str] = []
+        if self._task_action(op, request) is None and op != Operation.VARIATION:
+            # The imagine prompt's translation notes, as the first run logged them; the
+            # reference URLs (uploaded then) only count here, not their addresses.
+            urls = [f"<reference {i + 1}>" for i in range(len(request.references))]
+            _, warnings = midjourney_prompt(
+                request, version=spec.wire.get("version"), reference_urls=urls
+            )
+        return self._follow(task_id, request, warnings)
+
+    def _follow(self, task_id: str, request: ImageRequest, warnings: list[str]) -> Flow:
+        """Wait for a submitted task, then download its image (a grid is cut into cells)."""
         task = yield from self._wait(task_id, request)
         fetched: Fetched = yield Download(
             task["imageUrl"]

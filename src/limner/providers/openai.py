@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from limner import errors
+from limner import codec, errors
 from limner.catalog import ModelSpec
 from limner.flows import Download, Fetched, Flow, ProviderOutput, Send
 from limner.http import map_http_error
@@ -121,7 +121,7 @@ class OpenAIProvider(Provider):
         request_id = response.headers.get("x-request-id")
         if response.status_code >= 400:
             raise self._error(response, request_id)
-        body = response.json()
+        body = codec.json_loads(response.content)
         images = []
         for item in body.get("data") or []:
             revised = item.get("revised_prompt")

@@ -4,9 +4,14 @@ Generation is JSON (``/images/generations``); image operations are multipart, on
 each. Operations limner has no verb for are chosen with ``provider_options={"action": ...}``:
 
     edit     image-to-image (default), replace-background, generate-background (mask marks
-             the background to paint), erase-region (mask marks what to erase), vectorize
+             the background to paint), erase-region (mask marks what to erase), vectorize,
+             remove-background
     upscale  crisp (default), creative
-    inpaint  /images/inpaint (white marks the area)
+    inpaint  /images/inpaint (white marks the area); generate-background and erase-region
+             too, since a mask makes an edit an inpaint
+
+Vectorize, erase-region and remove-background take no prompt; the catalog says so
+(``promptless_options`` in recraft.toml), which is what lets validation pass an empty prompt.
 
 Responses report ``credits`` (1,000 units = 1 USD), which limner records as the cost.
 """
@@ -35,7 +40,10 @@ ACTIONS: dict[tuple[Operation, str], tuple[str, bool, bool]] = {
     (Operation.EDIT, "generate-background"): ("generateBackground", True, True),
     (Operation.EDIT, "erase-region"): ("eraseRegion", False, True),
     (Operation.EDIT, "vectorize"): ("vectorize", False, False),
+    (Operation.EDIT, "remove-background"): ("removeBackground", False, False),
     (Operation.INPAINT, "inpaint"): ("inpaint", True, True),
+    (Operation.INPAINT, "generate-background"): ("generateBackground", True, True),
+    (Operation.INPAINT, "erase-region"): ("eraseRegion", False, True),
     (Operation.UPSCALE, "crisp"): ("crispUpscale", False, False),
     (Operation.UPSCALE, "creative"): ("creativeUpscale", False, False),
     (Operation.REMOVE_BACKGROUND, "remove-background"): ("removeBackground", False, False),
@@ -87,6 +95,13 @@ class RecraftProvider(Provider):
                 f"recraft cannot {op.value} with action {name!r}.",
                 param="provider_options.action",
                 hint=f"Actions for {op.value}: {', '.join(valid) or 'none'}.",
+            )
+        if entry[1] and not request.prompt.strip():
+            promptless = [a for (o, a), e in ACTIONS.items() if o == op and not e[1]]
+            raise errors.InvalidRequestError(
+                f"recraft action {name!r} needs a prompt.",
+                param="prompt",
+                hint=f"Describe the result, or use an action that takes none: {', '.join(promptless)}.",
             )
         if entry[2] and request.mask is None:
             raise errors.InvalidRequestError(f"recraft action {name!r} needs a mask.", param="mask")
@@ -175,6 +190,10 @@ class RecraftProvider(Provider):
 
     # -- the flow ------------------------------------------------------------------------------
     def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
+        warnings = []
+        if op != Operation.GENERATE and request.prompt.strip() and not self._action(op, request)[1]:
+            action = request.provider_options.get("action", DEFAULT_ACTION.get(op))
+            warnings.append(f"recraft action {action!r} takes no prompt: the prompt was not sent.")
         response: httpx.Response = yield Send(self._build(op, request, spec))
         if response.status_code >= 400:
             raise self._error(response)
@@ -194,7 +213,11 @@ class RecraftProvider(Provider):
         cost = float(credits) / UNITS_PER_USD if isinstance(credits, (int, float)) else None
         request_id = ",".join(str(i["image_id"]) for i in items if i.get("image_id")) or None
         return ProviderOutput(
-            images=images, cost_usd=cost, request_id=request_id, raw={"credits": credits}
+            images=images,
+            cost_usd=cost,
+            request_id=request_id,
+            warnings=warnings,
+            raw={"credits": credits},
         )
 
     def _error(self, response: httpx.Response) -> errors.LimnerError:

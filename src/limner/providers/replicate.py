@@ -10,6 +10,9 @@ or a list of URLs, downloaded at once without the token (the delivery host is no
 Per-model input names live in the catalog's ``wire`` table: ``n_field``, ``steps_field``,
 ``guidance_field``, ``image_field``, ``images_field`` (a list), ``strength_field``, ``mask_field``,
 ``size_mode`` (``aspect``, ``dims`` or ``none``), ``negative_field``.
+
+Once created, a prediction is announced with ``Submitted`` (handle: its id and API URLs);
+``resume_flow`` polls it from that handle after a crash instead of creating it again.
 """
 
 from __future__ import annotations
@@ -21,7 +24,16 @@ import httpx
 
 from limner import errors
 from limner.catalog import ModelSpec
-from limner.flows import DeadlineExceeded, Download, Fetched, Flow, Progress, ProviderOutput, Send
+from limner.flows import (
+    DeadlineExceeded,
+    Download,
+    Fetched,
+    Flow,
+    Progress,
+    ProviderOutput,
+    Send,
+    Submitted,
+)
 from limner.http import map_http_error
 from limner.images import encode_mask
 from limner.providers._polling import PollSettings, data_url, error_detail, poll, wire_options
@@ -150,7 +162,7 @@ class ReplicateProvider(Provider):
 
     # -- the flow ------------------------------------------------------------------------------
     def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
-        settings = PollSettings.from_options({**self.poll_defaults, **self.options}, request)
+        settings = self._poll_settings(request)
         create = self._create(spec, self._input(op, request, spec), request)
         response: httpx.Response = yield Send(create)
         if response.status_code >= 400:
@@ -159,7 +171,30 @@ class ReplicateProvider(Provider):
         pid = str(prediction.get("id", ""))
         urls = prediction.get("urls") or {}
         get_url = urls.get("get") or f"{self.base_url}/predictions/{pid}"
-        cancel_url = urls.get("cancel") or f"{get_url}/cancel"
+        handle = {
+            "id": pid,
+            "get": get_url,
+            "cancel": urls.get("cancel") or f"{get_url}/cancel",
+            "cancel_after": "cancel-after" in create.headers,
+        }
+        yield Submitted(self.encode_handle(**handle))
+        return (yield from self._follow(handle, settings, prediction))
+
+    def resume_flow(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec, handle: str
+    ) -> Flow | None:
+        fields = self.decode_handle(handle, ("id", "get", "cancel"))
+        return self._follow(fields, self._poll_settings(request), None)
+
+    def _poll_settings(self, request: ImageRequest) -> PollSettings:
+        return PollSettings.from_options({**self.poll_defaults, **self.options}, request)
+
+    def _follow(
+        self, handle: dict[str, Any], settings: PollSettings, prediction: dict[str, Any] | None
+    ) -> Flow:
+        """Poll a created prediction (unless ``prediction`` already ended) and fetch its output;
+        at the deadline cancel it."""
+        pid, get_url, cancel_url = str(handle["id"]), str(handle["get"]), str(handle["cancel"])
         for url in (get_url, cancel_url):
             if not self.owns_url(url):
                 raise errors.ProviderError(
@@ -167,7 +202,7 @@ class ReplicateProvider(Provider):
                     provider=self.name,
                     request_id=pid,
                 )
-        if prediction.get("status") not in TERMINAL:
+        if prediction is None or prediction.get("status") not in TERMINAL:
             try:
                 final = yield from poll(
                     settings,
@@ -184,7 +219,7 @@ class ReplicateProvider(Provider):
                     request_id=pid,
                 ) from exc
             prediction = final.json()
-        return (yield from self._collect(prediction, pid, "cancel-after" in create.headers))
+        return (yield from self._collect(prediction, pid, bool(handle.get("cancel_after"))))
 
     def _terminal(self, response: httpx.Response, pid: str) -> bool:
         if response.status_code >= 400:

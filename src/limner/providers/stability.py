@@ -7,6 +7,7 @@ for the base64 JSON form. ``finish-reason: CONTENT_FILTERED`` (a blurred image) 
 ``content_moderation`` are content-policy errors. Creative upscale is asynchronous: the POST
 answers ``{"id"}`` and ``GET /v2beta/results/{id}`` answers 202 while running, 200 with the
 image, and 404 once the result has expired.
+Its id is announced with ``Submitted``; ``resume_flow`` polls the result again after a crash.
 
 The catalog's ``wire.service`` names the endpoint (``generate/sd3``, ``edit/inpaint``,
 ``upscale/creative``, ...); ``wire.model`` is the ``model`` field of ``generate/sd3``.
@@ -14,14 +15,14 @@ The catalog's ``wire.service`` names the endpoint (``generate/sd3``, ``edit/inpa
 
 from __future__ import annotations
 
-import base64
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import httpx
 
-from limner import errors
+from limner import codec, errors
 from limner.catalog import ModelSpec
-from limner.flows import Flow, Progress, ProviderOutput, Send
+from limner.flows import Flow, Progress, ProviderOutput, Send, Submitted
 from limner.http import map_http_error
 from limner.images import encode_mask
 from limner.providers._polling import PollSettings, error_detail, padding_to, poll, wire_options
@@ -191,22 +192,39 @@ class StabilityProvider(Provider):
     # -- the flow ------------------------------------------------------------------------------
     def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:
         accept = self._accept(request)
+        asynchronous = spec.wire["service"] in ASYNC_SERVICES
+        settings = self._poll_settings(request) if asynchronous else None
         response: httpx.Response = yield Send(self._build(op, request, spec))
         if response.status_code >= 400:
             raise self._error(response)
-        if spec.wire["service"] in ASYNC_SERVICES:
+        if settings is not None:
             generation_id = str(response.json()["id"])
-            settings = PollSettings.from_options({**self.poll_defaults, **self.options}, request)
-            url = f"{self.base_url}/v2beta/results/{generation_id}"
-            # No cancel endpoint: at a deadline the generation finishes remotely.
-            response = yield from poll(
-                settings,
-                lambda: httpx.Request("GET", url, headers=self._headers(accept)),
-                lambda r: self._result_ready(r, generation_id),
-                lambda r: Progress(None, "in-progress"),
-            )
-            return self._output(response, generation_id)
+            yield Submitted(self.encode_handle(id=generation_id))
+            return (yield from self._follow(generation_id, accept, settings))
         return self._output(response, response.headers.get("x-request-id"))
+
+    def resume_flow(
+        self, op: Operation, request: ImageRequest, spec: ModelSpec, handle: str
+    ) -> Flow | None:
+        if spec.wire["service"] not in ASYNC_SERVICES:
+            return None  # answered in the one request: nothing to come back to
+        generation_id = str(self.decode_handle(handle)["id"])
+        return self._follow(generation_id, self._accept(request), self._poll_settings(request))
+
+    def _poll_settings(self, request: ImageRequest) -> PollSettings:
+        return PollSettings.from_options({**self.poll_defaults, **self.options}, request)
+
+    def _follow(self, generation_id: str, accept: str, settings: PollSettings) -> Flow:
+        """Poll an asynchronous generation's result until it is ready."""
+        url = f"{self.base_url}/v2beta/results/{quote(generation_id, safe='')}"
+        # No cancel endpoint: at a deadline the generation finishes remotely.
+        response = yield from poll(
+            settings,
+            lambda: httpx.Request("GET", url, headers=self._headers(accept)),
+            lambda r: self._result_ready(r, generation_id),
+            lambda r: Progress(None, "in-progress"),
+        )
+        return self._output(response, generation_id)
 
     def _result_ready(self, response: httpx.Response, generation_id: str) -> bool:
         if response.status_code == 202:
@@ -225,10 +243,10 @@ class StabilityProvider(Provider):
     def _output(self, response: httpx.Response, request_id: str | None) -> ProviderOutput:
         media = response.headers.get("content-type", "").split(";")[0]
         if media == "application/json":
-            body = response.json()
+            body = codec.json_loads(response.content)
             finish = body.get("finish_reason")
             seed = body.get("seed")
-            data = base64.b64decode(body.get("image") or body.get("result") or "")
+            data = codec.b64decode(body.get("image") or body.get("result") or "")
         else:
             finish = response.headers.get("finish-reason")
             seed = response.headers.get("seed")
@@ -247,7 +265,7 @@ class StabilityProvider(Provider):
     def _error(self, response: httpx.Response) -> errors.LimnerError:
         message = error_detail(response)
         try:
-            body = response.json()
+            body = codec.json_loads(response.content)
         except ValueError:
             body = None
         body = body if isinstance(body, dict) else {}

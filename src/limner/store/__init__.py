@@ -37,6 +37,7 @@ class StoredImage:
     height: int | None
     seed: int | None = None
     revised_prompt: str | None = None
+    nbytes: int | None = None  # set when the file was just written and its row is still to add
 
 
 @dataclass
@@ -87,27 +88,37 @@ class Store:
     def put_asset(
         self, data: bytes, media_type: str, width: int | None, height: int | None
     ) -> StoredImage:
+        """Write the file and register it; see :meth:`write_asset` to register it with a log
+        entry in one transaction instead."""
+        item = self.write_asset(data, media_type, width, height)
+        with self.engine.begin() as conn:
+            self._register_assets(conn, [item])
+        return item
+
+    def write_asset(
+        self, data: bytes, media_type: str, width: int | None, height: int | None
+    ) -> StoredImage:
+        """Write the file (atomically, once per content); :meth:`record` adds its row."""
         import hashlib
 
         sha = hashlib.sha256(data).hexdigest()
         path = self.asset_path(sha, media_type)
         if not path.exists() or path.stat().st_size != len(data):
             atomic_write(path, data)
-        with self.engine.begin() as conn:
-            exists = conn.scalar(sa.select(db.assets.c.sha256).where(db.assets.c.sha256 == sha))
-            if not exists:
-                conn.execute(
-                    db.assets.insert().values(
-                        sha256=sha,
-                        path=str(path.relative_to(self.home)),
-                        media_type=media_type,
-                        width=width,
-                        height=height,
-                        bytes=len(data),
-                        created_at=time.time(),
-                    )
-                )
-        return StoredImage(sha, path, media_type, width, height)
+        return StoredImage(sha, path, media_type, width, height, nbytes=len(data))
+
+    def _register_assets(self, conn: sa.Connection, items: list[StoredImage]) -> None:
+        rows = [
+            {
+                "sha256": item.sha256, "path": str(item.path.relative_to(self.home)),
+                "media_type": item.media_type, "width": item.width, "height": item.height,
+                "bytes": item.nbytes, "created_at": time.time(),
+            }
+            for item in items
+            if item.nbytes is not None
+        ]  # fmt: skip
+        if rows:
+            conn.execute(db.insert_or_ignore(conn, db.assets), rows)
 
     def read_asset(self, sha256: str) -> tuple[bytes, str] | None:
         with self.engine.connect() as conn:
@@ -124,19 +135,24 @@ class Store:
         return entry.id
 
     def insert_entry(self, conn: sa.Connection, entry: LogEntry) -> None:
-        """Insert a log entry inside the caller's transaction (batches mark items done with it)."""
-        values = {k: v for k, v in entry.__dict__.items() if k != "images"}
-        conn.execute(db.generations.insert().values(**values))
-        for idx, img in enumerate(entry.images):
+        """Insert a log entry inside the caller's transaction (batches mark items done with it),
+        with the rows of any assets written for it by :meth:`write_asset`."""
+        self._register_assets(conn, entry.images)
+        # Statements without .values(): SQLAlchemy compiles each once and caches it.
+        conn.execute(
+            db.generations.insert(), {k: v for k, v in entry.__dict__.items() if k != "images"}
+        )
+        if entry.images:
             conn.execute(
-                db.generation_images.insert().values(
-                    generation_id=entry.id,
-                    idx=idx,
-                    sha256=img.sha256,
-                    seed=img.seed,
-                    revised_prompt=img.revised_prompt,
-                )
-            )
+                db.generation_images.insert(),
+                [
+                    {
+                        "generation_id": entry.id, "idx": idx, "sha256": img.sha256,
+                        "seed": img.seed, "revised_prompt": img.revised_prompt,
+                    }
+                    for idx, img in enumerate(entry.images)
+                ],
+            )  # fmt: skip
 
     def _entries(self, conn: sa.Connection, rows: list[Any]) -> list[LogEntry]:
         if not rows:

@@ -152,6 +152,17 @@ def _apply(engine: Engine) -> list[str]:
     return applied_now
 
 
+def insert_or_ignore(conn: Connection, table: sa.Table) -> sa.Insert:
+    """An INSERT that skips rows whose primary key exists (SQLite and PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
     # WAL lets readers run beside the writer; FULL makes each commit durable across power loss.
