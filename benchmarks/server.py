@@ -1,13 +1,29 @@
-"""Server figures: overhead, throughput, memory and CPU per request under concurrent load, and
-jobs lost or sent twice across kill -9 restarts.
+"""Server figures: latency, throughput, CPU per request and memory under concurrent load, for
+limner serve and for the LiteLLM proxy in front of the same provider; and jobs lost or sent twice
+across kill -9 restarts.
 
-    python benchmarks/server.py [--requests 200] [--latency 2] [--size 256x256] [--kills 3]
+    python benchmarks/server.py [--requests 200] [--latency 2] [--only small|large|kill]
+                                [--no-litellm] [--kills 3]
 
-The OpenAI emulator (its own process, ``--latency`` seconds per call) is called twice with the
-same load: directly, and through a ``limner serve`` process. A request's server overhead is its
-latency through the server minus the median direct latency. CPU per request is the server
-process's user+system CPU time over the run divided by the requests. Then a batch of jobs is
-submitted and the server is SIGKILLed ``--kills`` times mid-batch and restarted.
+The OpenAI emulator (its own process, ``--latency`` seconds per call) gets the same load three
+ways: called directly, through a ``limner serve`` process, and through a ``litellm --config``
+proxy process (from ``.cache/litellm-venv``, built by ``scripts/litellm-venv``) whose one model
+entry points at the emulator. Two body sizes: small (``--size``, 256x256: a few KiB) and large
+(``--large-size`` 1024x1024 with the emulator's ``noise`` setting, so each image is a
+photo-sized ~1.4 MiB PNG, ~1.9 MiB as base64). Clients send ``Accept-Encoding: gzip, deflate``
+as httpx does by default, so a server that compresses does it here too.
+
+CPU per request is the user+system CPU of the server's process tree over the measured run
+divided by the requests; peak RSS is VmHWM summed over that tree. A request's server overhead is
+its latency through the server minus the median direct latency. Then a batch of jobs is
+submitted and the limner server is SIGKILLed ``--kills`` times mid-batch and restarted.
+
+The server under test gets a CPU of its own (``--pin``, the default where there are two or more):
+the proxy (limner or LiteLLM) runs on the last CPU, while the emulator and this load generator
+share the others in every run, direct included. A provider and its clients are not on the
+proxy's machine in production; sharing two cores with them would measure their CPU, not the
+proxy's. limner's per-provider concurrency cap (64 by default) is raised to the load, as LiteLLM
+has none.
 
 Prints a table and writes benchmarks/results/server.json.
 """
@@ -16,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import statistics
@@ -25,6 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +52,12 @@ import httpx
 import psutil
 
 RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+LITELLM_VENV = REPO / ".cache" / "litellm-venv"
 LIMNER = [sys.executable, "-c", "import sys; from limner.cli import main; main(sys.argv[1:])"]
+# What httpx sends unless told otherwise (without the optional brotli/zstd packages).
+CLIENT_HEADERS = {"accept-encoding": "gzip, deflate"}
+GENERATIONS = "/v1/images/generations"
 
 
 def free_port() -> int:
@@ -41,8 +66,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], path: str = "/healthz") -> None:
-    deadline = time.monotonic() + 60
+def wait_healthy(
+    url: str, proc: subprocess.Popen[bytes], path: str = "/healthz", timeout: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{url} exited with {proc.returncode}")
@@ -51,8 +78,17 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], path: str = "/healthz"
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.1)
+        time.sleep(0.2)
     raise RuntimeError(f"{url} did not start")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -61,7 +97,7 @@ def _tree(pid: int) -> list[psutil.Process]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of the server and its worker processes."""
+    """User + system CPU of a server and its worker processes."""
     total = 0.0
     for proc in _tree(pid):
         times = proc.cpu_times()
@@ -69,8 +105,14 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def own_cpu_seconds() -> float:
+    """This process's CPU (the load client: it shares the machine with the servers)."""
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
 def peak_rss_mib(pid: int) -> float:
-    """Peak resident memory (VmHWM) summed over the server's processes."""
+    """Peak resident memory (VmHWM) summed over a server's processes."""
     total = 0
     for proc in _tree(pid):
         for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
@@ -79,27 +121,64 @@ def peak_rss_mib(pid: int) -> float:
     return total / 1024
 
 
-async def load(
-    url: str, body: dict[str, Any], count: int, headers: dict[str, str]
-) -> tuple[list[float], float, int, int]:
-    """Send ``count`` requests at once; return latencies, wall time, errors and response bytes."""
-    limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=count + 10)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+@dataclass
+class LoadResult:
+    latencies: list[float]
+    wall_s: float
+    errors: int
+    body_bytes: int  # one response, decoded
+    wire_bytes: int  # one response, as sent (compressed when the server compressed)
+    content_encoding: str
+    first_error: str = ""
 
-        async def one() -> tuple[float, bool, int]:
+
+async def load(url: str, body: dict[str, Any], count: int, headers: dict[str, str]) -> LoadResult:
+    """Send ``count`` requests at once and wait for all of them."""
+    limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=count + 10)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+
+        async def one() -> tuple[float, int, int, int, str, str]:
             start = time.perf_counter()
-            response = await client.post(url, json=body, headers=headers)
-            return time.perf_counter() - start, response.status_code == 200, len(response.content)
+            response = await client.post(url, json=body, headers={**CLIENT_HEADERS, **headers})
+            elapsed = time.perf_counter() - start
+            error = "" if response.status_code == 200 else response.text[:300]
+            encoding = response.headers.get("content-encoding", "identity")
+            wire = response.num_bytes_downloaded
+            return elapsed, response.status_code, len(response.content), wire, encoding, error
 
         started = time.perf_counter()
         results = await asyncio.gather(*(one() for _ in range(count)))
         wall = time.perf_counter() - started
-    return [r[0] for r in results], wall, sum(1 for r in results if not r[1]), results[0][2]
+    failed = [r for r in results if r[1] != 200]
+    return LoadResult(
+        latencies=[r[0] for r in results], wall_s=wall, errors=len(failed),
+        body_bytes=results[0][2], wire_bytes=results[0][3], content_encoding=results[0][4],
+        first_error=failed[0][5] if failed else "",
+    )  # fmt: skip
 
 
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+# CPUs for the proxy under test (set by --pin); None leaves scheduling to the kernel.
+PROXY_CPUS: set[int] | None = None
+
+
+def _on_proxy_cpus() -> None:
+    """Popen preexec_fn: the proxy and every process it starts run on PROXY_CPUS."""
+    if PROXY_CPUS:
+        os.sched_setaffinity(0, PROXY_CPUS)
+
+
+def pin_cpus() -> dict[str, list[int]]:
+    """Give the proxies the last CPU and this process (and the emulator it starts) the rest."""
+    global PROXY_CPUS
+    cpus = sorted(os.sched_getaffinity(0))
+    PROXY_CPUS = {cpus[-1]}
+    os.sched_setaffinity(0, set(cpus[:-1]))
+    return {"proxy": sorted(PROXY_CPUS), "emulator_and_client": cpus[:-1]}
 
 
 def start_emulator(latency: float) -> tuple[subprocess.Popen[bytes], str]:
@@ -122,56 +201,149 @@ def start_server(
     }  # fmt: skip
     proc = subprocess.Popen(
         [*LIMNER, "serve", "--port", str(port), "--log-level", "warning", "--processes", str(processes)], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_on_proxy_cpus,
     )  # fmt: skip
     wait_healthy(f"http://127.0.0.1:{port}", proc)
     return proc
 
 
-def overhead_run(args: argparse.Namespace, emulator: str, home: Path) -> dict[str, Any]:
-    body = {"model": "gpt-image-2", "prompt": "a lighthouse at dawn", "size": args.size}
-    direct, direct_wall, direct_errors, direct_bytes = asyncio.run(
-        load(
-            emulator + "/v1/images/generations",
-            body,
-            args.requests,
-            {"authorization": "Bearer sk-bench"},
-        )
-    )
-    port = free_port()
-    server = start_server(home, emulator, port, processes=args.processes)
-    try:
-        url = f"http://127.0.0.1:{port}/v1/images/generations"
-        asyncio.run(load(url, {**body, "model": "openai:gpt-image-2"}, 5, {}))  # warm up
-        cpu_before = cpu_seconds(server.pid)
-        routed, wall, errors, routed_bytes = asyncio.run(
-            load(url, {**body, "model": "openai:gpt-image-2"}, args.requests, {})
-        )
-        cpu = cpu_seconds(server.pid) - cpu_before
-        rss = peak_rss_mib(server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-    base = statistics.median(direct)
-    overhead = [(lat - base) * 1000 for lat in routed]
-    return {
-        "requests": args.requests, "latency_s": args.latency, "size": args.size,
-        "server_processes": args.processes,
-        "response_bytes_direct": direct_bytes, "response_bytes_server": routed_bytes,
-        "direct": {"p50_ms": round(pct(direct, 0.5) * 1000, 1), "p99_ms": round(pct(direct, 0.99) * 1000, 1),
-                   "throughput_rps": round(args.requests / direct_wall, 2), "errors": direct_errors},
-        "server": {"p50_ms": round(pct(routed, 0.5) * 1000, 1), "p99_ms": round(pct(routed, 0.99) * 1000, 1),
-                   "throughput_rps": round(args.requests / wall, 2), "errors": errors},
-        "overhead_p50_ms": round(pct(overhead, 0.5), 1), "overhead_p99_ms": round(pct(overhead, 0.99), 1),
-        "throughput_ratio": round(direct_wall / wall, 3),
-        "cpu_ms_per_request": round(cpu * 1000 / args.requests, 2),
-        "server_peak_rss_mib": round(rss, 1),
+@contextlib.contextmanager
+def litellm_proxy(emulator: str, workdir: Path) -> Iterator[tuple[int, str, str]]:
+    """``litellm --config`` on loopback with one model entry that points at the emulator;
+    yields its pid, URL and authorization header.
+
+    A master key is set (LiteLLM refuses to start without one); no database, so checking it is a
+    string comparison. The price map is read from the package, not fetched."""
+    master_key = "sk-" + secrets.token_hex(16)
+    config = {
+        "model_list": [{
+            "model_name": "gpt-image-2",
+            "litellm_params": {
+                "model": "openai/gpt-image-2", "api_base": emulator + "/v1", "api_key": "sk-bench",
+            },
+        }],
     }  # fmt: skip
+    config_path = workdir / "litellm.yaml"
+    config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    env = {
+        **os.environ, "LITELLM_MASTER_KEY": master_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY": "False",
+    }  # fmt: skip
+    port = free_port()
+    log_path = workdir / "litellm.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config_path),
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_on_proxy_cpus,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, "/health/liveliness", timeout=180)
+    except RuntimeError:
+        stop(proc)
+        sys.stderr.write(log_path.read_text(errors="replace")[-3000:])
+        raise
+    try:
+        yield proc.pid, url, f"Bearer {master_key}"
+    finally:
+        stop(proc)
+
+
+@dataclass
+class Target:
+    """One way to reach the emulator: its URL, request and the process whose CPU is counted."""
+
+    name: str
+    url: str
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None
+
+
+def measure(target: Target, args: argparse.Namespace, emulator_pid: int) -> dict[str, Any]:
+    asyncio.run(load(target.url, target.body, 5, target.headers))  # warm up connections, caches
+    cpu_before = cpu_seconds(target.pid) if target.pid else 0.0
+    emulator_before = cpu_seconds(emulator_pid)
+    client_before = own_cpu_seconds()
+    result = asyncio.run(load(target.url, target.body, args.requests, target.headers))
+    client_cpu = own_cpu_seconds() - client_before
+    emulator_cpu = cpu_seconds(emulator_pid) - emulator_before
+    figures: dict[str, Any] = {
+        "p50_ms": round(pct(result.latencies, 0.5) * 1000, 1),
+        "p99_ms": round(pct(result.latencies, 0.99) * 1000, 1),
+        "throughput_rps": round(args.requests / result.wall_s, 2),
+        "errors": result.errors,
+        "response_bytes": result.body_bytes,
+        "wire_bytes": result.wire_bytes,
+        "content_encoding": result.content_encoding,
+        "emulator_cpu_ms_per_request": round(emulator_cpu * 1000 / args.requests, 2),
+        "client_cpu_ms_per_request": round(client_cpu * 1000 / args.requests, 2),
+    }
+    if target.pid:
+        cpu = cpu_seconds(target.pid) - cpu_before
+        figures["cpu_ms_per_request"] = round(cpu * 1000 / args.requests, 2)
+        figures["peak_rss_mib"] = round(peak_rss_mib(target.pid), 1)
+    if result.first_error:
+        figures["first_error"] = result.first_error
+    figures["_latencies"] = result.latencies
+    return figures
+
+
+def size_run(
+    args: argparse.Namespace, emulator: subprocess.Popen[bytes], emulator_url: str,
+    size: str, noise: int, workdir: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """The same load directly, through limner serve, and through the LiteLLM proxy."""
+    httpx.post(emulator_url + "/_emulator/settings", json={"noise": noise}).raise_for_status()
+    body = {"model": "gpt-image-2", "prompt": "a lighthouse at dawn", "size": size}
+    direct = Target(
+        "direct", emulator_url + GENERATIONS, body, {"authorization": "Bearer sk-bench"}
+    )
+    runs: dict[str, dict[str, Any]] = {"direct": measure(direct, args, emulator.pid)}
+    port = free_port()
+    cap = {"LIMNER_SERVER_PROVIDER_CONCURRENCY": str(args.requests + 10)}
+    server = start_server(workdir / "home", emulator_url, port, cap, processes=args.processes)
+    try:
+        routed = {**body, "model": "openai:gpt-image-2"}
+        limner = Target("limner", f"http://127.0.0.1:{port}{GENERATIONS}", routed, pid=server.pid)
+        runs["limner"] = measure(limner, args, emulator.pid)
+    finally:
+        stop(server)
+    if args.litellm:
+        with litellm_proxy(emulator_url, workdir) as (pid, url, auth):
+            lite = Target("litellm", url + GENERATIONS, body, {"authorization": auth}, pid)
+            runs["litellm"] = measure(lite, args, emulator.pid)
+    return summarise(args, size, noise, runs)
+
+
+def summarise(
+    args: argparse.Namespace, size: str, noise: int, runs: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    base = statistics.median(runs["direct"].pop("_latencies"))
+    for name in ("limner", "litellm"):
+        if name in runs:
+            overhead = [(lat - base) * 1000 for lat in runs[name].pop("_latencies")]
+            runs[name]["overhead_p50_ms"] = round(pct(overhead, 0.5), 1)
+            runs[name]["overhead_p99_ms"] = round(pct(overhead, 0.99), 1)
+    direct_rps = runs["direct"]["throughput_rps"]
+    out: dict[str, Any] = {
+        "requests": args.requests, "latency_s": args.latency, "size": size, "emulator_noise": noise,
+        "server_processes": args.processes, **runs,
+        "throughput_ratio_limner_over_direct": round(runs["limner"]["throughput_rps"] / direct_rps, 3),
+    }  # fmt: skip
+    if "litellm" in runs:
+        lite = runs["litellm"]
+        out["throughput_ratio_litellm_over_direct"] = round(lite["throughput_rps"] / direct_rps, 3)
+        out["cpu_ratio_limner_over_litellm"] = round(
+            runs["limner"]["cpu_ms_per_request"] / max(lite["cpu_ms_per_request"], 1e-9), 3
+        )
+    return out
 
 
 def kill_run(args: argparse.Namespace, emulator: str, home: Path) -> dict[str, Any]:
     """Submit a batch of jobs, SIGKILL the server ``--kills`` times mid-batch, count the damage."""
-    httpx.post(emulator + "/_emulator/settings", json={"latency": 0.5})
+    httpx.post(emulator + "/_emulator/settings", json={"latency": 0.5, "noise": 0})
     before = httpx.get(emulator + "/_emulator/stats").json().get("POST /v1/images/generations", 0)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -215,48 +387,91 @@ def kill_run(args: argparse.Namespace, emulator: str, home: Path) -> dict[str, A
     }  # fmt: skip
 
 
-def main() -> None:
+def print_size(label: str, figures: dict[str, Any]) -> None:
+    names = [n for n in ("direct", "limner", "litellm") if n in figures]
+    kib = figures[names[0]]["response_bytes"] / 1024
+    print(f"\n{label}: {figures['size']}, {kib:,.0f} KiB response, {figures['requests']} at once")
+    print(f"{'figure':<30}" + "".join(f"{n:>12}" for n in names))
+    rows = [
+        ("latency p50 (ms)", "p50_ms"), ("latency p99 (ms)", "p99_ms"),
+        ("throughput (req/s)", "throughput_rps"), ("CPU per request (ms)", "cpu_ms_per_request"),
+        ("peak RSS (MiB)", "peak_rss_mib"), ("overhead p50 (ms)", "overhead_p50_ms"),
+        ("overhead p99 (ms)", "overhead_p99_ms"), ("errors", "errors"),
+        ("emulator CPU / request (ms)", "emulator_cpu_ms_per_request"),
+        ("client CPU / request (ms)", "client_cpu_ms_per_request"),
+        ("response encoding", "content_encoding"), ("wire bytes / response", "wire_bytes"),
+    ]  # fmt: skip
+    for title, key in rows:
+        print(f"{title:<30}" + "".join(f"{figures[n].get(key, '-')!s:>12}" for n in names))
+    print(f"throughput limner / direct: {figures['throughput_ratio_limner_over_direct']}")
+    if "cpu_ratio_limner_over_litellm" in figures:
+        print(f"throughput LiteLLM / direct: {figures['throughput_ratio_litellm_over_direct']}")
+        print(f"CPU per request limner / LiteLLM: {figures['cpu_ratio_limner_over_litellm']}")
+    for name in names:
+        if "first_error" in figures[name]:
+            print(f"first {name} error: {figures[name]['first_error']}")
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--latency", type=float, default=2.0)
-    parser.add_argument("--size", default="256x256")
+    parser.add_argument("--size", default="256x256", help="image size of the small-body run")
+    parser.add_argument("--large-size", default="1024x1024", help="image size of the large run")
+    parser.add_argument("--noise", type=int, default=3, help="emulator noise bits (large run)")
+    parser.add_argument("--only", choices=("small", "large", "kill"), help="run one part")
+    parser.add_argument("--no-litellm", dest="litellm", action="store_false")
     parser.add_argument("--jobs", type=int, default=60)
-    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--kills", type=int, default=3, help="0 skips the kill -9 part")
     parser.add_argument("--processes", type=int, default=1, help="limner serve --processes")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=(os.cpu_count() or 1) >= 2,
+        help="run the proxy under test on a CPU of its own (default where there are 2 or more)",
+    )
     args = parser.parse_args()
+    if args.litellm and not (LITELLM_VENV / "bin" / "litellm").exists():
+        print(f"LiteLLM venv absent ({LITELLM_VENV}): run scripts/litellm-venv; skipping it")
+        args.litellm = False
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    parts = [args.only] if args.only else ["small", "large", *(["kill"] if args.kills else [])]
+    out: dict[str, Any] = {"load": {}, "kill9": None, "cpus": os.cpu_count()}
+    out["loadavg_before"] = [round(v, 2) for v in os.getloadavg()]
+    out["cpu_pinning"] = pin_cpus() if args.pin else None
     emulator, emulator_url = start_emulator(args.latency)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            load_figures = overhead_run(args, emulator_url, Path(tmp) / "load")
-            kill_figures = kill_run(args, emulator_url, Path(tmp) / "kill") if args.kills else None
+            for part, size, noise in (
+                ("small", args.size, 0),
+                ("large", args.large_size, args.noise),
+            ):
+                if part in parts:
+                    workdir = Path(tmp) / part
+                    workdir.mkdir()
+                    out["load"][part] = size_run(args, emulator, emulator_url, size, noise, workdir)
+            if "kill" in parts:
+                out["kill9"] = kill_run(args, emulator_url, Path(tmp) / "kill")
     finally:
-        emulator.terminate()
-        emulator.wait(timeout=20)
-    out = {
-        "load": load_figures,
-        "kill9": kill_figures,
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-    }
+        stop(emulator)
+    out["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
+    out["python"] = sys.version.split()[0]
+    if args.litellm:
+        pin = (LITELLM_VENV / ".limner-pin").read_text().strip()
+        out["litellm"] = f"{pin}: litellm --config, default workers"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "server.json").write_text(json.dumps(out, indent=2) + "\n")
-    lf = load_figures
-    print(f"{'figure':<34}{'direct':>12}{'via limner':>14}")
-    print(f"{'latency p50 (ms)':<34}{lf['direct']['p50_ms']:>12}{lf['server']['p50_ms']:>14}")
-    print(f"{'latency p99 (ms)':<34}{lf['direct']['p99_ms']:>12}{lf['server']['p99_ms']:>14}")
-    print(
-        f"{'throughput (req/s)':<34}{lf['direct']['throughput_rps']:>12}{lf['server']['throughput_rps']:>14}"
-    )
-    print(f"{'errors':<34}{lf['direct']['errors']:>12}{lf['server']['errors']:>14}")
-    print(f"server overhead p50 / p99: {lf['overhead_p50_ms']} / {lf['overhead_p99_ms']} ms")
-    print(
-        f"CPU per request: {lf['cpu_ms_per_request']} ms; peak RSS {lf['server_peak_rss_mib']} MiB"
-    )
-    print(f"throughput ratio (server / direct): {lf['throughput_ratio']}")
-    if kill_figures:
-        print("kill -9:", json.dumps(kill_figures))
+    for part, figures in out["load"].items():
+        print_size(part, figures)
+    if out["kill9"]:
+        print("\nkill -9:", json.dumps(out["kill9"]))
+    print(f"\nload average before / after: {out['loadavg_before']} / {out['loadavg_after']}")
 
 
 if __name__ == "__main__":

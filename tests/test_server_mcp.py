@@ -43,7 +43,10 @@ def test_mcp_tools_generate_estimate_and_refuse(openai_env: Any) -> None:
     _, base = openai_env
     env = {"OPENAI_API_KEY": "sk-test", "LIMNER_OPENAI_BASE_URL": base}
     tools, generated, estimate, refused = asyncio.run(_session(env))
-    assert tools == ["edit", "estimate_cost", "generate", "recommend_model", "search_log"]
+    assert tools == [
+        "edit", "estimate_cost", "generate", "recommend_model", "remove_background",
+        "search_log", "upscale",
+    ]  # fmt: skip
     kinds = [c.type for c in generated.content]
     assert kinds == ["image", "text"] and generated.content[0].mime_type == "image/png"
     summary = json.loads(generated.content[1].text)

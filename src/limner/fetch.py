@@ -9,6 +9,7 @@ Loopback is allowed only when the fetcher is told so (an emulator or a local ser
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ def check_address(ip: str, *, allow_loopback: bool = False) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)  # asked on every run, of a handful of base URLs
 def is_loopback_url(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":

@@ -24,6 +24,7 @@ followed again with ``Provider.resume_flow`` instead of being submitted a second
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -40,6 +41,7 @@ __all__ = [
     "Download",
     "Fetched",
     "Flow",
+    "HandleRecorder",
     "Progress",
     "ProviderOutput",
     "Run",
@@ -159,3 +161,23 @@ def announce_submitted(provider: str, handle: str) -> None:
     """Pass a submitted job's handle to the listeners of the current context, in order."""
     for listener in _submitted_listeners.get():
         listener(provider, handle)
+
+
+class HandleRecorder:
+    """An :func:`on_submitted` listener for one request: passes the provider's handle to
+    ``write``. A request split into several provider calls cannot be resumed as one job, so a
+    second handle clears the first (``write(None)``): a crash then falls back to the rules for
+    a request without one."""
+
+    def __init__(self, write: Callable[[str | None], None]) -> None:
+        self.write = write
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, provider: str, handle: str) -> None:
+        with self._lock:
+            self.count += 1
+            if self.count > 2:
+                return
+            value = handle if self.count == 1 else None
+            self.write(value)

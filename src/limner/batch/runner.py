@@ -1,5 +1,9 @@
 """Running a batch: items planned and recorded in the store, sent under per-provider concurrency
 and rate limits, each outcome (done or failed, with its reason) reported and never dropped.
+
+An item whose asynchronous provider job a crash left behind (its ``provider_handle`` recorded
+through ``flows.on_submitted``) is resumed with ``Limner.run(..., resume_handle=...)``: polled
+and fetched again, logged like any generation, never submitted twice.
 """
 
 from __future__ import annotations
@@ -18,11 +22,19 @@ import httpx
 from limner import errors
 from limner.batch.inputs import BatchLine
 from limner.batch.ratelimit import RateLimitedTransport, RateLimiter
-from limner.batch.state import BatchStore, ItemBinding, ItemRow, batch_lock, bound_item, new_run_id
+from limner.batch.state import (
+    BatchStore,
+    ItemBinding,
+    ItemRow,
+    batch_lock,
+    bound_item,
+    new_run_id,
+)
 from limner.client import Limner
 from limner.config import limner_home
+from limner.flows import HandleRecorder, on_submitted
 from limner.http import DEFAULT_TIMEOUT
-from limner.types import ImageRequest, Operation
+from limner.types import ImageRequest, Operation, Result
 
 __all__ = ["BatchOptions", "BatchRunner", "BatchSummary", "ItemOutcome", "batch_id_for"]
 
@@ -46,6 +58,11 @@ class ItemOutcome:
     cost_usd: float | None = None
     error: str | None = None
     generation_id: str | None = None
+    resumed: bool = False  # followed a job a crashed run had submitted
+
+
+class _ResumeFellBack(Exception):
+    """A recorded job could not be followed and ``--uncertain park`` holds the item."""
 
 
 @dataclass
@@ -65,6 +82,7 @@ class BatchSummary:
     rate_limited: int
     problems: list[dict[str, Any]] = field(default_factory=list)
     malformed: int = 0
+    resumed: int = 0  # items done by following a job a crashed run had submitted
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -214,9 +232,10 @@ class BatchRunner:
             binding = ItemBinding(batch_id, row.item_key, run_id)
             try:
                 with bound_item(binding):
-                    result = self.client.run(
-                        Operation(row.operation), request, use_cache=self.options.use_cache
-                    )
+                    result, resumed = self._generate(row, request, binding)
+            except _ResumeFellBack as exc:
+                self.store.mark_uncertain(binding, str(exc))
+                return ItemOutcome(row.item_key, "uncertain", error=str(exc))
             except errors.LimnerError as exc:
                 self.store.mark_failed(binding, exc)
                 return ItemOutcome(row.item_key, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -225,8 +244,30 @@ class BatchRunner:
                 self.store.mark_failed(binding, wrapped)
                 return ItemOutcome(row.item_key, "failed", error=str(wrapped))
         return ItemOutcome(
-            row.item_key, "done", cost_usd=result.cost_usd, generation_id=result.generation_id
-        )
+            row.item_key, "done", cost_usd=result.cost_usd, generation_id=result.generation_id,
+            resumed=resumed,
+        )  # fmt: skip
+
+    def _generate(
+        self, row: ItemRow, request: ImageRequest, binding: ItemBinding
+    ) -> tuple[Result, bool]:
+        """Resume the item's recorded provider job, or send the request and record the job the
+        provider names; True when resumed."""
+        op = Operation(row.operation)
+        if row.provider_handle:
+            try:
+                return self.client.run(op, request, resume_handle=row.provider_handle), True
+            except errors.ResumeUnsupportedError as exc:
+                # The recorded job cannot be followed: the rules for a sent request apply.
+                self.store.record_handle(binding, None)
+                if self.options.uncertain == "park":
+                    raise _ResumeFellBack(
+                        f"a crash left this item's job unfinished and it cannot be resumed ({exc});"
+                        " it may have been charged"
+                    ) from exc
+        recorder = HandleRecorder(lambda handle: self.store.record_handle(binding, handle))
+        with on_submitted(recorder):
+            return self.client.run(op, request, use_cache=self.options.use_cache), False
 
     def _summary(
         self,
@@ -253,6 +294,7 @@ class BatchRunner:
             cost_usd=round(sum(r.cost_usd or 0.0 for r in final if r.status == "done"), 6),
             wall_s=round(time.perf_counter() - started, 3), recovered=recovered,
             rate_limited=self.limiter.count("429"), problems=problems,
+            resumed=sum(1 for o in outcomes if o.resumed),
         )  # fmt: skip
 
 

@@ -7,14 +7,18 @@ The protocol that makes a batch crash-safe:
    item being claimable, so one item is sent by one runner.
 2. ``BatchStore.record`` inserts the generation and marks its item ``done`` in one transaction,
    so "has a logged generation" and "is done" can never disagree.
-3. On the next run, an item left ``running`` by a dead run is first matched against the log (a
-   generation with the same request hash logged after the claim is adopted); one never sent is
-   simply sent; one that was sent is sent again (or parked as ``uncertain`` under
+3. An asynchronous provider names the job it accepted (``flows.Submitted``); the name is written
+   to the item (``provider_handle``) the moment the provider answers the submit.
+4. On the next run, an item left ``running`` by a dead run is first matched against the log (a
+   generation with the same request hash logged after the claim is adopted); one whose job the
+   provider named is *resumed* (polled and fetched from its handle, never submitted again); one
+   never sent is simply sent; one that was sent is sent again (or parked as ``uncertain`` under
    ``--uncertain park``).
 
-The one window left is a crash after the provider received the request and before the
-generation was recorded (the request's own latency plus the local write). Providers without
-idempotency keys or a way to look a request up cannot close it: that item is generated again.
+The one window left is a crash after the provider received the request and before its answer
+(a synchronous provider's whole generation; an asynchronous one's submit round trip) or the
+handle's write. Providers without idempotency keys or a way to look a request up cannot close
+it: that item is generated again.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ from limner.store.batch_schema import batch_items, batches
 __all__ = ["BatchStore", "ItemBinding", "ItemRow", "batch_lock", "bound_item"]
 
 CLAIMABLE = ("pending", "failed")
+# A failure that may leave the provider's job running: the item keeps its handle, so the next
+# run follows that job instead of paying for a new one.
+JOB_MAY_LIVE = (
+    errors.ProviderTimeoutError, errors.ProviderUnavailableError, errors.RateLimitError
+)  # fmt: skip
 
 
 @dataclass
@@ -87,6 +96,7 @@ class ItemRow:
     error_type: str | None = None
     error_message: str | None = None
     cost_usd: float | None = None
+    provider_handle: str | None = None
 
 
 class BatchStore(Store):
@@ -248,22 +258,41 @@ class BatchStore(Store):
             )
         binding.sent = True
 
-    def mark_failed(self, binding: ItemBinding, exc: errors.LimnerError) -> None:
+    def record_handle(self, binding: ItemBinding, handle: str | None) -> None:
+        """Write the provider's name for the bound item's job (None: it cannot be resumed)."""
         with self.engine.begin() as conn:
             conn.execute(
                 batch_items.update()
                 .where(*_claimed_by(binding), batch_items.c.status == "running")
-                .values(
-                    status="failed",
-                    error_type=type(exc).__name__,
-                    error_message=str(exc),
-                    updated_at=time.time(),
-                )
+                .values(provider_handle=handle, updated_at=time.time())
+            )
+
+    def mark_failed(self, binding: ItemBinding, exc: errors.LimnerError) -> None:
+        values: dict[str, Any] = {
+            "status": "failed", "error_type": type(exc).__name__, "error_message": str(exc),
+            "updated_at": time.time(),
+        }  # fmt: skip
+        if not isinstance(exc, JOB_MAY_LIVE):
+            values["provider_handle"] = None  # a definite failure: the next run submits anew
+        with self.engine.begin() as conn:
+            conn.execute(
+                batch_items.update()
+                .where(*_claimed_by(binding), batch_items.c.status == "running")
+                .values(**values)
+            )
+
+    def mark_uncertain(self, binding: ItemBinding, message: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                batch_items.update()
+                .where(*_claimed_by(binding), batch_items.c.status == "running")
+                .values(status="uncertain", error_message=message, updated_at=time.time())
             )
 
     def recover(self, batch_id: str, *, park: bool) -> dict[str, int]:
-        """Settle items a dead run left ``running``: adopt a logged generation, else resend or park."""
-        counts = {"adopted": 0, "resent": 0, "parked": 0, "unsent": 0}
+        """Settle items a dead run left ``running``: adopt a logged generation, resume a job the
+        provider named, else send again or park."""
+        counts = {"adopted": 0, "resumed": 0, "resent": 0, "parked": 0, "unsent": 0}
         gens = db.generations
         with self.engine.begin() as conn:
             open_items = conn.execute(
@@ -272,6 +301,7 @@ class BatchStore(Store):
                     batch_items.c.request_hash,
                     batch_items.c.claimed_at,
                     batch_items.c.sent_at,
+                    batch_items.c.provider_handle,
                 ).where(batch_items.c.batch_id == batch_id, batch_items.c.status == "running")
             ).all()
             used = set(
@@ -292,38 +322,18 @@ class BatchStore(Store):
                     .order_by(gens.c.created_at)
                 ).all()
                 found = next((g for g in candidates if g not in used), None)
-                where = (batch_items.c.batch_id == batch_id) & (
-                    batch_items.c.item_key == item.item_key
-                )
-                if found is None and item.sent_at is None:
-                    # Claimed but never sent: nothing can have been generated; send it again.
-                    conn.execute(
-                        batch_items.update()
-                        .where(where)
-                        .values(status="pending", updated_at=time.time())
-                    )
-                    counts["unsent"] += 1
-                elif found:
+                if found:
                     used.add(found)
-                    conn.execute(
-                        batch_items.update()
-                        .where(where)
-                        .values(status="done", generation_id=found, updated_at=time.time())
+                outcome, values = _settle_open_item(item, found, park)
+                conn.execute(
+                    batch_items.update()
+                    .where(
+                        batch_items.c.batch_id == batch_id,
+                        batch_items.c.item_key == item.item_key,
                     )
-                    counts["adopted"] += 1
-                else:
-                    status = "uncertain" if park else "pending"
-                    message = (
-                        "a crash left this item's request unanswered; it may have been charged"
-                        if park
-                        else None
-                    )
-                    conn.execute(
-                        batch_items.update()
-                        .where(where)
-                        .values(status=status, error_message=message, updated_at=time.time())
-                    )
-                    counts["parked" if park else "resent"] += 1
+                    .values(**values, updated_at=time.time())
+                )
+                counts[outcome] += 1
         return counts
 
     def requeue_uncertain(self, batch_id: str) -> int:
@@ -386,6 +396,22 @@ class BatchStore(Store):
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(batches).where(batches.c.id == batch_id)).first()
         return dict(row._asdict()) if row else None
+
+
+def _settle_open_item(item: Any, found: str | None, park: bool) -> tuple[str, dict[str, Any]]:
+    """What recovery makes of an item a dead run left ``running``: (count name, new values)."""
+    if found:
+        return "adopted", {"status": "done", "generation_id": found}
+    if item.provider_handle:
+        # The provider accepted the job and named it: the next run follows it, never resends.
+        return "resumed", {"status": "pending"}
+    if item.sent_at is None:
+        # Claimed but never sent: nothing can have been generated; send it again.
+        return "unsent", {"status": "pending"}
+    if park:
+        message = "a crash left this item's request unanswered; it may have been charged"
+        return "parked", {"status": "uncertain", "error_message": message}
+    return "resent", {"status": "pending"}
 
 
 def new_run_id() -> str:

@@ -86,6 +86,7 @@ def _print_summary(summary: Any, out_dir: Path | None) -> None:
         + (f", {summary.uncertain} uncertain" if summary.uncertain else "")
         + (f", {summary.malformed} malformed line(s) skipped" if summary.malformed else "")
         + (f", {summary.skipped_done} already done" if summary.skipped_done else "")
+        + (f", {summary.resumed} resumed after a crash" if summary.resumed else "")
         + f", ${summary.cost_usd:.4f}, {summary.wall_s:.1f}s"
         + (f", {summary.rate_limited} rate-limited responses" if summary.rate_limited else "")
     )

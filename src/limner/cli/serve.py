@@ -103,6 +103,18 @@ def server_keys() -> None:
     """Create, list and revoke the server's API keys (stored hashed)."""
 
 
+BUDGET_HELP = (
+    "Spending cap of the key, e.g. 5/day or 50/month (repeat for both); a request that would "
+    "break it gets 402."
+)
+
+
+def _budget(budgets: tuple[str, ...]) -> dict[str, float]:
+    from limner.server.auth import parse_budget
+
+    return dict(parse_budget(text) for text in budgets)
+
+
 @server_keys.command("create")
 @click.argument("name")
 @click.option(
@@ -117,19 +129,23 @@ def server_keys() -> None:
 @click.option(
     "--rate", type=int, default=None, help="Requests per minute allowed (default: no limit)."
 )
+@click.option("--budget", "budgets", multiple=True, metavar="USD/PERIOD", help=BUDGET_HELP)
 @json_option
-def create_key(name: str, scopes: tuple[str, ...], rate: int | None, as_json: bool) -> None:
+def create_key(
+    name: str, scopes: tuple[str, ...], rate: int | None, budgets: tuple[str, ...], as_json: bool
+) -> None:
     """Create a key; its secret is printed once and never stored."""
     from limner.server.auth import KeyRing
     from limner.store import Store
 
+    budget = _budget(budgets)
     store = Store()
     try:
-        key_id, secret = KeyRing(store).create(name, list(scopes), rate)
+        key_id, secret = KeyRing(store).create(name, list(scopes), rate, budget)
     finally:
         store.close()
     if as_json:
-        emit_json({"id": key_id, "key": secret, "scopes": sorted(scopes)})
+        emit_json({"id": key_id, "key": secret, "scopes": sorted(scopes), "budget": budget})
     else:
         click.echo(secret)
         click.echo(
@@ -155,9 +171,46 @@ def list_keys(as_json: bool) -> None:
         return
     for key in keys:
         state = "revoked" if key["revoked"] else "active"
+        caps = ", ".join(f"${b['limit_usd']:g}/{b['scope']}" for b in key["budget"]) or "no budget"
         click.echo(
             f"{key['id']}  {key['prefix']}…  {key['name']}  {','.join(key['scopes'])}  {state}"
+            f"  {caps}"
         )
+
+
+@server_keys.command("budget")
+@click.argument("key_id")
+@click.option("--budget", "budgets", multiple=True, metavar="USD/PERIOD", help=BUDGET_HELP)
+@click.option("--clear", is_flag=True, help="Remove the key's budget.")
+@json_option
+def key_budget(key_id: str, budgets: tuple[str, ...], clear: bool, as_json: bool) -> None:
+    """Show a key's budget (spent, reserved, left), or set it with --budget / --clear."""
+    from limner import errors
+    from limner.server.auth import KeyRing
+    from limner.store import Store
+
+    if clear and budgets:
+        raise errors.UserError("Give --budget or --clear, not both.")
+    store = Store()
+    try:
+        ring = KeyRing(store)
+        if (clear or budgets) and not ring.set_budget(key_id, None if clear else _budget(budgets)):
+            raise errors.UserError(f"No key {key_id!r}.", hint="See `limner server-keys list`.")
+        if ring.by_id(key_id) is None:
+            raise errors.UserError(f"No key {key_id!r}.", hint="See `limner server-keys list`.")
+        status = ring.budget_status(key_id)
+    finally:
+        store.close()
+    if as_json:
+        emit_json({"id": key_id, "budget": status})
+        return
+    for cap in status:
+        click.echo(
+            f"{cap['scope']}: ${cap['limit_usd']:g}  spent ${cap['spent_usd']:.4f}"
+            f"  reserved ${cap['reserved_usd']:.4f}  left ${cap['remaining_usd']:.4f}"
+        )
+    if not status:
+        click.echo(f"Key {key_id} has no budget.")
 
 
 @server_keys.command("revoke")

@@ -9,10 +9,13 @@ for Kontext Max).
 
 Emulator controls (besides the shared ``/_emulator/faults``):
 
-    POST /_emulator/jobs {"polls": 2, "not_found_polls": 0, "credits": 1000}
+    POST /_emulator/jobs {"polls": 2, "not_found_polls": 0, "credits": 1000, "generation_s": 0}
 
 ``polls`` is the number of ``Pending`` answers before ``Ready``; ``not_found_polls`` the number
 of ``Task not found`` answers first (the real API shows them right after a submit).
+``generation_s`` > 0 makes a task take that long instead (``Pending`` until that many seconds
+after its submit, however often it is polled): the time goes into generation, as on the real
+API, while the submit answers at once (the shared ``latency`` setting delays every request).
 Requests to the delivery path that carry ``x-key`` are counted in stats as ``delivery_with_key``.
 """
 
@@ -199,7 +202,9 @@ class _BFLEmulator:
 
     def __init__(self, state: EmulatorState) -> None:
         self.state = state
-        self.settings: dict[str, Any] = {"polls": 2, "not_found_polls": 0, "credits": 100_000.0}
+        self.settings: dict[str, Any] = {
+            "polls": 2, "not_found_polls": 0, "credits": 100_000.0, "generation_s": 0.0,
+        }  # fmt: skip
 
     @staticmethod
     def check_key(request: Request) -> str:
@@ -261,13 +266,24 @@ class _BFLEmulator:
             "cost": cost, "input_mp": in_mp, "output_mp": out_mp,
         })  # fmt: skip
 
+    def generating(self, job: dict[str, Any]) -> bool:
+        settings = self.settings
+        if job["polls"] <= settings["not_found_polls"]:
+            return True
+        if settings["generation_s"] > 0:
+            return time.time() - job["created"] < settings["generation_s"]
+        return bool(job["polls"] <= settings["not_found_polls"] + settings["polls"])
+
+    def progress(self, job: dict[str, Any]) -> float:
+        if self.settings["generation_s"] > 0:
+            elapsed = (time.time() - job["created"]) / self.settings["generation_s"]
+            return round(min(elapsed, 0.99), 2)
+        hidden = self.settings["not_found_polls"]
+        return round((job["polls"] - hidden) / (self.settings["polls"] + 1), 2)
+
     def advance(self, request: Request, job: dict[str, Any]) -> None:
         job["polls"] += 1
-        settings = self.settings
-        if (
-            job["status"] != "Pending"
-            or job["polls"] <= settings["not_found_polls"] + settings["polls"]
-        ):
+        if job["status"] != "Pending" or self.generating(job):
             return
         body = job["body"]
         if BLOCKED_WORD in str(body.get("prompt", "")):
@@ -300,9 +316,7 @@ class _BFLEmulator:
         hidden = self.settings["not_found_polls"]
         if job["polls"] <= hidden:
             return JSONResponse(not_found)
-        progress = None
-        if job["status"] == "Pending":
-            progress = round((job["polls"] - hidden) / (self.settings["polls"] + 1), 2)
+        progress = self.progress(job) if job["status"] == "Pending" else None
         return JSONResponse({
             "id": task_id, "status": job["status"], "result": job.get("result"),
             "progress": progress, "details": job.get("details"), "preview": None,
@@ -320,8 +334,9 @@ class _BFLEmulator:
         for name in ("polls", "not_found_polls"):
             if name in body:
                 self.settings[name] = int(body[name])
-        if "credits" in body:
-            self.settings["credits"] = float(body["credits"])
+        for name in ("credits", "generation_s"):
+            if name in body:
+                self.settings[name] = float(body[name])
         return JSONResponse(self.settings)
 
 

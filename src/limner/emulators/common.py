@@ -7,6 +7,8 @@ Fault injection is driven over HTTP so that a test (or a user's own test suite) 
     POST /_emulator/faults  {"delay": 2.5, "count": 1}
     POST /_emulator/settings {"latency": 2, "rpm": 60}   latency per request; a requests-per-minute
                             limit (sliding minute, 429 + Retry-After beyond it, x-ratelimit-* headers)
+    POST /_emulator/settings {"noise": 3}   bits of noise per channel in rendered images, so
+                            that results are photo-sized (OpenAI emulator)
     DELETE /_emulator/faults
     GET /_emulator/stats    request counts per path
 
@@ -16,13 +18,16 @@ A prompt containing ``BLOCKED_WORD`` is refused by each emulator's content-polic
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import io
 import math
+import random
 import socket
 import threading
 import time
+import zlib
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -49,9 +54,16 @@ BLOCKED_WORD = "forbidden-content"
 ErrorBody = Callable[[int, str], Any]
 
 
-def render_image(prompt: str, seed: int | None, width: int, height: int, fmt: str = "png") -> bytes:
-    """A deterministic image: a gradient and bands whose colours derive from prompt and seed."""
-    from PIL import Image, ImageDraw
+@functools.lru_cache(maxsize=32)
+def render_image(
+    prompt: str, seed: int | None, width: int, height: int, fmt: str = "png", noise: int = 0
+) -> bytes:
+    """A deterministic image: a gradient and bands whose colours derive from prompt and seed.
+
+    ``noise`` (0-8) adds that many bits of seeded random noise to every channel, so the file is
+    as large as a real photo instead of a few kilobytes: with 3, a 1024x1024 PNG is about
+    1.4 MiB. Renders are cached, as noisy ones take a while to encode."""
+    from PIL import Image, ImageChops, ImageDraw
 
     digest = hashlib.sha256(f"{prompt}|{seed}|{width}x{height}".encode()).digest()
     c1, c2 = tuple(digest[0:3]), tuple(digest[3:6])
@@ -65,9 +77,19 @@ def render_image(prompt: str, seed: int | None, width: int, height: int, fmt: st
     r = max(min(width, height) // 4, 1)
     cx, cy = width * digest[7] // 256, height * digest[8] // 256
     draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=tuple(digest[9:12]))
+    if noise > 0:
+        shift = 8 - min(noise, 8)
+        grain = random.Random(digest).randbytes(width * height * 3)
+        img = ImageChops.add(
+            img, Image.frombytes("RGB", (width, height), grain).point(lambda v: v >> shift)
+        )
     buf = io.BytesIO()
     pil_format = {"jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}.get(fmt.lower(), "PNG")
-    img.save(buf, format=pil_format, **({"quality": 90} if pil_format != "PNG" else {}))
+    options: dict[str, Any] = {"quality": 90} if pil_format != "PNG" else {}
+    if noise > 0 and pil_format == "PNG":
+        # Noise has no repeats for zlib to find: Huffman coding alone is as small and far faster.
+        options = {"compress_level": 1, "compress_type": zlib.Z_HUFFMAN_ONLY}
+    img.save(buf, format=pil_format, **options)
     return buf.getvalue()
 
 
@@ -136,6 +158,7 @@ class EmulatorState:
     in_flight: int = 0
     rpm: int | None = None
     rpm_window: deque[float] = field(default_factory=deque)
+    noise: int = 0  # bits of noise in rendered images (render_image): photo-sized files
 
     def _rpm_prune(self, now: float) -> None:
         while self.rpm_window and self.rpm_window[0] <= now - 60.0:
@@ -206,9 +229,12 @@ def _fault_routes(state: EmulatorState) -> list[Route]:
         if "rpm" in body:
             state.rpm = int(body["rpm"]) if body["rpm"] else None
             state.rpm_window.clear()
-        return JSONResponse(
-            {"latency": state.latency, "max_concurrent": state.max_concurrent, "rpm": state.rpm}
-        )
+        if "noise" in body:
+            state.noise = max(0, min(int(body["noise"] or 0), 8))
+        return JSONResponse({
+            "latency": state.latency, "max_concurrent": state.max_concurrent, "rpm": state.rpm,
+            "noise": state.noise,
+        })  # fmt: skip
 
     async def delivery(request: Request) -> Response:
         item = state.delivery.get(request.path_params["token"])

@@ -210,7 +210,7 @@ def _render_response(
     seed_base = int(time.time_ns() % 1_000_000) if params.get("_random") else 0
     data = []
     for i in range(n):
-        raw = render_image(prompt, seed_base + i, width, height, fmt)
+        raw = render_image(prompt, seed_base + i, width, height, fmt, noise=state.noise)
         item: dict[str, Any] = {}
         if rules["api"] == "dalle" and params.get("response_format", "url") == "url":
             base = str(request.base_url).rstrip("/")

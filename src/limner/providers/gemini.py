@@ -48,9 +48,7 @@ TOP_LEVEL_OPTIONS = {"safetySettings", "tools", "systemInstruction"}
 
 
 def _inline(image: ImageInput) -> dict[str, Any]:
-    return {
-        "inlineData": {"mimeType": image.media_type, "data": codec.b64encode(image.data)}
-    }
+    return {"inlineData": {"mimeType": image.media_type, "data": codec.b64encode(image.data)}}
 
 
 class GeminiProvider(Provider):

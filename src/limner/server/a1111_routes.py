@@ -9,7 +9,6 @@ The checkpoint is any limner model: ``override_settings.sd_model_checkpoint`` pe
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from limner import errors
+from limner import codec, errors
 from limner.catalog import ModelSpec
 from limner.server.auth import Principal
 from limner.server.context import ServerContext
@@ -157,6 +156,7 @@ async def _run(
     body: Txt2ImgBody,
     request: ImageRequest,
     unused: dict[str, Any],
+    principal: Principal | None = None,
 ) -> dict[str, Any]:
     state = ctx.progress.setdefault("a1111", {"active": 0, "progress": 0.0, "started": 0.0})
     state["active"] += 1
@@ -166,13 +166,11 @@ async def _run(
         state["progress"] = fraction or 0.0
 
     try:
-        result = await ctx.run(op, request, on_progress=report)
+        result = await ctx.run(op, request, on_progress=report, principal=principal)
     finally:
         state["active"] -= 1
         state["progress"] = 0.0
-    images = (
-        [base64.b64encode(img.data).decode() for img in result.images] if body.send_images else []
-    )
+    images = [codec.b64encode(img.data) for img in result.images] if body.send_images else []
     return {
         "images": images,
         "parameters": body.model_dump(),
@@ -187,7 +185,7 @@ async def txt2img(
     principal: Principal = Depends(needs("generate")),
 ) -> dict[str, Any]:
     request, _, unused = _image_request(ctx, body)
-    return await _run(ctx, Operation.GENERATE, body, request, unused)
+    return await _run(ctx, Operation.GENERATE, body, request, unused, principal)
 
 
 @router.post("/img2img")
@@ -212,7 +210,7 @@ async def img2img(
         ctx, body, images=images, mask=mask, strength=body.denoising_strength
     )
     op = Operation.INPAINT if mask is not None else Operation.EDIT
-    return await _run(ctx, op, body, request, unused)
+    return await _run(ctx, op, body, request, unused, principal)
 
 
 def _inverted(mask: Any) -> Any:

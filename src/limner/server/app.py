@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from limner.server.context import ServerContext
 from limner.server.errors import install_error_handlers
 from limner.server.middleware import GuardMiddleware, IdempotencyMiddleware
+from limner.server.responses import FastJSONResponse
 from limner.server.settings import ServerSettings
 
 __all__ = ["create_app"]
@@ -84,6 +85,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         version=__version__,
         description="Image generation across providers: OpenAI- and A1111-compatible APIs, jobs, gallery.",
         lifespan=lifespan,
+        default_response_class=FastJSONResponse,
     )
     app.state.ctx = ctx
     app.state.jobs = queue

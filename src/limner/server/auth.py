@@ -1,8 +1,14 @@
-"""Server API keys: stored as SHA-256 hashes, scoped, with per-key rate limits.
+"""Server API keys: stored as SHA-256 hashes, scoped, with per-key rate limits and budgets.
 
 Scopes: ``generate`` (make images, submit jobs), ``read`` (list, fetch, search) and ``admin``
 (delete, change options). With no key created, a server on loopback lets local clients in with
 every scope; once a key exists, every request must carry one.
+
+Every request a key makes is logged with the tag ``server-key:<key id>`` (a tag clients cannot
+send themselves), so the generation log says which key spent what. A key's budget (``5/day``,
+``50/month``) is a set of :class:`limner.budget.Cap` on that tag, enforced by the same atomic
+reservation as ``limner budget``: before a request is sent its estimated cost is reserved
+against the key's caps, and a request that would break one is refused with 402.
 """
 
 from __future__ import annotations
@@ -10,25 +16,58 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from fastapi import Request
 
 from limner import errors
+from limner.budget import METERED, BudgetLedger, Cap, parse_amount
 from limner.server.errors import ApiError
 from limner.store import Store, new_id
 from limner.store.jobs_schema import server_api_keys
+from limner.types import ImageRequest
 
-__all__ = ["SCOPES", "KeyRing", "Principal"]
+if TYPE_CHECKING:
+    from limner.client import Limner, Plan
+
+__all__ = ["SCOPES", "KeyBudgetGuard", "KeyRing", "Principal", "key_tag", "parse_budget"]
 
 SCOPES = ("generate", "read", "admin")
 LOCAL = "local"
 CACHE_S = 5.0
+KEY_TAG = "server-key:"
+PERIODS = {"day": "daily", "daily": "daily", "month": "monthly", "monthly": "monthly"}
+BUDGET_PATTERN = re.compile(r"^\s*\$?([^/\s]+)\s*/\s*([a-z]+)\s*$", re.IGNORECASE)
+
+
+def key_tag(key_id: str) -> str:
+    """The tag that attributes a request (and its cost, in the log) to a server key."""
+    return KEY_TAG + key_id
+
+
+def parse_budget(text: str) -> tuple[str, float]:
+    """``"5/day"`` -> ``("daily", 5.0)``; ``"50/month"`` -> ``("monthly", 50.0)``."""
+    match = BUDGET_PATTERN.match(text)
+    scope = PERIODS.get(match.group(2).lower()) if match else None
+    if match is None or scope is None:
+        raise errors.InvalidRequestError(
+            f"Cannot read the budget {text!r}.",
+            param="budget",
+            hint="Write USD per period: 5/day or 50/month (repeat for both).",
+        )
+    return scope, parse_amount(match.group(1), f"budget {text!r}")
+
+
+def _caps(key_id: str, stored: Any) -> tuple[Cap, ...]:
+    return tuple(
+        Cap(item["scope"], float(item["limit_usd"]), key_tag(key_id)) for item in stored or []
+    )
 
 
 @dataclass(frozen=True)
@@ -37,6 +76,13 @@ class Principal:
     name: str
     scopes: frozenset[str]
     rate_per_minute: int | None = None
+    budget: tuple[Cap, ...] = ()
+
+    @classmethod
+    def from_row(cls, row: Any) -> Principal:
+        return cls(
+            row.id, row.name, frozenset(row.scopes), row.rate_per_minute, _caps(row.id, row.budget)
+        )
 
 
 @dataclass
@@ -57,12 +103,18 @@ class KeyRing:
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _any_cached: tuple[float, bool] = (0.0, False)
+    _ledger: BudgetLedger | None = None
 
     # -- management ----------------------------------------------------------------------------
     def create(
-        self, name: str, scopes: list[str], rate_per_minute: int | None = None
+        self,
+        name: str,
+        scopes: list[str],
+        rate_per_minute: int | None = None,
+        budget: dict[str, float] | None = None,
     ) -> tuple[str, str]:
-        """Create a key; return (id, secret). The secret is shown once and never stored."""
+        """Create a key; return (id, secret). The secret is shown once and never stored.
+        ``budget`` maps ``daily`` / ``monthly`` to a cap in USD (see :func:`parse_budget`)."""
         unknown = set(scopes) - set(SCOPES)
         if unknown or not scopes:
             raise errors.InvalidRequestError(
@@ -77,11 +129,29 @@ class KeyRing:
                 server_api_keys.insert().values(
                     id=key_id, name=name, key_hash=hash_key(secret), prefix=secret[:8],
                     scopes=sorted(set(scopes)), rate_per_minute=rate_per_minute,
-                    created_at=time.time(),
+                    created_at=time.time(), budget=_stored_budget(budget),
                 )
             )  # fmt: skip
         self._any_cached = (0.0, False)
         return key_id, secret
+
+    def set_budget(self, key_id: str, budget: dict[str, float] | None) -> bool:
+        """Replace a key's caps (``None`` or empty: no budget); False when there is no such key."""
+        with self.store.engine.begin() as conn:
+            done = conn.execute(
+                server_api_keys.update()
+                .where(server_api_keys.c.id == key_id)
+                .values(budget=_stored_budget(budget))
+            ).rowcount
+        self._cache.clear()
+        return bool(done)
+
+    def budget_status(self, key_id: str) -> list[dict[str, Any]]:
+        """Each cap of the key with what was spent, reserved and is left in its period."""
+        principal = self.by_id(key_id)
+        if principal is None:
+            return []
+        return [s.to_dict() for s in self.ledger.status(list(principal.budget))]
 
     def list(self) -> list[dict[str, Any]]:
         with self.store.engine.connect() as conn:
@@ -90,7 +160,7 @@ class KeyRing:
                 {
                     "id": r.id, "name": r.name, "prefix": r.prefix, "scopes": r.scopes,
                     "rate_per_minute": r.rate_per_minute, "created_at": r.created_at,
-                    "revoked": r.revoked_at is not None,
+                    "revoked": r.revoked_at is not None, "budget": list(r.budget or []),
                 }
                 for r in rows
             ]  # fmt: skip
@@ -132,9 +202,48 @@ class KeyRing:
             ).first()
         principal = None
         if row is not None and row.revoked_at is None and hmac.compare_digest(row.key_hash, digest):
-            principal = Principal(row.id, row.name, frozenset(row.scopes), row.rate_per_minute)
+            principal = Principal.from_row(row)
         self._cache[digest] = (time.monotonic(), principal)
         return principal
+
+    def by_id(self, key_id: str) -> Principal | None:
+        """The key with this id (revoked or not: its queued jobs still count against its
+        budget); None for the local principal and unknown ids."""
+        hit = self._cache.get("id:" + key_id)
+        if hit and time.monotonic() - hit[0] < CACHE_S:
+            return hit[1]
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(server_api_keys).where(server_api_keys.c.id == key_id)
+            ).first()
+        principal = Principal.from_row(row) if row is not None else None
+        self._cache["id:" + key_id] = (time.monotonic(), principal)
+        return principal
+
+    # -- spending ------------------------------------------------------------------------------
+    @property
+    def ledger(self) -> BudgetLedger:
+        if self._ledger is None:
+            self._ledger = BudgetLedger(self.store.engine)
+        return self._ledger
+
+    def charge(self, principal: Principal, client: Limner, request: ImageRequest) -> ImageRequest:
+        """Attribute ``request`` to the key and make ``client`` enforce the key's budget.
+
+        Tags naming a key are dropped from the client's own tags first: otherwise a caller
+        could spend another key's budget."""
+        tags = [tag for tag in request.tags if not tag.startswith(KEY_TAG)]
+        if principal.id == LOCAL and len(tags) == len(request.tags):
+            return request  # no keys configured: nothing to attribute or enforce
+        if principal.id != LOCAL:
+            tags.append(key_tag(principal.id))
+            charged = any(
+                isinstance(g, KeyBudgetGuard) and g.principal.id == principal.id
+                for g in client.guards
+            )
+            if principal.budget and not charged:
+                client.guards = [*client.guards, KeyBudgetGuard(self.ledger, principal, client)]
+        return request.model_copy(update={"tags": tags})
 
     def authenticate(self, request: Request) -> Principal:
         secret = _presented_key(request)
@@ -172,6 +281,75 @@ class KeyRing:
                     headers={"Retry-After": str(max(int(wait + 0.999), 1))},
                 )  # fmt: skip
             bucket.tokens -= 1.0
+
+
+def _stored_budget(budget: dict[str, float] | None) -> list[dict[str, Any]] | None:
+    if not budget:
+        return None
+    unknown = set(budget) - {"daily", "monthly"}
+    if unknown:
+        raise errors.InvalidRequestError(
+            f"Unknown budget period(s): {', '.join(sorted(unknown))}.",
+            param="budget",
+            hint="Periods: daily, monthly.",
+        )
+    return [{"scope": scope, "limit_usd": float(limit)} for scope, limit in sorted(budget.items())]
+
+
+class KeyBudgetGuard:
+    """The ``Guard`` for one key's caps: reserves through :class:`limner.budget.BudgetLedger`
+    (the reservation ``limner budget`` uses) and names the key and what is left on refusal."""
+
+    def __init__(self, ledger: BudgetLedger, principal: Principal, client: Limner) -> None:
+        self.ledger, self.principal, self.client = ledger, principal, client
+
+    def _amount(self, plan: Plan) -> float:
+        amount = plan.estimated_cost
+        if amount is None:
+            plan.warnings.append(
+                f"The catalog has no price for {plan.spec.ref}: this request was not counted"
+                " against the key's budget."
+            )
+            return 0.0
+        if plan.spec.price is not None and plan.spec.price.kind in METERED:
+            # As for the global caps: metered calls can cost more than their estimate.
+            section = self.client.config.get("budget") or {}
+            return round(amount * (1 + float(section.get("metered_margin", 0.25))), 6)
+        return amount
+
+    def before_send(self, plan: Plan) -> str:
+        amount = self._amount(plan)
+        caps = list(self.principal.budget)
+        try:
+            return self.ledger.reserve(
+                caps, amount, model=plan.spec.ref, tags=[key_tag(self.principal.id)]
+            )
+        except errors.BudgetExceededError:
+            raise self._refusal(caps, amount) from None
+
+    def _refusal(self, caps: list[Cap], amount: float) -> errors.BudgetExceededError:
+        statuses = self.ledger.status(caps)
+        short = [s for s in statuses if s.remaining_usd < amount] or statuses
+        worst = min(short, key=lambda s: s.remaining_usd)
+        period = "today" if worst.cap.scope == "daily" else "this month"
+        unit = "day" if worst.cap.scope == "daily" else "month"
+        key = self.principal
+        return errors.BudgetExceededError(
+            f"API key {key.name!r} (id {key.id}) has ${worst.remaining_usd:.4f} left of its"
+            f" {worst.cap.scope} budget of ${worst.cap.limit_usd:.2f} {period}; this request"
+            f" would cost ${amount:.4f}.",
+            hint=f"The operator raises it with `limner server-keys budget {key.id} --budget"
+            f" USD/{unit}`; otherwise use a cheaper model or fewer images, or wait for the next"
+            f" {unit}.",
+        )
+
+    def settle(self, plan: Plan, token: Any, cost: float | None) -> None:
+        if token:
+            self.ledger.settle(token, cost)
+
+    def release(self, plan: Plan, token: Any) -> None:
+        if token:
+            self.ledger.release(token)
 
 
 def _presented_key(request: Request) -> str | None:

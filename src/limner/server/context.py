@@ -23,7 +23,7 @@ import httpx
 from limner.catalog import Catalog, ModelSpec, get_catalog
 from limner.client import Limner
 from limner.http import DEFAULT_TIMEOUT
-from limner.server.auth import KeyRing
+from limner.server.auth import KeyRing, Principal
 from limner.server.errors import ApiError
 from limner.server.settings import ServerSettings
 from limner.store import Store
@@ -60,6 +60,29 @@ async def _on_response(response: httpx.Response) -> None:
         await observer.after_submit(response)
 
 
+def _aiohttp_transport() -> httpx.AsyncBaseTransport | None:
+    """httpx over aiohttp's connection pool where httpx-aiohttp is installed (the server extra):
+    the same client API at about a fifth of httpcore's CPU per call under load."""
+    try:
+        import aiohttp
+        from httpx_aiohttp import AiohttpTransport
+        from httpx_aiohttp.transport import AiohttpResponseStream
+    except ImportError:
+        return None
+    # Read bodies in 256 KiB pieces rather than 16 KiB: a 2 MiB base64 image then costs a
+    # third less CPU to receive.
+    AiohttpResponseStream.CHUNK_SIZE = max(AiohttpResponseStream.CHUNK_SIZE, 256 * 1024)
+    from limner.http import shared_ssl_context
+
+    ssl_context = shared_ssl_context()
+
+    def session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=0, ssl=ssl_context, keepalive_timeout=30)
+        return aiohttp.ClientSession(connector=connector)
+
+    return AiohttpTransport(client=session)
+
+
 @dataclass
 class ServerContext:
     settings: ServerSettings
@@ -84,16 +107,23 @@ class ServerContext:
         return ctx
 
     def open(self) -> None:
+        hooks: dict[str, list[Callable[..., Any]]] = {
+            "request": [_on_request],
+            "response": [_on_response],
+        }
+        transport = _aiohttp_transport()
+        if transport is not None:
+            self.clients = [
+                httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, transport=transport, event_hooks=hooks)
+            ]
+            return
         # Several small connection pools rather than one big one: httpcore scans every pooled
         # connection for each request, which turns quadratic at hundreds of calls in flight.
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)
         self.clients = [
-            httpx.AsyncClient(
-                timeout=DEFAULT_TIMEOUT, limits=limits,
-                event_hooks={"request": [_on_request], "response": [_on_response]},
-            )
+            httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits, event_hooks=hooks)
             for _ in range(HTTP_SHARDS)
-        ]  # fmt: skip
+        ]
 
     @property
     def http(self) -> httpx.AsyncClient | None:
@@ -142,12 +172,21 @@ class ServerContext:
         *,
         on_progress: Callable[[float | None, str], None] | None = None,
         wait_s: float | None = None,
+        principal: Principal | None = None,
+        resume_handle: str | None = None,
     ) -> Result:
+        """Run ``request`` through the engine under the server's capacity and the provider's
+        concurrency slot; ``resume_handle`` follows a job the provider already accepted."""
         self.check_capacity()
         self.inflight += 1
         try:
             client = self.limner(on_progress)
-            spec = await asyncio.to_thread(client.resolve, request.model)
+            if principal is not None:  # attribute the cost to the key; enforce its budget
+                request = self.keys.charge(principal, client, request)
+            # A catalog name resolves in memory; a default or a path may read files.
+            spec = client.catalog.find(request.model) if request.model else None
+            if spec is None:
+                spec = await asyncio.to_thread(client.resolve, request.model)
             request = request.model_copy(update={"model": spec.ref})
             slot = self._slot(spec.provider)
             try:
@@ -158,7 +197,7 @@ class ServerContext:
                     type_="rate_limit_error", code="provider_busy", headers={"Retry-After": "5"},
                 ) from None  # fmt: skip
             try:
-                return await client.arun(op, request)
+                return await client.arun(op, request, resume_handle=resume_handle)
             finally:
                 slot.release()
         finally:

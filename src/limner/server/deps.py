@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
@@ -12,16 +12,20 @@ from limner.server.context import ServerContext
 __all__ = ["context", "needs"]
 
 
-def context(request: Request) -> ServerContext:
+# Both are async so FastAPI calls them on the event loop: a sync dependency costs a trip
+# through the thread pool on every request.
+async def context(request: Request) -> ServerContext:
     ctx: ServerContext = request.app.state.ctx
     return ctx
 
 
-def needs(scope: str) -> Callable[[Request], Principal]:
-    """A dependency that authenticates the caller, applies its rate limit and checks ``scope``."""
+def needs(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency that authenticates the caller, applies its rate limit and checks ``scope``.
 
-    def dependency(request: Request) -> Principal:
-        ctx = context(request)
+    Key lookups are cached for a few seconds, so the occasional store read stays inline."""
+
+    async def dependency(request: Request) -> Principal:
+        ctx: ServerContext = request.app.state.ctx
         principal = ctx.keys.authenticate(request)
         require(principal, scope)
         ctx.keys.check_rate(principal)

@@ -8,13 +8,12 @@ one SSRF-safe fetcher, restricted to ports 80 and 443 and three redirects.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 
 import httpx
 from starlette.datastructures import UploadFile
 
-from limner import errors
+from limner import codec, errors
 from limner.fetch import SafeFetcher
 from limner.images import load_image
 from limner.types import ImageInput
@@ -57,7 +56,7 @@ def image_from_b64(value: str, *, name: str, max_bytes: int) -> ImageInput:
     if len(text) > max_bytes * 4 // 3 + 8:
         raise errors.InputImageError(f"{name} is larger than {max_bytes // 2**20} MiB.")
     try:
-        data = base64.b64decode(text, validate=True)
+        data = codec.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise errors.InputImageError(
             f"{name} is not valid base64.", hint="Send the image as base64 or a data: URL."

@@ -4,9 +4,12 @@ Jobs live in the store (SQLite by default, PostgreSQL by ``LIMNER_DATABASE_URL``
 server processes share one queue). A worker claims a job with a lease it renews while running;
 every write it makes is fenced by ``lease_owner``, so a worker that lost its lease cannot
 overwrite the job's new owner. The provider submission is written *before* the request is sent
-(``submit_state = submitting``) and its request id right after; a job found after a crash with a
-submission that may have reached the provider is reconciled from the generation log, and when
-that cannot prove the outcome it ends ``uncertain`` instead of being sent (and paid for) twice.
+(``submit_state = submitting``) and its request id right after; an asynchronous provider's name
+for the accepted job (``provider_handle``, from ``flows.on_submitted``) is written as soon as the
+provider answers. A job found after a crash with a submission that may have reached the provider
+is reconciled from the generation log; failing that, a job with a handle is queued again and
+*resumed* (polled and fetched from its handle, not submitted again), and one without ends
+``uncertain`` instead of being sent (and paid for) twice.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 import httpx
@@ -30,14 +33,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from limner import errors
+from limner.flows import HandleRecorder, on_submitted
 from limner.server.auth import Principal
 from limner.server.context import ServerContext, current_submission
 from limner.server.deps import context, needs
 from limner.server.errors import ApiError
 from limner.server.inputs import ASPECT_PATTERN, SIZE_PATTERN, image_from_value
+from limner.server.webhooks import WebhookOutbox
 from limner.store import db, new_id
 from limner.store.jobs_schema import server_jobs
-from limner.types import ImageInput, ImageRequest, Operation
+from limner.types import ImageInput, ImageRequest, Operation, Result
 
 __all__ = ["JobQueue", "router"]
 
@@ -126,6 +131,7 @@ class JobQueue:
         self.wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._notifications: set[asyncio.Task[None]] = set()
+        self.webhooks = WebhookOutbox(ctx, self.view)
 
     @property
     def engine(self) -> sa.Engine:
@@ -135,6 +141,7 @@ class JobQueue:
     async def start(self) -> None:
         await asyncio.to_thread(self.recover)
         self._loop_task = asyncio.create_task(self._loop())
+        self.webhooks.start()
 
     async def stop(self) -> None:
         if self._loop_task:
@@ -146,6 +153,7 @@ class JobQueue:
             *([self._loop_task] if self._loop_task else []),
             return_exceptions=True,
         )
+        await self.webhooks.stop()
 
     async def _loop(self) -> None:
         last_beat = 0.0
@@ -273,21 +281,19 @@ class JobQueue:
                     result=self._result_for(conn, generation),
                 ))  # fmt: skip
                 return
-            rid = (
-                f" (provider request id {job.provider_request_id})"
-                if job.provider_request_id
-                else ""
-            )
+            if job.provider_handle:
+                # The provider accepted the job and named it: a worker follows it from there
+                # (the handle stays on the row), never submitting it again.
+                conn.execute(
+                    t.update()
+                    .where(fence)
+                    .values(status="queued", lease_owner=None, lease_expires=None, updated_at=now)
+                )
+                log.info("job %s will be resumed from its %s job", job.id, job.provider)
+                return
             conn.execute(t.update().where(fence).values(
                 status="uncertain", lease_owner=None, updated_at=now,
-                error={
-                    "code": "uncertain",
-                    "message": (
-                        f"The server stopped after sending this job to {job.provider}{rid}; the "
-                        "provider offers no way to look the result up, so it was not sent again "
-                        "to avoid paying twice. POST /v1/jobs/{id}/retry to run it again."
-                    ),
-                },
+                error=_uncertain_error(job.provider, job.provider_request_id),
             ))  # fmt: skip
 
     def _find_generation(self, conn: sa.Connection, job: Any) -> str | None:
@@ -316,16 +322,40 @@ class JobQueue:
         }  # fmt: skip
 
     # -- running -------------------------------------------------------------------------------
+    def _record_handle(self, job_id: str, handle: str | None) -> None:
+        """Write the provider's name for the job it accepted. Called inside the flow run, before
+        the flow goes on polling: one small write, on the event loop, so the handle is durable
+        before anything else happens to the job."""
+        if not self.update(job_id, provider_handle=handle):
+            raise _LeaseLost(job_id)
+
+    async def _generate(
+        self,
+        op: Operation,
+        request: ImageRequest,
+        handle: str | None,
+        progress: Callable[[float | None, str], None],
+        owner: Principal | None = None,
+    ) -> Result:
+        """Run the job, or resume the provider job a crash left behind (``handle``)."""
+        return await self.ctx.run(
+            op, request, on_progress=progress, wait_s=3600, principal=owner, resume_handle=handle
+        )
+
     async def _run(self, job: dict[str, Any]) -> None:
         job_id = job["id"]
         token = current_submission.set(_Observer(self, job_id))
+        handle = job.get("provider_handle")
         try:
             op, request = await asyncio.to_thread(self._request_for, job)
 
             def progress(fraction: float | None, message: str) -> None:
                 self.ctx.progress[job_id] = {"progress": fraction, "message": message}
 
-            result = await self.ctx.run(op, request, on_progress=progress, wait_s=3600)
+            recorder = HandleRecorder(lambda found: self._record_handle(job_id, found))
+            with on_submitted(recorder):
+                owner = await asyncio.to_thread(self.ctx.keys.by_id, job["owner"])
+                result = await self._generate(op, request, handle, progress, owner)
             images = [
                 {"sha256": img.sha256, "seed": img.seed, "width": img.width, "height": img.height,
                  "media_type": img.media_type}
@@ -341,6 +371,12 @@ class JobQueue:
             )  # fmt: skip
         except _LeaseLost:
             log.warning("lost the lease of job %s; leaving it to its new owner", job_id)
+        except errors.ResumeUnsupportedError:
+            # A recorded job that cannot be followed: as after a crash with no handle.
+            await asyncio.to_thread(
+                self.update, job_id, status="uncertain", lease_owner=None,
+                error=_uncertain_error(job["provider"], job.get("provider_request_id")),
+            )  # fmt: skip
         except asyncio.CancelledError:
             await asyncio.to_thread(self._cancelled, job_id)
             raise
@@ -364,21 +400,8 @@ class JobQueue:
         task.add_done_callback(self._notifications.discard)
 
     async def _notify(self, job_id: str) -> None:
-        from limner.server.webhooks import deliver
-
-        current_submission.set(None)
-        job = await asyncio.to_thread(self.get, job_id)
-        if job is None or not job["webhook_url"] or job["status"] not in TERMINAL:
-            return
-        client = self.ctx.http
-        assert client is not None
-        outcome = await deliver(self.ctx.settings, client, job["webhook_url"], self.view(job))
-        with self.engine.begin() as conn:
-            conn.execute(
-                server_jobs.update()
-                .where(server_jobs.c.id == job_id)
-                .values(webhook_status=outcome)
-            )
+        # Stored first, then sent (and retried across restarts) by the webhook outbox.
+        await self.webhooks.notify(job_id)
 
     def _cancelled(self, job_id: str) -> None:
         with self.engine.connect() as conn:
@@ -566,11 +589,24 @@ class JobQueue:
                 .where(t.c.id == job_id, t.c.status.in_(["failed", "cancelled", "uncertain"]))
                 .values(
                     status="queued", submit_state="none", lease_owner=None, lease_expires=None,
-                    error=None, cancel_requested=False, provider_request_id=None, updated_at=now,
+                    error=None, cancel_requested=False, provider_request_id=None,
+                    provider_handle=None, updated_at=now,
                 )
             ).rowcount  # fmt: skip
         self.wake.set()
         return bool(done)
+
+
+def _uncertain_error(provider: str, request_id: str | None) -> dict[str, str]:
+    rid = f" (provider request id {request_id})" if request_id else ""
+    return {
+        "code": "uncertain",
+        "message": (
+            f"The server stopped after sending this job to {provider}{rid}; the provider offers "
+            "no way to look the result up, so it was not sent again to avoid paying twice. "
+            "POST /v1/jobs/{id}/retry to run it again."
+        ),
+    }
 
 
 # -- routes --------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``limner mcp``: limner as tools for AI assistants over MCP (stdio), on the official SDK.
 
-Tools: ``generate``, ``edit``, ``recommend_model``, ``estimate_cost`` and ``search_log``.
+Tools: ``generate``, ``edit``, ``upscale``, ``remove_background``, ``recommend_model``,
+``estimate_cost`` and ``search_log``.
 Images come back as MCP image content plus a JSON summary with their stored paths; every call
 goes through :class:`limner.Limner`, so budgets, policy checks, the cache and the log apply
 exactly as in the library and the CLI.
@@ -8,21 +9,28 @@ exactly as in the library and the CLI.
 
 from __future__ import annotations
 
+import contextvars
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from limner import errors
+from limner.client import Limner
 from limner.types import ImageRequest, Operation, Result
+
+if TYPE_CHECKING:
+    from limner.ops._common import OpResult
+    from limner.server.auth import KeyRing, Principal
 
 __all__ = ["McpAuth", "build_server", "run_stdio"]
 
 
-def _summary(result: Result) -> str:
+def _summary(result: Result | OpResult) -> str:
     return json.dumps(
         {
             "generation_id": result.generation_id, "model": result.model,
-            "cost_usd": result.cost_usd, "warnings": result.warnings,
+            "cost_usd": getattr(result, "cost_usd", None), "warnings": result.warnings,
             "images": [
                 {"path": str(img.path) if img.path else None, "width": img.width,
                  "height": img.height, "seed": img.seed, "media_type": img.media_type}
@@ -32,16 +40,63 @@ def _summary(result: Result) -> str:
     )  # fmt: skip
 
 
-def build_server(home: Path | None = None) -> Any:
-    """The MCP server with limner's tools registered (``home``: the limner home to use)."""
+# The server key a call under ``limner serve`` came with (set by McpAuth): what the call spends
+# is charged to that key and held to its budget, as on the HTTP routes.
+_caller: contextvars.ContextVar[tuple[KeyRing, Principal] | None] = contextvars.ContextVar(
+    "limner_mcp_caller", default=None
+)
+
+
+class _KeyedLimner(Limner):
+    """A client whose every run is attributed to a server key and held to its budget."""
+
+    def __init__(self, keys: KeyRing, principal: Principal, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._keys, self._principal = keys, principal
+
+    def run(self, op: Operation | str, request: ImageRequest, **kwargs: Any) -> Result:
+        return super().run(op, self._keys.charge(self._principal, self, request), **kwargs)
+
+
+class _Engine:
+    """Runs tool calls through :class:`limner.Limner` and shapes their results for MCP."""
+
+    def __init__(self, home: Path | None) -> None:
+        self.home = home
+
+    def content(self, result: Result | OpResult) -> list[Any]:
+        from mcp.server.mcpserver.utilities.types import Image
+
+        images: list[Any] = [
+            Image(data=img.data, format=img.extension.replace("jpg", "jpeg"))
+            for img in result.images
+        ]
+        return [*images, _summary(result)]
+
+    def run(self, op: Operation, request: ImageRequest) -> list[Any]:
+        return self.apply(lambda client: client.run(op, request))
+
+    def apply(self, work: Callable[[Limner], Result | OpResult]) -> list[Any]:
+        """``work(client)`` with a client on this home: an operation's cloud models go through
+        ``client.run`` (budgets, policy, the log) and its local ones store into its store."""
+        from mcp.server.mcpserver.exceptions import ToolError
+
+        caller = _caller.get()
+        try:
+            with (
+                _KeyedLimner(*caller, home=self.home) if caller else Limner(home=self.home)
+            ) as client:
+                return self.content(work(client))
+        except errors.LimnerError as exc:
+            raise ToolError(str(exc)) from exc
+
+
+def _new_server() -> Any:
     from mcp.server.mcpserver import MCPServer
-    from mcp.server.mcpserver.exceptions import ToolError
-    from mcp.server.mcpserver.utilities.types import Image
 
     from limner import __version__
-    from limner.client import Limner
 
-    server = MCPServer(
+    return MCPServer(
         name="limner",
         version=__version__,
         instructions="Generate and edit images with any limner model; recommend models and estimate costs first.",
@@ -50,17 +105,9 @@ def build_server(home: Path | None = None) -> Any:
         log_level="WARNING",
     )
 
-    def run(op: Operation, request: ImageRequest) -> list[Any]:
-        try:
-            with Limner(home=home) as client:
-                result = client.run(op, request)
-        except errors.LimnerError as exc:
-            raise ToolError(str(exc)) from exc
-        images: list[Any] = [
-            Image(data=img.data, format=img.extension.replace("jpg", "jpeg"))
-            for img in result.images
-        ]
-        return [*images, _summary(result)]
+
+def _image_tools(server: Any, engine: _Engine) -> None:
+    """``generate`` and ``edit``."""
 
     @server.tool(structured_output=False)
     def generate(
@@ -77,7 +124,7 @@ def build_server(home: Path | None = None) -> Any:
             prompt=prompt, model=model, size=size, n=n, quality=quality, seed=seed,
             negative_prompt=negative_prompt,
         )  # fmt: skip
-        return run(Operation.GENERATE, request)
+        return engine.run(Operation.GENERATE, request)
 
     @server.tool(structured_output=False)
     def edit(
@@ -85,6 +132,8 @@ def build_server(home: Path | None = None) -> Any:
     ) -> list[Any]:
         """Edit the image file at ``image_path``; with ``mask_path``, only the marked area
         (white, or transparent) changes."""
+        from mcp.server.mcpserver.exceptions import ToolError
+
         from limner.images import load_image
 
         try:
@@ -93,7 +142,43 @@ def build_server(home: Path | None = None) -> Any:
         except errors.LimnerError as exc:
             raise ToolError(str(exc)) from exc
         op = Operation.INPAINT if mask is not None else Operation.EDIT
-        return run(op, ImageRequest(prompt=prompt, model=model, images=[image], mask=mask))
+        return engine.run(op, ImageRequest(prompt=prompt, model=model, images=[image], mask=mask))
+
+
+def _operation_tools(server: Any, engine: _Engine) -> None:
+    """``upscale`` and ``remove_background``: local backends, or a cloud model through the
+    engine (the same operations as ``limner upscale`` and ``limner remove-bg``)."""
+
+    @server.tool(structured_output=False)
+    def upscale(image_path: str, scale: int = 2, model: str | None = None) -> list[Any]:
+        """Upscale the image file at ``image_path`` by 2, 3 or 4. ``model``: lanczos (default),
+        fsrcnn, espcn, a model file, or a cloud upscaler such as stability:upscale-fast (which
+        uses its own factor)."""
+        from limner.ops.upscale import upscale as upscale_op
+
+        return engine.apply(
+            lambda client: upscale_op(image_path, scale, model, store=client.store, client=client)
+        )
+
+    @server.tool(structured_output=False)
+    def remove_background(
+        image_path: str, model: str | None = None, background: str | None = None
+    ) -> list[Any]:
+        """Cut the subject of the image file at ``image_path`` out; returns the cut-out, then
+        its mask. ``model``: grabcut (default), an ONNX matting file, or a cloud model such as
+        stability:remove-background. ``background``: a colour (#ffffff) to put behind it."""
+        from limner.ops.background import remove_background as remove_op
+
+        return engine.apply(
+            lambda client: remove_op(
+                image_path, model, background=background, store=client.store, client=client
+            )
+        )
+
+
+def _catalog_tools(server: Any, home: Path | None) -> None:
+    """``recommend_model``, ``estimate_cost`` and ``search_log``."""
+    from mcp.server.mcpserver.exceptions import ToolError
 
     @server.tool()
     def recommend_model(
@@ -132,6 +217,8 @@ def build_server(home: Path | None = None) -> Any:
         query: str = "", model: str | None = None, limit: int = 20
     ) -> list[dict[str, Any]]:
         """Search past generations (newest first) by words in the prompt, model or tags."""
+        from limner.client import Limner
+
         with Limner(home=home) as client:
             entries = client.store.search(query or None, model=model, limit=min(max(limit, 1), 200))
         return [
@@ -143,6 +230,14 @@ def build_server(home: Path | None = None) -> Any:
             for e in entries
         ]  # fmt: skip
 
+
+def build_server(home: Path | None = None) -> Any:
+    """The MCP server with limner's tools registered (``home``: the limner home to use)."""
+    server = _new_server()
+    engine = _Engine(home)
+    _image_tools(server, engine)
+    _operation_tools(server, engine)
+    _catalog_tools(server, home)
     return server
 
 
@@ -179,4 +274,10 @@ class McpAuth:
                 )
                 await response(scope, receive, send)
                 return
+            token = _caller.set((self.ctx.keys, principal))
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                _caller.reset(token)
+            return
         await self.app(scope, receive, send)

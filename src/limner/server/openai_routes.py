@@ -8,21 +8,21 @@ response adds a ``limner`` object with the generation id, the model used, cost a
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from limner import errors
+from limner import codec, errors
 from limner.server.auth import Principal
 from limner.server.context import ServerContext
 from limner.server.deps import context, needs
 from limner.server.errors import ApiError
 from limner.server.inputs import ASPECT_PATTERN, SIZE_PATTERN, image_from_upload
+from limner.server.responses import FastJSONResponse
 from limner.types import ImageInput, ImageRequest, Operation, Result
 
 __all__ = ["router"]
@@ -73,6 +73,36 @@ class VariationFields(_Common):
     pass
 
 
+BINARY = {"type": "string", "format": "binary"}
+IMAGE_FILES = {
+    "type": "array", "items": BINARY, "maxItems": 16,
+    "description": "The input image file(s): PNG, JPEG or WebP. Repeat the part for several.",
+}  # fmt: skip
+
+
+def multipart_body(fields: type[_Common], files: dict[str, Any], required: list[str]) -> Any:
+    """The OpenAPI ``requestBody`` of a multipart route that reads its form by hand: the text
+    fields of ``fields`` (as form fields: no nulls, no JSON objects) plus the ``files``."""
+    schema = fields.model_json_schema()
+    properties: dict[str, Any] = {}
+    for name, prop in schema["properties"].items():
+        if name == "provider_options":
+            continue  # an object: the JSON routes take it, a form field cannot
+        options = [o for o in prop.get("anyOf", [prop]) if o.get("type") != "null"]
+        kept = {k: v for k, v in prop.items() if k not in ("anyOf", "default")}
+        properties[name] = (
+            {**kept, **options[0]} if len(options) == 1 else {**kept, "anyOf": options}
+        )
+    properties.update(files)
+    body = {
+        "type": "object", "properties": properties, "required": required,
+        "additionalProperties": False,
+    }  # fmt: skip
+    encoding = {name: {"contentType": "image/png, image/jpeg, image/webp"} for name in files}
+    content = {"multipart/form-data": {"schema": body, "encoding": encoding}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
 def to_image_request(body: _Common, prompt: str = "", **extra: Any) -> ImageRequest:
     """Translate the OpenAI fields to an :class:`ImageRequest`; wire-only options pass through."""
     if getattr(body, "stream", None):
@@ -102,7 +132,7 @@ def images_payload(
         if response_format == "url" and image.sha256:
             item["url"] = ctx.absolute(ctx.sign(image.sha256))
         else:
-            item["b64_json"] = base64.b64encode(image.data).decode()
+            item["b64_json"] = codec.b64encode(image.data)
         if image.revised_prompt:
             item["revised_prompt"] = image.revised_prompt
         data.append(item)
@@ -133,10 +163,10 @@ async def generations(
     body: GenerationBody,
     ctx: ServerContext = Depends(context),
     principal: Principal = Depends(needs("generate")),
-) -> JSONResponse:
+) -> FastJSONResponse:
     request = to_image_request(body, body.prompt)
-    result = await ctx.run(Operation.GENERATE, request)
-    return JSONResponse(images_payload(ctx, result, body.response_format))
+    result = await ctx.run(Operation.GENERATE, request, principal=principal)
+    return FastJSONResponse(images_payload(ctx, result, body.response_format))
 
 
 async def _form(request: Request, ctx: ServerContext) -> FormData:
@@ -197,12 +227,27 @@ def _parse_fields(model: type[_Common], fields: dict[str, Any]) -> Any:
         raise errors.InvalidRequestError(f"Invalid {name}: {first['msg']}.", param=name) from None
 
 
-@router.post("/v1/images/edits", tags=["openai"])
+@router.post(
+    "/v1/images/edits",
+    tags=["openai"],
+    openapi_extra=multipart_body(
+        EditFields,
+        {
+            "image": IMAGE_FILES,
+            "image[]": {**IMAGE_FILES, "description": "The same as 'image' (OpenAI's array form)."},
+            "mask": {
+                **BINARY,
+                "description": "PNG the size of the first image; transparent (or white) where it may change.",
+            },
+        },
+        ["prompt", "image"],
+    ),
+)
 async def edits(
     request: Request,
     ctx: ServerContext = Depends(context),
     principal: Principal = Depends(needs("generate")),
-) -> JSONResponse:
+) -> FastJSONResponse:
     fields, images, mask = await _split_form(await _form(request, ctx), ctx)
     body = _parse_fields(EditFields, fields)
     if not images:
@@ -211,24 +256,39 @@ async def edits(
         body, body.prompt, images=images, mask=mask, strength=body.strength
     )
     op = Operation.INPAINT if mask is not None else Operation.EDIT
-    result = await ctx.run(op, image_request)
-    return JSONResponse(images_payload(ctx, result, body.response_format))
+    result = await ctx.run(op, image_request, principal=principal)
+    return FastJSONResponse(images_payload(ctx, result, body.response_format))
 
 
-@router.post("/v1/images/variations", tags=["openai"])
+@router.post(
+    "/v1/images/variations",
+    tags=["openai"],
+    openapi_extra=multipart_body(
+        VariationFields,
+        {
+            "image": {
+                **BINARY,
+                "description": "The image to make variations of (PNG, JPEG or WebP).",
+            }
+        },
+        ["image"],
+    ),
+)
 async def variations(
     request: Request,
     ctx: ServerContext = Depends(context),
     principal: Principal = Depends(needs("generate")),
-) -> JSONResponse:
+) -> FastJSONResponse:
     fields, images, mask = await _split_form(await _form(request, ctx), ctx)
     body = _parse_fields(VariationFields, fields)
     if len(images) != 1 or mask is not None:
         raise errors.InvalidRequestError(
             "Send exactly one 'image' file and no mask.", param="image"
         )
-    result = await ctx.run(Operation.VARIATION, to_image_request(body, "", images=images))
-    return JSONResponse(images_payload(ctx, result, body.response_format))
+    result = await ctx.run(
+        Operation.VARIATION, to_image_request(body, "", images=images), principal=principal
+    )
+    return FastJSONResponse(images_payload(ctx, result, body.response_format))
 
 
 @router.get("/v1/models", tags=["openai"])

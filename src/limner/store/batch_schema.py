@@ -4,7 +4,9 @@ An item is keyed by its request hash and the occurrence of that hash in the batc
 asks for the same unseeded prompt twice wants two images). Its life: ``pending`` -> ``running``
 (claimed before the provider call; ``sent_at`` set as its first request leaves) -> ``done`` (set in the transaction that records the
 generation) or ``failed`` (with the reason). ``uncertain`` marks a claim that a crash left open
-when the batch is run with ``--uncertain park``.
+when the batch is run with ``--uncertain park``. ``provider_handle`` is what an asynchronous
+provider named the item's job when it accepted it: after a crash the job is followed again from
+it (resumed) instead of being submitted a second time.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ batch_items = sa.Table(
     sa.Column("error_message", sa.Text),
     sa.Column("cost_usd", sa.Float),
     sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("provider_handle", sa.Text),  # the provider's job, to resume after a crash
 )
 
 
@@ -59,3 +62,8 @@ batch_items = sa.Table(
 def m004_batches(conn: Connection) -> None:
     for table in (batches, batch_items):
         table.create(conn, checkfirst=True)
+
+
+@db.migration
+def m006_batch_handles(conn: Connection) -> None:
+    db.add_missing_column(conn, batch_items, "provider_handle")

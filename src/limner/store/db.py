@@ -152,6 +152,25 @@ def _apply(engine: Engine) -> list[str]:
     return applied_now
 
 
+def add_missing_column(conn: Connection, table: sa.Table, name: str) -> bool:
+    """``ALTER TABLE ... ADD COLUMN`` for a column of ``table``'s definition that the database
+    lacks; False when it is there already (a store created after the column was defined gets
+    it from the migration that created the table). SQLite and PostgreSQL both accept a
+    nullable column added this way."""
+    if name in {c["name"] for c in sa.inspect(conn).get_columns(table.name)}:
+        return False
+    column = table.c[name]
+    preparer = conn.dialect.identifier_preparer
+    ddl = column.type.compile(dialect=conn.dialect)
+    conn.execute(
+        sa.text(
+            f"ALTER TABLE {preparer.format_table(table)} "
+            f"ADD COLUMN {preparer.format_column(column)} {ddl}"
+        )
+    )
+    return True
+
+
 def insert_or_ignore(conn: Connection, table: sa.Table) -> sa.Insert:
     """An INSERT that skips rows whose primary key exists (SQLite and PostgreSQL)."""
     if conn.dialect.name == "postgresql":

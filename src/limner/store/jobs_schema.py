@@ -5,7 +5,8 @@ A job moves ``queued -> running -> succeeded | failed | cancelled | uncertain``.
 again), ``submitting`` (written *before* the request leaves, so a crash after this point may have
 been paid for) and ``submitted`` (the provider answered; ``provider_request_id`` names the call).
 After a crash a job whose submission may have reached the provider is reconciled, never blindly
-resubmitted; when the provider offers no lookup it ends ``uncertain`` for a person to decide.
+resubmitted: an asynchronous provider's job (``provider_handle`` recorded) is queued again to be
+resumed; when the provider offers no lookup it ends ``uncertain`` for a person to decide.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from sqlalchemy.engine import Connection
 
 from limner.store import db
 
-__all__ = ["idempotency_keys", "m003_jobs", "server_api_keys", "server_jobs"]
+__all__ = [
+    "idempotency_keys",
+    "m003_jobs",
+    "m005_key_budgets",
+    "server_api_keys",
+    "server_jobs",
+    "webhook_deliveries",
+]
 
 server_jobs = sa.Table(
     "server_jobs",
@@ -45,6 +53,9 @@ server_jobs = sa.Table(
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("webhook_url", sa.Text),
     sa.Column("webhook_status", sa.String(64)),  # delivered | failed after N attempts
+    # What an asynchronous provider named the job when it accepted it: a crash after that is
+    # resumed from it (polled again), never submitted twice.
+    sa.Column("provider_handle", sa.Text),
 )
 
 idempotency_keys = sa.Table(
@@ -71,6 +82,31 @@ server_api_keys = sa.Table(
     sa.Column("rate_per_minute", sa.Integer),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float),
+    # Spending caps of this key: [{"scope": "daily" | "monthly", "limit_usd": 5.0}] (m005).
+    sa.Column("budget", sa.JSON),
+)
+
+# One row per webhook a job owes its caller: sent by the delivery loop of any server process,
+# retried with backoff until a 2xx answer or the attempts run out, and kept across restarts.
+webhook_deliveries = sa.Table(
+    "server_webhook_deliveries",
+    db.metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # sent as Limner-Delivery
+    sa.Column("job_id", sa.String(32), nullable=False),
+    # The job's updated_at when it ended: one delivery per end of a job (a retried job ends again).
+    sa.Column("job_updated_at", sa.Float, nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),  # the exact bytes every attempt sends
+    sa.Column("status", sa.String(16), nullable=False, index=True),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.Float, nullable=False, index=True),
+    sa.Column("lease_owner", sa.String(64)),
+    sa.Column("lease_expires", sa.Float),
+    sa.Column("last_error", sa.String(200)),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("delivered_at", sa.Float),
+    sa.UniqueConstraint("job_id", "job_updated_at", name="uq_webhook_delivery_job_end"),
 )
 
 
@@ -78,3 +114,15 @@ server_api_keys = sa.Table(
 def m003_jobs(conn: Connection) -> None:
     for table in (server_jobs, idempotency_keys, server_api_keys):
         table.create(conn, checkfirst=True)
+
+
+@db.migration
+def m005_key_budgets(conn: Connection) -> None:
+    """Per-key spending caps, and durable webhook deliveries."""
+    db.add_missing_column(conn, server_api_keys, "budget")
+    webhook_deliveries.create(conn, checkfirst=True)
+
+
+@db.migration
+def m007_job_handles(conn: Connection) -> None:
+    db.add_missing_column(conn, server_jobs, "provider_handle")
