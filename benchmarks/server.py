@@ -13,10 +13,13 @@ entry points at the emulator. Two body sizes: small (``--size``, 256x256: a few 
 photo-sized ~1.4 MiB PNG, ~1.9 MiB as base64). Clients send ``Accept-Encoding: gzip, deflate``
 as httpx does by default, so a server that compresses does it here too.
 
-CPU per request is the user+system CPU of the server's process tree over the measured run
+Each target is first warmed up with one round of the same load (pooled connections, as in a
+long-running process). CPU per request is the user+system CPU of the server's process tree over the measured run
 divided by the requests; peak RSS is VmHWM summed over that tree. A request's server overhead is
 its latency through the server minus the median direct latency. Then a batch of jobs is
-submitted and the limner server is SIGKILLed ``--kills`` times mid-batch and restarted.
+submitted and the limner server is SIGKILLed ``--kills`` times mid-batch and restarted, once
+against OpenAI (one request per image: a job caught in flight is parked ``uncertain``) and once
+against BFL (submit, then poll: a job caught in flight is resumed from its recorded handle).
 
 The server under test gets a CPU of its own (``--pin``, the default where there are two or more):
 the proxy (limner or LiteLLM) runs on the last CPU, while the emulator and this load generator
@@ -262,7 +265,8 @@ class Target:
 
 
 def measure(target: Target, args: argparse.Namespace, emulator_pid: int) -> dict[str, Any]:
-    asyncio.run(load(target.url, target.body, 5, target.headers))  # warm up connections, caches
+    # Warm up at full concurrency, so every run measures pooled connections (steady state).
+    asyncio.run(load(target.url, target.body, args.requests, target.headers))
     cpu_before = cpu_seconds(target.pid) if target.pid else 0.0
     emulator_before = cpu_seconds(emulator_pid)
     client_before = own_cpu_seconds()
@@ -341,50 +345,80 @@ def summarise(
     return out
 
 
-def kill_run(args: argparse.Namespace, emulator: str, home: Path) -> dict[str, Any]:
+# The kill -9 run per provider: model, submit path in the emulator's stats, environment.
+KILL_PROVIDERS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "openai": ("openai:gpt-image-2", "POST /v1/images/generations", {}),
+    "bfl": ("bfl:flux-2-pro", "POST /v1/flux-2-pro", {"BFL_API_KEY": "bfl-bench"}),
+}
+
+
+def start_kill_emulator(provider: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A fresh emulator for the kill run: 0.5 s per OpenAI call; BFL jobs that take 1.5 s."""
+    port = free_port()
+    latency = ["--latency", "0.5"] if provider == "openai" else []
+    proc = subprocess.Popen(
+        [*LIMNER, "emulate", provider, "--port", str(port), *latency],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, proc, "/_emulator/stats")
+    if provider == "bfl":
+        httpx.post(url + "/_emulator/jobs", json={"generation_s": 1.5}).raise_for_status()
+    return proc, url
+
+
+def kill_run(args: argparse.Namespace, provider: str, home: Path) -> dict[str, Any]:
     """Submit a batch of jobs, SIGKILL the server ``--kills`` times mid-batch, count the damage."""
-    httpx.post(emulator + "/_emulator/settings", json={"latency": 0.5, "noise": 0})
-    before = httpx.get(emulator + "/_emulator/stats").json().get("POST /v1/images/generations", 0)
+    model, submit_path, env = KILL_PROVIDERS[provider]
+    emulator, emulator_url = start_kill_emulator(provider)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    extra = {"LIMNER_SERVER_LEASE_S": "1.5", "LIMNER_SERVER_WORKERS": "4"}
-    server = start_server(home, emulator, port, extra)
-    jobs = [
-        {"prompt": f"kill test {i}", "model": "openai:gpt-image-2", "size": "256x256"}
-        for i in range(args.jobs)
-    ]
-    batch = httpx.post(url + "/v1/jobs", json={"jobs": jobs}).json()
-    ids = [job["id"] for job in batch["jobs"]]
-    for _ in range(args.kills):
-        time.sleep(1.2)
-        server.send_signal(signal.SIGKILL)
-        server.wait(timeout=10)
-        server = start_server(home, emulator, port, extra)
+    extra = {
+        "LIMNER_SERVER_LEASE_S": "1.5", "LIMNER_SERVER_WORKERS": "4",
+        f"LIMNER_{provider.upper()}_BASE_URL": emulator_url + "/v1", **env,
+    }  # fmt: skip
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            final = [httpx.get(f"{url}/v1/jobs/{job_id}").json() for job_id in ids]
-            if all(j["status"] in ("succeeded", "failed", "cancelled", "uncertain") for j in final):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("jobs did not finish")
-            time.sleep(0.5)
+        server = start_server(home, emulator_url, port, extra)
+        jobs = [
+            {"prompt": f"kill test {i}", "model": model, "size": "256x256"}
+            for i in range(args.jobs)
+        ]
+        ids = [
+            job["id"] for job in httpx.post(url + "/v1/jobs", json={"jobs": jobs}).json()["jobs"]
+        ]
+        for _ in range(args.kills):
+            time.sleep(1.2)
+            server.send_signal(signal.SIGKILL)
+            server.wait(timeout=10)
+            server = start_server(home, emulator_url, port, extra)
+        try:
+            final = wait_for_jobs(url, ids)
+        finally:
+            stop(server)
+        sent = httpx.get(emulator_url + "/_emulator/stats").json().get(submit_path, 0)
     finally:
-        server.terminate()
-        server.wait(timeout=20)
-    sent = (
-        httpx.get(emulator + "/_emulator/stats").json().get("POST /v1/images/generations", 0)
-        - before
-    )
+        stop(emulator)
     statuses = [j["status"] for j in final]
+    submitted = sum(1 for j in final if j["submit_count"] >= 1)
     return {
-        "jobs": args.jobs, "kills": args.kills, "jobs_found": len(final),
+        "provider": provider, "jobs": args.jobs, "kills": args.kills, "jobs_found": len(final),
         "jobs_lost": args.jobs - sum(1 for j in final if j["status"] in ("succeeded", "uncertain")),
         "succeeded": statuses.count("succeeded"), "parked_uncertain": statuses.count("uncertain"),
         "provider_submissions": sent,
         "jobs_submitted_more_than_once": sum(1 for j in final if j["submit_count"] > 1),
-        "duplicate_provider_submissions": max(sent - sum(1 for j in final if j["submit_count"] >= 1), 0),
+        "duplicate_provider_submissions": max(sent - submitted, 0),
     }  # fmt: skip
+
+
+def wait_for_jobs(url: str, ids: list[str], timeout: float = 300) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        final = [httpx.get(f"{url}/v1/jobs/{job_id}").json() for job_id in ids]
+        if all(j["status"] in ("succeeded", "failed", "cancelled", "uncertain") for j in final):
+            return final
+        if time.monotonic() > deadline:
+            raise RuntimeError("jobs did not finish")
+        time.sleep(0.5)
 
 
 def print_size(label: str, figures: dict[str, Any]) -> None:
@@ -457,7 +491,10 @@ def main() -> None:
                     workdir.mkdir()
                     out["load"][part] = size_run(args, emulator, emulator_url, size, noise, workdir)
             if "kill" in parts:
-                out["kill9"] = kill_run(args, emulator_url, Path(tmp) / "kill")
+                out["kill9"] = [
+                    kill_run(args, provider, Path(tmp) / f"kill-{provider}")
+                    for provider in KILL_PROVIDERS
+                ]
     finally:
         stop(emulator)
     out["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
@@ -469,8 +506,8 @@ def main() -> None:
     (RESULTS / "server.json").write_text(json.dumps(out, indent=2) + "\n")
     for part, figures in out["load"].items():
         print_size(part, figures)
-    if out["kill9"]:
-        print("\nkill -9:", json.dumps(out["kill9"]))
+    for kill in out["kill9"] or []:
+        print("\nkill -9:", json.dumps(kill))
     print(f"\nload average before / after: {out['loadavg_before']} / {out['loadavg_after']}")
 
 

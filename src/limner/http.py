@@ -119,19 +119,29 @@ class RetryPolicy:
             return None
         return _RetryableResponse(response, after)
 
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _RetryableResponse) and exc.retry_after is not None:
-            return exc.retry_after
-        return self.backoff(state.attempt_number)
+    def delay(self, failure: BaseException | None, attempt: int) -> float:
+        """Seconds before retry number ``attempt``: the server's Retry-After, else backoff."""
+        if isinstance(failure, _RetryableResponse) and failure.retry_after is not None:
+            return failure.retry_after
+        return self.backoff(attempt)
 
-    def tenacity_kwargs(self) -> dict[str, Any]:
+    def retrying_kwargs(self, tried: int = 0) -> dict[str, Any]:
+        """tenacity settings for the attempts left after ``tried`` made outside it."""
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            failure = state.outcome.exception() if state.outcome else None
+            return self.delay(failure, state.attempt_number + tried)
+
         return {
-            "stop": tenacity.stop_after_attempt(self.max_attempts),
-            "wait": self._wait,
+            "stop": tenacity.stop_after_attempt(self.max_attempts - tried),
+            "wait": wait,
             "retry": tenacity.retry_if_exception_type((_RetryableResponse, httpx.TransportError)),
             "reraise": True,
         }
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+RETRY_SIGNALS = (_RetryableResponse, httpx.TransportError)
 
 
 def map_http_error(
@@ -308,9 +318,15 @@ class FlowRunner(_RunnerBase):
                 raise signal
             return response
 
-        policy = self.retry if step.retry else RetryPolicy(max_attempts=1)
+        policy = self.retry if step.retry else NO_RETRY
         try:
-            return tenacity.Retrying(**policy.tenacity_kwargs())(attempt)
+            try:
+                return attempt()  # most calls succeed at once: tenacity only for retries
+            except RETRY_SIGNALS as first:
+                if policy.max_attempts <= 1:
+                    raise
+                time.sleep(policy.delay(first, 1))
+            return tenacity.Retrying(**policy.retrying_kwargs(tried=1))(attempt)
         except _RetryableResponse as last:
             return last.response
         except httpx.TransportError as exc:
@@ -362,9 +378,15 @@ class AsyncFlowRunner(_RunnerBase):
                 raise signal
             return response
 
-        policy = self.retry if step.retry else RetryPolicy(max_attempts=1)
+        policy = self.retry if step.retry else NO_RETRY
         try:
-            return await tenacity.AsyncRetrying(**policy.tenacity_kwargs())(attempt)
+            try:
+                return await attempt()  # most calls succeed at once: tenacity only for retries
+            except RETRY_SIGNALS as first:
+                if policy.max_attempts <= 1:
+                    raise
+                await asyncio.sleep(policy.delay(first, 1))
+            return await tenacity.AsyncRetrying(**policy.retrying_kwargs(tried=1))(attempt)
         except _RetryableResponse as last:
             return last.response
         except httpx.TransportError as exc:

@@ -9,6 +9,7 @@ queue and the gallery.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +69,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         # behind each other at a few hundred requests in flight.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=64))
         ctx.open()
+        # What start-up built (modules, routes, the catalog) lives as long as the process: keep
+        # it out of the collector's full passes, which otherwise walk it again and again.
+        gc.collect()
+        gc.freeze()
         if settings.run_worker:
             await queue.start()
         try:

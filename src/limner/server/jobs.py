@@ -49,6 +49,7 @@ __all__ = ["JobQueue", "router"]
 log = logging.getLogger("limner.server.jobs")
 router = APIRouter()
 TERMINAL = {"succeeded", "failed", "cancelled", "uncertain"}
+POLL_S, IDLE_POLL_S = 0.25, 2.0  # seconds between claims while busy, and at most when idle
 REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "cf-ray")
 
 
@@ -156,7 +157,7 @@ class JobQueue:
         await self.webhooks.stop()
 
     async def _loop(self) -> None:
-        last_beat = 0.0
+        last_beat, wait = 0.0, POLL_S
         while True:
             try:
                 now = time.monotonic()
@@ -164,13 +165,18 @@ class JobQueue:
                     await asyncio.to_thread(self.heartbeat)
                     await asyncio.to_thread(self.recover)
                     last_beat = now
-                for job in await asyncio.to_thread(self.claim):
+                claimed = await asyncio.to_thread(self.claim)
+                for job in claimed:
                     self.running[job["id"]] = asyncio.create_task(self._run(job))
+                # An idle queue is polled less and less often: a job submitted here wakes the
+                # loop at once, and one submitted by another server sharing the store waits at
+                # most IDLE_POLL_S.
+                wait = POLL_S if claimed or self.running else min(wait * 2, IDLE_POLL_S)
             except Exception:  # the loop must outlive a database hiccup
                 log.exception("job loop iteration failed")
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=0.25)
+                await asyncio.wait_for(self.wake.wait(), timeout=wait)
 
     # -- database ------------------------------------------------------------------------------
     def update(self, job_id: str, **values: Any) -> bool:
