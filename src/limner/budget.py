@@ -292,7 +292,24 @@ def _exceeded(cap: Cap, spent: float, held: float, amount: float) -> BudgetExcee
     )
 
 
-class BudgetGuard:
+class LedgerGuard:
+    """A ``Guard`` whose reservations live in a :class:`BudgetLedger`: settles them with the
+    actual cost, or releases them when nothing was spent."""
+
+    @property
+    def ledger(self) -> BudgetLedger:
+        raise NotImplementedError
+
+    def settle(self, plan: Plan, token: Any, cost: float | None) -> None:
+        if token:
+            self.ledger.settle(token, cost)
+
+    def release(self, plan: Plan, token: Any) -> None:
+        if token:
+            self.ledger.release(token)
+
+
+class BudgetGuard(LedgerGuard):
     """The ``Guard`` that enforces the configured caps for one client."""
 
     def __init__(self, client: Limner) -> None:
@@ -322,11 +339,3 @@ class BudgetGuard:
             margin = (self.client.config.get("budget") or {}).get("metered_margin", DEFAULT_MARGIN)
             amount = round(amount * (1 + float(margin)), 6)
         return self.ledger.reserve(caps, amount, model=plan.spec.ref, tags=plan.request.tags)
-
-    def settle(self, plan: Plan, token: Any, cost: float | None) -> None:
-        if token:
-            self.ledger.settle(token, cost)
-
-    def release(self, plan: Plan, token: Any) -> None:
-        if token:
-            self.ledger.release(token)

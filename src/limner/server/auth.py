@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from fastapi import Request
 
 from limner import errors
-from limner.budget import METERED, BudgetLedger, Cap, parse_amount
+from limner.budget import METERED, BudgetLedger, Cap, LedgerGuard, parse_amount
 from limner.server.errors import ApiError
 from limner.store import Store, new_id
 from limner.store.jobs_schema import server_api_keys
@@ -296,12 +296,16 @@ def _stored_budget(budget: dict[str, float] | None) -> list[dict[str, Any]] | No
     return [{"scope": scope, "limit_usd": float(limit)} for scope, limit in sorted(budget.items())]
 
 
-class KeyBudgetGuard:
+class KeyBudgetGuard(LedgerGuard):
     """The ``Guard`` for one key's caps: reserves through :class:`limner.budget.BudgetLedger`
     (the reservation ``limner budget`` uses) and names the key and what is left on refusal."""
 
     def __init__(self, ledger: BudgetLedger, principal: Principal, client: Limner) -> None:
-        self.ledger, self.principal, self.client = ledger, principal, client
+        self._ledger, self.principal, self.client = ledger, principal, client
+
+    @property
+    def ledger(self) -> BudgetLedger:
+        return self._ledger
 
     def _amount(self, plan: Plan) -> float:
         amount = plan.estimated_cost
@@ -342,14 +346,6 @@ class KeyBudgetGuard:
             f" USD/{unit}`; otherwise use a cheaper model or fewer images, or wait for the next"
             f" {unit}.",
         )
-
-    def settle(self, plan: Plan, token: Any, cost: float | None) -> None:
-        if token:
-            self.ledger.settle(token, cost)
-
-    def release(self, plan: Plan, token: Any) -> None:
-        if token:
-            self.ledger.release(token)
 
 
 def _presented_key(request: Request) -> str | None:
