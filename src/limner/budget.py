@@ -292,6 +292,24 @@ def _exceeded(cap: Cap, spent: float, held: float, amount: float) -> BudgetExcee
     )
 
 
+def reservation_amount(plan: Plan, config: UserConfig, what: str) -> float:
+    """What to reserve against ``what`` for ``plan``: its estimate, with a margin for metered
+    prices; 0 (and a warning on the plan) when the catalog has no price."""
+    amount = plan.estimated_cost
+    if amount is None:
+        plan.warnings.append(
+            f"The catalog has no price for {plan.spec.ref}: this request was not counted against"
+            f" {what}."
+        )
+        return 0.0
+    if plan.spec.price is not None and plan.spec.price.kind in METERED:
+        # Token- and megapixel-billed calls can cost more than their list-price estimate;
+        # reserving a margin keeps the last admitted request from overshooting the cap.
+        margin = (config.get("budget") or {}).get("metered_margin", DEFAULT_MARGIN)
+        return round(amount * (1 + float(margin)), 6)
+    return amount
+
+
 class LedgerGuard:
     """A ``Guard`` whose reservations live in a :class:`BudgetLedger`: settles them with the
     actual cost, or releases them when nothing was spent."""
@@ -327,15 +345,5 @@ class BudgetGuard(LedgerGuard):
         caps = [c for c in load_caps(self.client.config) if c.applies(plan.request.tags)]
         if not caps:
             return None
-        amount = plan.estimated_cost
-        if amount is None:
-            plan.warnings.append(
-                f"The catalog has no price for {plan.spec.ref}: this request was not counted against the budget."
-            )
-            amount = 0.0
-        elif plan.spec.price is not None and plan.spec.price.kind in METERED:
-            # Token- and megapixel-billed calls can cost more than their list-price estimate;
-            # reserving a margin keeps the last admitted request from overshooting the cap.
-            margin = (self.client.config.get("budget") or {}).get("metered_margin", DEFAULT_MARGIN)
-            amount = round(amount * (1 + float(margin)), 6)
+        amount = reservation_amount(plan, self.client.config, "the budget")
         return self.ledger.reserve(caps, amount, model=plan.spec.ref, tags=plan.request.tags)

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from fastapi import Request
 
 from limner import errors
-from limner.budget import METERED, BudgetLedger, Cap, LedgerGuard, parse_amount
+from limner.budget import BudgetLedger, Cap, LedgerGuard, parse_amount, reservation_amount
 from limner.server.errors import ApiError
 from limner.store import Store, new_id
 from limner.store.jobs_schema import server_api_keys
@@ -307,22 +307,8 @@ class KeyBudgetGuard(LedgerGuard):
     def ledger(self) -> BudgetLedger:
         return self._ledger
 
-    def _amount(self, plan: Plan) -> float:
-        amount = plan.estimated_cost
-        if amount is None:
-            plan.warnings.append(
-                f"The catalog has no price for {plan.spec.ref}: this request was not counted"
-                " against the key's budget."
-            )
-            return 0.0
-        if plan.spec.price is not None and plan.spec.price.kind in METERED:
-            # As for the global caps: metered calls can cost more than their estimate.
-            section = self.client.config.get("budget") or {}
-            return round(amount * (1 + float(section.get("metered_margin", 0.25))), 6)
-        return amount
-
     def before_send(self, plan: Plan) -> str:
-        amount = self._amount(plan)
+        amount = reservation_amount(plan, self.client.config, "the key's budget")
         caps = list(self.principal.budget)
         try:
             return self.ledger.reserve(
