@@ -145,3 +145,24 @@ def test_m005_on_a_fresh_store_and_on_one_made_before_it(tmp_path: Path) -> None
         assert [c["limit_usd"] for c in ring.budget_status("old")] == [3.0]
     finally:
         reopened.close()
+
+
+def test_jobs_a_key_cannot_afford_are_refused_at_submission(
+    openai_env: Any, start_server: Any
+) -> None:
+    server = start_server()
+    ring = server.app.state.ctx.keys
+    capped_id, capped = ring.create("batcher", ["generate", "read"], budget={"daily": CAP})
+    # One job fits the cap ($0.006 estimated); two together do not, so neither is queued.
+    two = {"jobs": [GENERATE, {**GENERATE, "prompt": "a hare"}]}
+    refused = httpx.post(server.url + "/v1/jobs", json=two, headers=_auth(capped))
+    assert refused.status_code == 402, refused.text
+    error = refused.json()["error"]
+    assert (
+        error["code"] == "budget_exceeded" and "these 2 jobs would cost $0.0120" in error["message"]
+    )
+    assert capped_id in error["message"]
+    listed = httpx.get(server.url + "/v1/jobs", headers=_auth(capped)).json()["data"]
+    assert listed == []
+    accepted = httpx.post(server.url + "/v1/jobs", json=GENERATE, headers=_auth(capped))
+    assert accepted.status_code == 202, accepted.text

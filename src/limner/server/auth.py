@@ -245,6 +245,14 @@ class KeyRing:
                 client.guards = [*client.guards, KeyBudgetGuard(self.ledger, principal, client)]
         return request.model_copy(update={"tags": tags})
 
+    def check_headroom(self, principal: Principal, amount: float, what: str) -> None:
+        """Refuse (402) work that a key's budget cannot cover now, before it is queued; the
+        reservation itself still happens when the work runs."""
+        if principal.budget and amount > 0:
+            refusal = key_budget_refusal(self.ledger, principal, amount, what)
+            if refusal is not None:
+                raise refusal
+
     def authenticate(self, request: Request) -> Principal:
         secret = _presented_key(request)
         if not self.any_keys():
@@ -315,23 +323,39 @@ class KeyBudgetGuard(LedgerGuard):
                 caps, amount, model=plan.spec.ref, tags=[key_tag(self.principal.id)]
             )
         except errors.BudgetExceededError:
-            raise self._refusal(caps, amount) from None
+            # The ledger refused inside its lock; name the cap that is short (a concurrent
+            # settle may have freed room since, hence the generic refusal as a fallback).
+            refusal = key_budget_refusal(self.ledger, self.principal, amount)
+            raise (
+                refusal
+                or errors.BudgetExceededError(
+                    f"API key {self.principal.name!r} (id {self.principal.id}) has no room left in"
+                    f" its budget for ${amount:.4f}."
+                )
+            ) from None
 
-    def _refusal(self, caps: list[Cap], amount: float) -> errors.BudgetExceededError:
-        statuses = self.ledger.status(caps)
-        short = [s for s in statuses if s.remaining_usd < amount] or statuses
-        worst = min(short, key=lambda s: s.remaining_usd)
-        period = "today" if worst.cap.scope == "daily" else "this month"
-        unit = "day" if worst.cap.scope == "daily" else "month"
-        key = self.principal
-        return errors.BudgetExceededError(
-            f"API key {key.name!r} (id {key.id}) has ${worst.remaining_usd:.4f} left of its"
-            f" {worst.cap.scope} budget of ${worst.cap.limit_usd:.2f} {period}; this request"
-            f" would cost ${amount:.4f}.",
-            hint=f"The operator raises it with `limner server-keys budget {key.id} --budget"
-            f" USD/{unit}`; otherwise use a cheaper model or fewer images, or wait for the next"
-            f" {unit}.",
-        )
+
+def key_budget_refusal(
+    ledger: BudgetLedger, key: Principal, amount: float, what: str = "this request"
+) -> errors.BudgetExceededError | None:
+    """The refusal for spending ``amount`` more on ``key``, naming the cap that is short and
+    what is left of it; None when every cap of the key has room."""
+    caps = list(key.budget)
+    statuses = ledger.status(caps)
+    short = [s for s in statuses if s.remaining_usd < amount]
+    if not short:
+        return None
+    worst = min(short, key=lambda s: s.remaining_usd)
+    period = "today" if worst.cap.scope == "daily" else "this month"
+    unit = "day" if worst.cap.scope == "daily" else "month"
+    return errors.BudgetExceededError(
+        f"API key {key.name!r} (id {key.id}) has ${worst.remaining_usd:.4f} left of its"
+        f" {worst.cap.scope} budget of ${worst.cap.limit_usd:.2f} {period}; {what} would cost"
+        f" ${amount:.4f}.",
+        hint=f"The operator raises it with `limner server-keys budget {key.id} --budget"
+        f" USD/{unit}`; otherwise use a cheaper model or fewer images, or wait for the next"
+        f" {unit}.",
+    )
 
 
 def _presented_key(request: Request) -> str | None:

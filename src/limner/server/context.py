@@ -78,7 +78,8 @@ def _aiohttp_transport() -> httpx.AsyncBaseTransport | None:
 
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=0, ssl=ssl_context, keepalive_timeout=30)
-        return aiohttp.ClientSession(connector=connector)
+        # trust_env: HTTP(S)_PROXY and NO_PROXY apply, as they do to httpx's own transport.
+        return aiohttp.ClientSession(connector=connector, trust_env=True)
 
     return AiohttpTransport(client=session)
 

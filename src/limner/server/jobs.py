@@ -461,7 +461,11 @@ class JobQueue:
                 429, f"This key already has {queued} queued jobs; retry when some have finished.",
                 type_="rate_limit_error", code="queue_full", headers={"Retry-After": "10"},
             )  # fmt: skip
-        rows = [await self._row(spec, principal, batch_id) for spec in specs]
+        built = [await self._row(spec, principal, batch_id) for spec in specs]
+        rows = [row for row, _ in built]
+        estimate = sum(cost or 0.0 for _, cost in built)
+        what = "this job" if len(rows) == 1 else f"these {len(rows)} jobs"
+        await asyncio.to_thread(self.ctx.keys.check_headroom, principal, estimate, what)
         await asyncio.to_thread(self._insert, rows)
         self.wake.set()
         return rows
@@ -482,7 +486,8 @@ class JobQueue:
 
     async def _row(
         self, spec: JobSpec, principal: Principal, batch_id: str | None
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], float | None]:
+        """The job's row, and its estimated cost."""
         images = [await self._input(v, f"images[{i}]") for i, v in enumerate(spec.images)]
         mask = await self._input(spec.mask, "mask") if spec.mask else None
         if spec.webhook_url:
@@ -505,13 +510,14 @@ class JobQueue:
             "mask": stored[-1] if mask else None,
         }  # fmt: skip
         now = time.time()
-        return {
+        row = {
             "id": new_id(), "batch_id": batch_id, "owner": principal.id, "created_at": now,
             "updated_at": now, "status": "queued", "operation": op.value,
             "provider": plan.spec.provider, "model": plan.spec.ref, "request": data,
             "attempts": 0, "submit_state": "none", "submit_count": 0, "cancel_requested": False,
             "webhook_url": spec.webhook_url,
         }  # fmt: skip
+        return row, plan.estimated_cost
 
     async def _input(self, value: str, name: str) -> ImageInput:
         """An input image: ``asset:<sha256>`` (an image already in the store, as the gallery's
