@@ -354,3 +354,11 @@ def test_cli_edit_vectorizes_without_a_prompt(
     assert refused.exit_code == 2
     assert "needs one for edit with action 'replace-background'" in refused.stderr
     assert emulator_stats(server)["total"] == 2  # the vectorize call and its download
+    # The prompt may be left out altogether: the last argument names an existing file.
+    bare = runner.invoke(
+        cli, ["edit", str(source), "-m", "recraft-v3", "--option", "action=vectorize", "--json"]
+    )
+    assert bare.exit_code == 0, bare.output
+    assert json.loads(bare.stdout)["images"][0]["media_type"] == "image/svg+xml"
+    missing = runner.invoke(cli, ["edit", str(tmp_path / "nope.png"), "-m", "recraft-v3"])
+    assert missing.exit_code == 2 and "is not a file" in missing.stderr

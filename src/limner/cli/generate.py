@@ -191,21 +191,39 @@ def generate(
     _run(Operation.GENERATE, prompt, [], None, params)
 
 
+def split_images_and_prompt(args: tuple[str, ...]) -> tuple[list[Path], str]:
+    """IMAGE... [PROMPT]: the last argument is the prompt unless it names an existing file, so
+    actions that take no prompt (vectorize, remove a background, erase) can leave it out."""
+    from limner import errors
+
+    if Path(args[-1]).is_file():
+        return [Path(a) for a in args], ""
+    if len(args) == 1:
+        raise errors.UserError(
+            f"No image to edit: {args[0]!r} is not a file.",
+            hint="Pass the image path first, then the prompt: limner edit IMAGE... PROMPT",
+        )
+    return [Path(a) for a in args[:-1]], args[-1]
+
+
 @click.command()
-@click.argument("image", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.argument("prompt")
+@click.argument("args", nargs=-1, required=True, metavar="IMAGE... [PROMPT]")
 @click.option(
     "--mask",
     type=click.Path(path_type=Path),
     help="White (or transparent) marks the area to change.",
 )
 @_request_options
-def edit(image: tuple[Path, ...], prompt: str, mask: Path | None, **params: Any) -> None:
-    """Edit IMAGE(s) as PROMPT says; with --mask, only the marked area."""
+def edit(args: tuple[str, ...], mask: Path | None, **params: Any) -> None:
+    """Edit IMAGE(s) as PROMPT says; with --mask, only the marked area.
+
+    Actions that need no prompt (e.g. --option action=vectorize on Recraft) may leave PROMPT
+    out; the last argument is read as the prompt unless it names an existing file."""
     from limner.types import Operation
 
+    images, prompt = split_images_and_prompt(args)
     op = Operation.INPAINT if mask else Operation.EDIT
-    _run(op, prompt, list(image), mask, params)
+    _run(op, prompt, images, mask, params)
 
 
 @click.command()
