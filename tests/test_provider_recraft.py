@@ -356,8 +356,10 @@ def test_cli_edit_vectorizes_without_a_prompt(
     assert emulator_stats(server)["total"] == 2  # the vectorize call and its download
     # The prompt may be left out altogether: the last argument names an existing file.
     bare = runner.invoke(
-        cli, ["edit", str(source), "-m", "recraft-v3", "--option", "action=vectorize", "--json"]
-    )
+        cli,
+        ["edit", str(source), "-m", "recraft-v3", "--option", "action=vectorize",
+         "-o", str(tmp_path / "bare.svg"), "--json"],
+    )  # fmt: skip
     assert bare.exit_code == 0, bare.output
     assert json.loads(bare.stdout)["images"][0]["media_type"] == "image/svg+xml"
     missing = runner.invoke(cli, ["edit", str(tmp_path / "nope.png"), "-m", "recraft-v3"])
