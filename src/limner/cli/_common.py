@@ -16,6 +16,15 @@ def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(fn)
 
 
+def dry_run_option(fn: F) -> F:
+    return click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Print the provider-native request (or the local step) and its estimated cost; send"
+        " nothing.",
+    )(fn)
+
+
 def parse_key_values(pairs: tuple[str, ...] | list[str], flag: str = "--option") -> dict[str, Any]:
     """``KEY=VALUE`` pairs from repeated options; VALUE is JSON where it parses, else a string."""
     from limner.errors import InvalidRequestError

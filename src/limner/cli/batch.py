@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from limner.cli._common import emit_json, json_option
+from limner.cli._common import dry_run_option, emit_json, json_option
 
 __all__ = ["ab", "batch", "export_project", "grid"]
 
@@ -108,7 +108,7 @@ def _run_options(fn: Any) -> Any:
         click.option("--no-cache", is_flag=True, help="Always call the provider, even for seeded requests seen before."),
         click.option("--naming", default=None, help="File name template (default {model}_{prompthash}_{timestamp})."),
         click.option("--no-progress", is_flag=True, help="No progress bar."),
-        click.option("--dry-run", is_flag=True, help="Print what would be sent and its estimated cost; send nothing."),
+        dry_run_option,
         json_option,
     ]  # fmt: skip
     for option in reversed(options):

@@ -9,7 +9,13 @@ from typing import Any, TypeVar
 
 import click
 
-from limner.cli._common import emit_json, json_option, parse_key_values, result_payload
+from limner.cli._common import (
+    dry_run_option,
+    emit_json,
+    json_option,
+    parse_key_values,
+    result_payload,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,8 +43,8 @@ def _request_options(fn: F) -> F:
                      show_default=True, help="Folder (or file name for one image) to save to."),
         click.option("--no-cache", is_flag=True, help="Always call the provider."),
         click.option("--commercial", is_flag=True, help="Refuse models whose licence forbids commercial use."),
-        click.option("--no-metadata", is_flag=True, help="Embed no parameters in the saved files."),
-        click.option("--dry-run", is_flag=True, help="Print the provider-native request and its estimated cost; send nothing."),
+        click.option("--no-metadata", is_flag=True, help="Save images with no metadata: neither limner's nor the provider's."),
+        dry_run_option,
         click.option("--timeout", type=float, help="Give up (and cancel the remote job) after this many seconds."),
         json_option,
     ]  # fmt: skip

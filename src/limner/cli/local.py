@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from limner.cli._common import emit_json, json_option
+from limner.cli._common import dry_run_option, emit_json, json_option
 
 __all__ = ["export_comfyui", "models_add", "request_from_entry", "rerun", "workflow_from_entry"]
 
@@ -101,9 +101,7 @@ def request_from_entry(
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), default=Path("."), show_default=True
 )
-@click.option(
-    "--dry-run", is_flag=True, help="Print the provider-native request and its estimated cost; send nothing."
-)  # fmt: skip
+@dry_run_option
 @json_option
 def rerun(generation_id: str, images: tuple[Path, ...], mask: Path | None, model: str | None,
           seed: int | None, output: Path, dry_run: bool, as_json: bool) -> None:  # fmt: skip

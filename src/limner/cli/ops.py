@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from limner import errors
-from limner.cli._common import emit_json, json_option, parse_key_values
+from limner.cli._common import dry_run_option, emit_json, json_option, parse_key_values
 
 IMAGE = click.Path(dir_okay=False, path_type=Path)
 
@@ -114,9 +114,7 @@ def _report(result: Any, saved: list[Path], as_json: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the result.",
 )
-@click.option(
-    "--dry-run", is_flag=True, help="Say what would run and its estimated cost; send nothing."
-)
+@dry_run_option
 @json_option
 def upscale(
     image: Path,
@@ -173,9 +171,7 @@ def upscale(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the mask.",
 )
-@click.option(
-    "--dry-run", is_flag=True, help="Say what would run and its estimated cost; send nothing."
-)
+@dry_run_option
 @json_option
 def remove_bg(
     image: Path,
@@ -352,9 +348,7 @@ def mask(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the result.",
 )
-@click.option(
-    "--dry-run", is_flag=True, help="Say what would run and its estimated cost; send nothing."
-)
+@dry_run_option
 @json_option
 def outpaint(
     image: Path,

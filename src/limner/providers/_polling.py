@@ -105,6 +105,16 @@ def poll(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def job_failure(
+    provider: str, job: str, job_id: str, reason: str, policy_hints: tuple[str, ...]
+) -> errors.LimnerError:
+    """The error for a remote job that failed: a content-policy refusal when ``reason`` names one
+    of ``policy_hints``, else :class:`errors.JobFailedError`."""
+    unsafe = any(hint in reason.lower() for hint in policy_hints)
+    cls = errors.ContentPolicyError if unsafe else errors.JobFailedError
+    return cls(f"{provider}: {job} {job_id} failed: {reason}", provider=provider, request_id=job_id)
+
+
 def data_url(image: ImageInput | bytes, media_type: str = "image/png") -> str:
     """An image as a ``data:`` URL, the form Replicate and fal take inline."""
     data = image.data if isinstance(image, ImageInput) else image

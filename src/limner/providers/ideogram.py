@@ -26,6 +26,7 @@ from limner.catalog import ModelSpec
 from limner.flows import Download, Fetched, Flow, Progress, ProviderOutput, Send, Sleep
 from limner.http import map_http_error
 from limner.images import encode_mask
+from limner.providers._polling import job_failure
 from limner.providers.base import Provider, image_from_bytes
 from limner.types import ImageInput, ImageRequest, Operation
 
@@ -371,12 +372,8 @@ class IdeogramProvider(Provider):
                 return body
             if status == "failed":
                 reason = str(body.get("failure_reason") or "no reason given")
-                unsafe = "safety" in reason.lower() or "moderat" in reason.lower()
-                cls = errors.ContentPolicyError if unsafe else errors.JobFailedError
-                raise cls(
-                    f"ideogram: generation {generation_id} failed: {reason}",
-                    provider=self.name,
-                    request_id=generation_id,
+                raise job_failure(
+                    self.name, "generation", generation_id, reason, ("safety", "moderat")
                 )
             if time.monotonic() - started > timeout:
                 raise errors.ProviderTimeoutError(

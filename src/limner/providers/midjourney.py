@@ -32,6 +32,7 @@ from limner import codec, errors
 from limner.catalog import ModelSpec
 from limner.flows import Download, Fetched, Flow, Progress, ProviderOutput, Send, Sleep, Submitted
 from limner.http import map_http_error, parse_retry_after
+from limner.providers._polling import job_failure
 from limner.providers.base import Provider, image_from_bytes
 from limner.providers.midjourney_flags import FLAG_OPTIONS, midjourney_prompt
 from limner.types import GeneratedImage, ImageInput, ImageRequest, Operation
@@ -358,16 +359,7 @@ class MidjourneyProvider(Provider):
                 return task
             if status in ("FAILURE", "CANCEL"):
                 reason = task.get("failReason") or status.lower()
-                cls = (
-                    errors.ContentPolicyError
-                    if any(h in reason.lower() for h in POLICY_HINTS)
-                    else errors.JobFailedError
-                )
-                raise cls(
-                    f"midjourney: task {task_id} failed: {reason}",
-                    provider=self.name,
-                    request_id=task_id,
-                )
+                raise job_failure(self.name, "task", task_id, reason, POLICY_HINTS)
             if time.monotonic() - started > timeout:
                 raise errors.ProviderTimeoutError(
                     f"midjourney: task {task_id} did not finish within {timeout:g}s (last status {status}).",
