@@ -216,3 +216,34 @@ def test_provider_errors_map_to_openai_errors(client: openai.OpenAI) -> None:
             model="openai:gpt-image-2", prompt="forbidden-content here", size="256x256"
         )
     assert info.value.code == "content_policy"
+
+
+
+def test_upstream_calls_follow_the_proxy_environment(
+    openai_env: Any, emulator: Any, start_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY routes provider calls through the proxy and NO_PROXY exempts hosts, as for
+    httpx. The proxy here is a second emulator: it answers the absolute-form requests a proxy
+    receives itself, so each emulator's count shows which way a call went."""
+    upstream, _ = openai_env
+    proxy, _ = emulator("openai")
+    local = httpx.Client(trust_env=False, timeout=30)  # this test's own calls go direct
+
+    def generations(server: Any) -> int:
+        stats = local.get(server.url + "/_emulator/stats").json()
+        return int(stats.get("POST /v1/images/generations", 0))
+
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    body = {"model": "openai:gpt-image-2", "prompt": "a lighthouse", "size": "1024x1024"}
+    proxied = start_server()
+    response = local.post(proxied.url + "/v1/images/generations", json=body)
+    assert response.status_code == 200, response.text
+    assert (generations(proxy), generations(upstream)) == (1, 0)
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    exempt = start_server()
+    response = local.post(exempt.url + "/v1/images/generations", json=body)
+    assert response.status_code == 200, response.text
+    assert (generations(proxy), generations(upstream)) == (1, 1)

@@ -21,7 +21,6 @@ Requests to the delivery path that carry ``x-key`` are counted in stats as ``del
 
 from __future__ import annotations
 
-import base64
 import io
 import random
 import time
@@ -29,13 +28,15 @@ import uuid
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from limner import codec
 from limner.emulators.common import (
     BLOCKED_WORD,
     EmulatorState,
+    JSONResponse,
     emulator_app,
     media_type_for,
     render_image,
@@ -87,7 +88,7 @@ def _decode_image(field: str, value: Any) -> tuple[int, int]:
     if not isinstance(value, str):
         raise _invalid(field, "must be a base64 string or URL")
     try:
-        with Image.open(io.BytesIO(base64.b64decode(value.split(",")[-1]))) as img:
+        with Image.open(io.BytesIO(codec.b64decode(value.split(",")[-1]))) as img:
             return img.width, img.height
     except Exception:
         raise _invalid(field, "is not a decodable image") from None

@@ -19,11 +19,17 @@ import uuid
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from limner.emulators.common import BLOCKED_WORD, EmulatorState, emulator_app, render_image
+from limner.emulators.common import (
+    BLOCKED_WORD,
+    EmulatorState,
+    JSONResponse,
+    emulator_app,
+    render_image,
+)
 
 __all__ = ["BASE_PATH", "NODE_INPUTS", "create_app"]
 

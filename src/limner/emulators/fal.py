@@ -18,19 +18,20 @@ For ``fal-client``: FAL_QUEUE_RUN_HOST=<host:port>/queue and FAL_RUN_HOST=<host:
 
 from __future__ import annotations
 
-import base64
 import io
 import random
 import uuid
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from limner import codec
 from limner.emulators.common import (
     BLOCKED_WORD,
     EmulatorState,
+    JSONResponse,
     emulator_app,
     media_type_for,
     render_image,
@@ -95,7 +96,7 @@ def _image_of(field: str, value: Any) -> tuple[int, int]:
     if not isinstance(value, str) or not value.startswith("data:"):
         raise _invalid(field, "expected a data URI in this emulator (it fetches no other host)")
     try:
-        with Image.open(io.BytesIO(base64.b64decode(value.split(",", 1)[1]))) as img:
+        with Image.open(io.BytesIO(codec.b64decode(value.split(",", 1)[1]))) as img:
             return img.width, img.height
     except Exception:
         raise _invalid(field, "could not decode the image") from None
@@ -198,7 +199,7 @@ class _FalEmulator:
             )
             media = media_type_for(fmt)
             if body.get("sync_mode"):
-                url = f"data:{media};base64,{base64.b64encode(data).decode()}"
+                url = f"data:{media};base64,{codec.b64encode(data)}"
             else:
                 url = self.state.delivery.put(data, media, str(request.base_url))
             images.append(

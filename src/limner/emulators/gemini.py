@@ -7,17 +7,23 @@ The retired Imagen ``:predict`` path is kept for the catalog's retired entries."
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import uuid
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from limner.emulators.common import BLOCKED_WORD, EmulatorState, emulator_app, render_image
+from limner import codec
+from limner.emulators.common import (
+    BLOCKED_WORD,
+    EmulatorState,
+    JSONResponse,
+    emulator_app,
+    render_image,
+)
 
 __all__ = ["BASE_PATH", "create_app"]
 
@@ -111,7 +117,7 @@ def _read_parts(body: dict[str, Any]) -> tuple[str, list[bytes]]:
                 try:
                     # Google accepts standard and URL-safe base64 (the SDK sends the latter).
                     raw = str(inline["data"]).replace("-", "+").replace("_", "/")
-                    images.append(base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True))
+                    images.append(codec.b64decode(raw + "=" * (-len(raw) % 4), validate=True))
                 except (KeyError, ValueError):
                     raise APIError(
                         400,
@@ -158,7 +164,7 @@ def with_provider_metadata(png: bytes) -> bytes:
 
 
 def _inline_png(data: bytes) -> dict[str, Any]:
-    return {"mimeType": "image/png", "data": base64.b64encode(data).decode()}
+    return {"mimeType": "image/png", "data": codec.b64encode(data)}
 
 
 def _image_parts(
@@ -245,7 +251,7 @@ def _predict(model: str, body: dict[str, Any]) -> dict[str, Any]:
     width, height = _dimensions(params.get("aspectRatio", "1:1"), "1K")
     predictions = [
         {
-            "bytesBase64Encoded": base64.b64encode(render_image(prompt, i, width, height)).decode(),
+            "bytesBase64Encoded": codec.b64encode(render_image(prompt, i, width, height)),
             "mimeType": "image/png",
         }
         for i in range(count)

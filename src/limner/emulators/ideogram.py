@@ -23,10 +23,16 @@ from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from limner.emulators.common import BLOCKED_WORD, EmulatorState, emulator_app, render_image
+from limner.emulators.common import (
+    BLOCKED_WORD,
+    EmulatorState,
+    JSONResponse,
+    emulator_app,
+    render_image,
+)
 
 __all__ = ["BASE_PATH", "create_app"]
 

@@ -15,7 +15,6 @@ turns auth off). Images are 2x2 grids served from the expiring delivery path.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import io
@@ -25,10 +24,17 @@ import uuid
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from limner.emulators.common import BLOCKED_WORD, EmulatorState, emulator_app, render_image
+from limner import codec
+from limner.emulators.common import (
+    BLOCKED_WORD,
+    EmulatorState,
+    JSONResponse,
+    emulator_app,
+    render_image,
+)
 
 __all__ = ["BASE_PATH", "create_app"]
 
@@ -81,7 +87,7 @@ def _grid(prompt: str, salt: str, size: tuple[int, int]) -> bytes:
 def _decode_data_url(value: str) -> bytes:
     payload = value.split(",", 1)[1] if value.startswith("data:") else value
     try:
-        return base64.b64decode(payload, validate=True)
+        return codec.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("base64 is not valid") from None
 

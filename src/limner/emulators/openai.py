@@ -4,7 +4,6 @@ the official ``openai`` SDK: per-model validation, usage in tokens, ``x-request-
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import time
@@ -13,10 +12,17 @@ from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from limner.emulators.common import BLOCKED_WORD, EmulatorState, emulator_app, render_image
+from limner import codec
+from limner.emulators.common import (
+    BLOCKED_WORD,
+    EmulatorState,
+    JSONResponse,
+    emulator_app,
+    render_image,
+)
 
 __all__ = ["BASE_PATH", "create_app"]
 
@@ -216,7 +222,7 @@ def _render_response(
             base = str(request.base_url).rstrip("/")
             item["url"] = state.delivery.put(raw, f"image/{fmt}", base)
         else:
-            item["b64_json"] = base64.b64encode(raw).decode()
+            item["b64_json"] = codec.b64encode(raw)
         if rules is MODELS["dall-e-3"]:
             item["revised_prompt"] = f"{prompt}, rendered in rich detail"
         data.append(item)

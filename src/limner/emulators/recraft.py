@@ -14,10 +14,17 @@ from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from limner.emulators.common import BLOCKED_WORD, EmulatorState, emulator_app, render_image
+from limner import codec
+from limner.emulators.common import (
+    BLOCKED_WORD,
+    EmulatorState,
+    JSONResponse,
+    emulator_app,
+    render_image,
+)
 
 __all__ = ["BASE_PATH", "create_app", "render_svg"]
 
@@ -124,11 +131,9 @@ def _render(prompt: str, seed: Any, size: str, vector: bool) -> tuple[bytes, str
 def _deliver(
     request: Request, state: EmulatorState, data: bytes, media: str, b64: bool
 ) -> dict[str, Any]:
-    import base64
-
     item: dict[str, Any] = {"image_id": str(uuid.uuid4())}
     if b64:
-        item["b64_json"] = base64.b64encode(data).decode()
+        item["b64_json"] = codec.b64encode(data)
     else:
         item["url"] = state.delivery.put(data, media, str(request.base_url))
     return item

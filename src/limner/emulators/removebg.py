@@ -13,10 +13,10 @@ from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from limner.emulators.common import EmulatorState, emulator_app
+from limner.emulators.common import EmulatorState, JSONResponse, emulator_app
 
 __all__ = ["BASE_PATH", "create_app"]
 

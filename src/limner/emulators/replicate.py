@@ -18,7 +18,6 @@ created with ``Prefer: wait``; ``rate_limit``: creates per minute before 429.
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import re
 import secrets
@@ -27,12 +26,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from limner import codec
 from limner.emulators.common import (
     BLOCKED_WORD,
     EmulatorState,
+    JSONResponse,
     emulator_app,
     media_type_for,
     render_image,
@@ -162,7 +163,7 @@ def _image_of(field: str, value: Any) -> tuple[int, int]:
     if not isinstance(value, str) or not value.startswith("data:"):
         raise _invalid(field, "must be a data URL in this emulator (it reaches no other host)")
     try:
-        with Image.open(io.BytesIO(base64.b64decode(value.split(",", 1)[1]))) as img:
+        with Image.open(io.BytesIO(codec.b64decode(value.split(",", 1)[1]))) as img:
             return img.width, img.height
     except Exception:
         raise _invalid(field, "is not a decodable image") from None

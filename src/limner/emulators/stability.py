@@ -16,7 +16,6 @@ result has expired.
 
 from __future__ import annotations
 
-import base64
 import io
 import random
 import time
@@ -25,12 +24,14 @@ from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from limner import codec
 from limner.emulators.common import (
     BLOCKED_WORD,
     EmulatorState,
+    JSONResponse,
     emulator_app,
     media_type_for,
     render_image,
@@ -225,9 +226,7 @@ def _artifact(
 
 def _answer(request: Request, data: bytes, fmt: str, finish: str, seed: int) -> Response:
     if request.headers.get("accept", "image/*").startswith("application/json"):
-        return JSONResponse(
-            {"image": base64.b64encode(data).decode(), "finish_reason": finish, "seed": seed}
-        )
+        return JSONResponse({"image": codec.b64encode(data), "finish_reason": finish, "seed": seed})
     headers = {"finish-reason": finish, "seed": str(seed), "x-request-id": uuid.uuid4().hex}
     return Response(data, media_type=media_type_for(fmt), headers=headers)
 

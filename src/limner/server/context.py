@@ -60,11 +60,14 @@ async def _on_response(response: httpx.Response) -> None:
         await observer.after_submit(response)
 
 
-def _aiohttp_transport() -> httpx.AsyncBaseTransport | None:
+def _aiohttp_transports() -> dict[str, httpx.AsyncBaseTransport] | None:
     """httpx over aiohttp's connection pool where httpx-aiohttp is installed (the server extra):
-    the same client API at about a fifth of httpcore's CPU per call under load."""
+    the same client API at about a fifth of httpcore's CPU per call under load. Keyed as httpx
+    ``mounts``: one transport for direct calls, and one per proxy that HTTP(S)_PROXY, ALL_PROXY
+    and NO_PROXY route URLs to."""
     try:
         import aiohttp
+        from httpx._utils import get_environment_proxies
         from httpx_aiohttp import AiohttpTransport
         from httpx_aiohttp.transport import AiohttpResponseStream
     except ImportError:
@@ -78,10 +81,17 @@ def _aiohttp_transport() -> httpx.AsyncBaseTransport | None:
 
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=0, ssl=ssl_context, keepalive_timeout=30)
-        # trust_env: HTTP(S)_PROXY and NO_PROXY apply, as they do to httpx's own transport.
-        return aiohttp.ClientSession(connector=connector, trust_env=True)
+        # No trust_env: aiohttp would read the whole environment again on every request. The
+        # proxies are read once, below, as httpx's own transport reads them.
+        return aiohttp.ClientSession(connector=connector)
 
-    return AiohttpTransport(client=session)
+    direct = AiohttpTransport(client=session)
+    mounts: dict[str, httpx.AsyncBaseTransport] = {"all://": direct}
+    for pattern, proxy in get_environment_proxies().items():
+        mounts[pattern] = (
+            AiohttpTransport(client=session, proxy=httpx.Proxy(proxy)) if proxy else direct
+        )
+    return mounts
 
 
 @dataclass
@@ -112,10 +122,12 @@ class ServerContext:
             "request": [_on_request],
             "response": [_on_response],
         }
-        transport = _aiohttp_transport()
-        if transport is not None:
+        mounts = _aiohttp_transports()
+        if mounts is not None:
             self.clients = [
-                httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, transport=transport, event_hooks=hooks)
+                httpx.AsyncClient(
+                    timeout=DEFAULT_TIMEOUT, mounts=mounts, trust_env=False, event_hooks=hooks
+                )
             ]
             return
         # Several small connection pools rather than one big one: httpcore scans every pooled
