@@ -218,7 +218,6 @@ def test_provider_errors_map_to_openai_errors(client: openai.OpenAI) -> None:
     assert info.value.code == "content_policy"
 
 
-
 def test_upstream_calls_follow_the_proxy_environment(
     openai_env: Any, emulator: Any, start_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
