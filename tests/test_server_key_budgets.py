@@ -166,3 +166,39 @@ def test_jobs_a_key_cannot_afford_are_refused_at_submission(
     assert listed == []
     accepted = httpx.post(server.url + "/v1/jobs", json=GENERATE, headers=_auth(capped))
     assert accepted.status_code == 202, accepted.text
+
+
+def test_a_refused_job_leaves_nothing_in_the_store(openai_env: Any, start_server: Any) -> None:
+    """Input images are stored only once the jobs are accepted: a 402 adds no asset."""
+    import base64
+
+    from _server_fixtures import png_bytes
+    from limner.store import db
+
+    server = start_server()
+    store = server.app.state.ctx.store
+    _, capped = server.app.state.ctx.keys.create(
+        "editor", ["generate", "read"], budget={"daily": CAP}
+    )
+    image = base64.b64encode(png_bytes(64, 64, (10, 120, 200))).decode()
+    edit = {**GENERATE, "operation": "edit", "images": [image]}
+
+    def assets() -> int:
+        with store.engine.connect() as conn:
+            return int(conn.scalar(sa.select(sa.func.count()).select_from(db.assets)) or 0)
+
+    def files() -> list[Path]:
+        return [p for p in store.home.rglob("*.png") if p.is_file()]
+
+    refused = httpx.post(
+        server.url + "/v1/jobs", json={"jobs": [edit, edit]}, headers=_auth(capped)
+    )
+    assert refused.status_code == 402, refused.text
+    assert (assets(), files()) == (0, [])
+
+    accepted = httpx.post(server.url + "/v1/jobs", json=edit, headers=_auth(capped))
+    assert accepted.status_code == 202, accepted.text
+    assert assets() == 1 and len(files()) == 1
+    job_id = accepted.json()["id"]
+    stored = server.app.state.ctx.jobs.get(job_id)["request"]["images"]
+    assert store.read_asset(stored[0]) is not None

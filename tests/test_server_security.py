@@ -160,3 +160,55 @@ def test_keys_never_reach_the_log(
     assert bad.status_code == 401
     for secret in (provider_key, server_key, "lmn_canary_wrong"):
         assert secret not in caplog.text and secret not in ok.text and secret not in bad.text
+
+
+def test_serve_keeps_idle_connections_for_keep_alive_seconds(tmp_path: Any) -> None:
+    """`limner serve --keep-alive N`: a client's idle connection is still usable before N
+    seconds and closed by the server after (uvicorn's own default, 5 s, races httpx's)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from _server_fixtures import free_port
+
+    port = free_port()
+    code = "import sys; from limner.cli import main; main(sys.argv[1:])"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", "--port", str(port), "--keep-alive", "2",
+         "--no-worker", "--log-level", "warning"],
+        env={**os.environ, "LIMNER_HOME": str(tmp_path)},
+    )  # fmt: skip
+    request = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+
+    def exchange(sock: socket.socket) -> bytes:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += sock.recv(65536)
+        return head
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, "server exited"
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        with sock:
+            assert exchange(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(1)
+            assert exchange(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(3)
+            sock.settimeout(0.5)
+            assert sock.recv(65536) == b""  # already closed by the server
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -37,6 +37,15 @@ def _need_fastapi() -> None:
     show_default=True,
     help="Server processes sharing the port and the job queue (per-process: rate limits, A1111 options).",
 )
+@click.option(
+    "--keep-alive",
+    type=click.IntRange(min=1),
+    default=75,
+    show_default=True,
+    help="Seconds an idle client connection stays open. Keep it above the idle timeout of the "
+    "clients and load balancers in front (httpx 5 s, AWS ALB 60 s), or a request sent as the "
+    "server closes the connection fails.",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     host: str | None,
@@ -45,6 +54,7 @@ def serve(
     workers: int | None,
     no_worker: bool,
     processes: int,
+    keep_alive: int,
     log_level: str,
 ) -> None:
     """Serve the OpenAI- and A1111-compatible APIs, the job queue and the gallery."""
@@ -74,11 +84,14 @@ def serve(
                 os.environ[f"LIMNER_SERVER_{name}"] = str(value)
         uvicorn.run(
             "limner.server.app:create_app", factory=True, workers=processes, host=settings.host,
-            port=settings.port, log_level=log_level, access_log=False,
+            port=settings.port, log_level=log_level, access_log=False, timeout_keep_alive=keep_alive,
         )  # fmt: skip
         return
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
+        timeout_keep_alive=keep_alive,
+    )  # fmt: skip
 
 
 @click.command()

@@ -462,10 +462,13 @@ class JobQueue:
                 type_="rate_limit_error", code="queue_full", headers={"Retry-After": "10"},
             )  # fmt: skip
         built = [await self._row(spec, principal, batch_id) for spec in specs]
-        rows = [row for row, _ in built]
-        estimate = sum(cost or 0.0 for _, cost in built)
-        what = "this job" if len(rows) == 1 else f"these {len(rows)} jobs"
+        estimate = sum(cost or 0.0 for _, cost, _ in built)
+        what = "this job" if len(built) == 1 else f"these {len(built)} jobs"
         await asyncio.to_thread(self.ctx.keys.check_headroom, principal, estimate, what)
+        # Inputs are stored only for jobs that will be queued.
+        rows = [
+            await asyncio.to_thread(self._store_inputs, row, inputs) for row, _, inputs in built
+        ]
         await asyncio.to_thread(self._insert, rows)
         self.wake.set()
         return rows
@@ -486,8 +489,9 @@ class JobQueue:
 
     async def _row(
         self, spec: JobSpec, principal: Principal, batch_id: str | None
-    ) -> tuple[dict[str, Any], float | None]:
-        """The job's row, and its estimated cost."""
+    ) -> tuple[dict[str, Any], float | None, list[ImageInput | None]]:
+        """The job's row (without its input images), its estimated cost, and the input images
+        (then the mask, or None) that :meth:`_store_inputs` adds to the row."""
         images = [await self._input(v, f"images[{i}]") for i, v in enumerate(spec.images)]
         mask = await self._input(spec.mask, "mask") if spec.mask else None
         if spec.webhook_url:
@@ -501,14 +505,10 @@ class JobQueue:
             op = Operation.INPAINT
         # Check everything checkable now: a job that cannot run is refused, not queued.
         plan = await asyncio.to_thread(self.ctx.limner().plan, op, request)
-        stored = [
-            await asyncio.to_thread(self._put, img) for img in [*images, *([mask] if mask else [])]
-        ]
         data = {
             **plan.request.model_dump(mode="json", exclude={"images", "mask", "references"}),
-            "operation": op.value, "images": stored[: len(images)],
-            "mask": stored[-1] if mask else None,
-        }  # fmt: skip
+            "operation": op.value,
+        }
         now = time.time()
         row = {
             "id": new_id(), "batch_id": batch_id, "owner": principal.id, "created_at": now,
@@ -517,7 +517,14 @@ class JobQueue:
             "attempts": 0, "submit_state": "none", "submit_count": 0, "cancel_requested": False,
             "webhook_url": spec.webhook_url,
         }  # fmt: skip
-        return row, plan.estimated_cost
+        return row, plan.estimated_cost, [*images, mask]
+
+    def _store_inputs(self, row: dict[str, Any], inputs: list[ImageInput | None]) -> dict[str, Any]:
+        """Put the job's input images in the store and name them in its request."""
+        *images, mask = inputs
+        row["request"]["images"] = [self._put(img) for img in images if img is not None]
+        row["request"]["mask"] = self._put(mask) if mask is not None else None
+        return row
 
     async def _input(self, value: str, name: str) -> ImageInput:
         """An input image: ``asset:<sha256>`` (an image already in the store, as the gallery's
