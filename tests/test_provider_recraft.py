@@ -124,9 +124,11 @@ def test_operations_by_action(
         provider_options={"action": action},
     )
     with limner.Limner() as client:
+        estimate = client.plan(op, request).estimated_cost
         result = client.run(op, request)
     assert emulator_stats(server)[f"POST /v1/images/{endpoint}"] == 1
     assert result.cost_usd == pytest.approx(credits)
+    assert estimate == pytest.approx(credits)  # the catalog prices the endpoint, not the model
     if endpoint == "vectorize":
         assert result.images[0].media_type == "image/svg+xml"
     if op == Operation.UPSCALE:
@@ -309,6 +311,39 @@ def test_actions_that_need_a_prompt_refuse_an_empty_one_before_sending(
         assert f"needs one for edit with action {action!r}" in caught.value.message
     assert "vectorize|erase-region|remove-background" in (caught.value.hint or "")
     assert emulator_stats(server).get("total", 0) == 0
+
+
+def test_utility_endpoints_are_estimated_at_their_own_price(
+    recraft: tuple[EmulatorServer, str],
+) -> None:
+    """Without an action, upscale is crisp and remove-background its endpoint; every action
+    of the wire table that leaves the model's endpoint has a catalog price."""
+    from limner.catalog import get_catalog
+    from limner.images import load_image
+    from limner.providers.recraft import ACTIONS, DEFAULT_ACTION, UTILITY_ENDPOINTS
+
+    image = load_image(_png())
+    with limner.Limner() as client:
+        upscale = client.plan(
+            Operation.UPSCALE, ImageRequest(model="recraft:recraftv3", images=[image])
+        )
+        cutout = client.plan(
+            Operation.REMOVE_BACKGROUND, ImageRequest(model="recraft:recraftv3", images=[image])
+        )
+        erase = client.plan(
+            Operation.EDIT,
+            ImageRequest(
+                model="recraft:recraftv3", images=[image], mask=load_image(_mask()),
+                provider_options={"action": "erase-region"},
+            ),
+        )  # fmt: skip
+    assert (upscale.estimated_cost, cutout.estimated_cost) == (0.004, 0.01)
+    assert erase.estimated_cost == 0.002
+    utilities = {a for (_, a), (endpoint, *_) in ACTIONS.items() if endpoint in UTILITY_ENDPOINTS}
+    for spec in get_catalog().filter(provider="recraft"):
+        assert utilities <= set(spec.option_prices["action"])
+        for op in spec.operation_prices:
+            assert DEFAULT_ACTION[Operation(op)] in utilities
 
 
 def test_catalog_promptless_actions_match_the_wire_table() -> None:

@@ -296,7 +296,7 @@ class Limner:
             warnings=warnings,
             chunks=split_n(request, spec.max_n),
             cache_key=request_hash(op, spec, request, revision=provider.model_revision(spec)),
-            estimated_cost=estimate_cost(spec, request),
+            estimated_cost=estimate_cost(spec, request, op=op),
         )
 
     # -- running -------------------------------------------------------------------------------
@@ -530,7 +530,7 @@ class Limner:
             warnings.extend(out.warnings)
             if out.cost_usd is not None:
                 reported = (reported or 0.0) + out.cost_usd
-        cost = actual_cost(plan.spec, plan.request, usage, len(images), reported)
+        cost = actual_cost(plan.spec, plan.request, usage, len(images), reported, plan.op)
         entry = self._entry(plan, "ok", parent_id)
         stored = self._store_images(plan, entry, images)
         entry.images = stored

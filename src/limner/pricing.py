@@ -7,13 +7,20 @@ rates, then the catalog's list price per image.
 from __future__ import annotations
 
 from limner.catalog import ModelSpec
-from limner.types import ImageRequest, Usage
+from limner.types import ImageRequest, Operation, Usage
 
 __all__ = ["actual_cost", "estimate_cost"]
 
 
-def estimate_cost(spec: ModelSpec, request: ImageRequest, n: int | None = None) -> float | None:
-    """The list price of ``n`` images (default ``request.n``); None when the catalog has none."""
+def estimate_cost(
+    spec: ModelSpec, request: ImageRequest, n: int | None = None, op: Operation | None = None
+) -> float | None:
+    """The list price of ``n`` images (default ``request.n``) made by ``op`` (generation when
+    not given); None when the catalog has none."""
+    count = n if n is not None else request.n
+    apart = _priced_apart(spec, request, op)
+    if apart is not None:
+        return round(apart * count, 6)
     price = spec.price
     if price is None:
         return None
@@ -24,7 +31,16 @@ def estimate_cost(spec: ModelSpec, request: ImageRequest, n: int | None = None) 
     each = price.image_price(request.quality, request.size)
     if each is None:
         return None
-    return round(each * (n if n is not None else request.n), 6)
+    return round(each * count, 6)
+
+
+def _priced_apart(spec: ModelSpec, request: ImageRequest, op: Operation | None) -> float | None:
+    """The price of one image from an endpoint the catalog prices apart from the model."""
+    for key, prices in spec.option_prices.items():
+        chosen = request.provider_options.get(key)
+        if chosen is not None and str(chosen) in prices:
+            return prices[str(chosen)]
+    return spec.operation_prices.get(op.value) if op is not None else None
 
 
 def token_cost(spec: ModelSpec, usage: Usage) -> float | None:
@@ -47,11 +63,16 @@ def token_cost(spec: ModelSpec, usage: Usage) -> float | None:
 
 
 def actual_cost(
-    spec: ModelSpec, request: ImageRequest, usage: Usage, images: int, reported: float | None = None
+    spec: ModelSpec,
+    request: ImageRequest,
+    usage: Usage,
+    images: int,
+    reported: float | None = None,
+    op: Operation | None = None,
 ) -> float | None:
     if reported is not None:
         return round(reported, 6)
     by_tokens = token_cost(spec, usage)
     if by_tokens is not None:
         return by_tokens
-    return estimate_cost(spec, request, images)
+    return estimate_cost(spec, request, images, op)

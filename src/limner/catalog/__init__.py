@@ -148,6 +148,11 @@ class ModelSpec(BaseModel):
     successor: str | None = None
     lifecycle_note: str = ""
     price: Price | None = None
+    # Endpoints billed apart from the model, USD per image: by an operation's default path
+    # ({"upscale": 0.004}) and by a provider option that picks another ({"action":
+    # {"vectorize": 0.01}}). An option's price wins over its operation's.
+    operation_prices: dict[str, float] = Field(default_factory=dict)
+    option_prices: dict[str, dict[str, float]] = Field(default_factory=dict)
     wire: dict[str, Any] = Field(default_factory=dict)
 
     @property
