@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+from limner import codec
 
 __all__ = [
     "MIGRATIONS",
@@ -195,9 +198,14 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
 def create_engine(home: Path, url: str | None = None) -> Engine:
     """The store's engine: ``url`` or LIMNER_DATABASE_URL if set, else ``<home>/limner.db``."""
     url = url or os.environ.get("LIMNER_DATABASE_URL")
+    # orjson for the JSON columns: each log entry writes several, at every generation.
+    json_args: dict[str, Any] = {
+        "json_serializer": lambda value: codec.json_dumps(value).decode(),
+        "json_deserializer": codec.json_loads,
+    }
     if url:
-        return sa.create_engine(url, pool_pre_ping=True)
+        return sa.create_engine(url, pool_pre_ping=True, **json_args)
     home.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(f"sqlite:///{home / 'limner.db'}")
+    engine = sa.create_engine(f"sqlite:///{home / 'limner.db'}", **json_args)
     sa.event.listen(engine, "connect", _sqlite_pragmas)
     return engine
