@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +47,15 @@ def _generations(url: str) -> int:
     return int(stats.get("POST /v1/images/generations", 0))
 
 
-def _start_and_kill(args: list[str], engine: sa.Engine, after_done: int) -> tuple[int, int]:
-    """Start a batch, SIGKILL it once ``after_done`` items are done; return the items claimed
-    and the items whose request had been sent when it died."""
+def kill_batch_when(args: list[str], ready: Callable[[], bool], poll_s: float = 0.05) -> None:
+    """Start ``limner batch args`` and SIGKILL it as soon as ``ready()`` holds (or after 60 s)."""
     proc = subprocess.Popen(_cli(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(poll_s)
             try:
-                if _status_counts(engine)["done"] >= after_done:
+                if ready():
                     break
             except sa.exc.OperationalError:  # the schema is not there yet
                 continue
@@ -63,6 +63,12 @@ def _start_and_kill(args: list[str], engine: sa.Engine, after_done: int) -> tupl
     finally:
         proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
+
+
+def _start_and_kill(args: list[str], engine: sa.Engine, after_done: int) -> tuple[int, int]:
+    """Start a batch, SIGKILL it once ``after_done`` items are done; return the items claimed
+    and the items whose request had been sent when it died."""
+    kill_batch_when(args, lambda: _status_counts(engine)["done"] >= after_done)
     counts = _status_counts(engine)
     return counts["running"], counts["sent"]
 

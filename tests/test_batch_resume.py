@@ -7,10 +7,7 @@ once, so the kill lands while the submitted jobs are still generating."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,6 +23,7 @@ from limner.emulators.common import EmulatorServer
 from limner.flows import HandleRecorder
 from limner.store import db
 from limner.store.batch_schema import batch_items
+from test_batch_crash import _cli, _engine, kill_batch_when
 
 MODEL = "bfl:flux-2-klein-4b"
 SUBMIT = "POST /v1/flux-2-klein-4b"
@@ -44,10 +42,6 @@ def bfl_env(
     return server
 
 
-def _cli(args: list[str]) -> list[str]:
-    return [sys.executable, "-c", "from limner.cli import main; main()", "batch", *args]
-
-
 def _args(tmp_path: Path, name: str = "resume") -> list[str]:
     path = tmp_path / f"{name}.txt"
     path.write_text("".join(f"{name} prompt {i}\n" for i in range(ITEMS)))
@@ -55,10 +49,6 @@ def _args(tmp_path: Path, name: str = "resume") -> list[str]:
         str(path), "-m", MODEL, "--size", "256x256", "--concurrency", str(CONCURRENCY),
         "--no-progress", "--json", "-o", str(tmp_path / "out"),
     ]  # fmt: skip
-
-
-def _engine() -> sa.Engine:
-    return db.create_engine(Path(os.environ["LIMNER_HOME"]))
 
 
 def _running_with_handle(engine: sa.Engine) -> int:
@@ -78,20 +68,7 @@ def _running_with_handle(engine: sa.Engine) -> int:
 def _kill_once_submitted(args: list[str], engine: sa.Engine) -> int:
     """Start the batch, SIGKILL it as soon as ``CONCURRENCY`` items have their provider job
     recorded (the next submit waits for one of them to finish); return how many had."""
-    proc = subprocess.Popen(_cli(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            time.sleep(0.02)
-            try:
-                if _running_with_handle(engine) >= CONCURRENCY:
-                    break
-            except sa.exc.OperationalError:  # the schema is not there yet
-                continue
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=10)
-    assert proc.returncode == -signal.SIGKILL
+    kill_batch_when(args, lambda: _running_with_handle(engine) >= CONCURRENCY, poll_s=0.02)
     return _running_with_handle(engine)
 
 

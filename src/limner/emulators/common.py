@@ -37,11 +37,10 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 from starlette.routing import Route
 
-from limner import codec
+from limner.responses import FastJSONResponse as JSONResponse
 
 __all__ = [
     "BLOCKED_WORD",
@@ -56,14 +55,6 @@ __all__ = [
 
 BLOCKED_WORD = "forbidden-content"
 ErrorBody = Callable[[int, str], Any]
-
-
-class JSONResponse(_StarletteJSONResponse):
-    """JSON rendered with orjson: an emulator answers with megabytes of base64, and its CPU is
-    spent on the same machine as the client under test."""
-
-    def render(self, content: Any) -> bytes:
-        return codec.json_dumps(content)
 
 
 @functools.lru_cache(maxsize=32)

@@ -18,10 +18,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from limner.responses import FastJSONResponse
 from limner.server.context import ServerContext
 from limner.server.errors import install_error_handlers
 from limner.server.middleware import GuardMiddleware, IdempotencyMiddleware
-from limner.server.responses import FastJSONResponse
 from limner.server.settings import ServerSettings
 
 __all__ = ["create_app"]

@@ -20,6 +20,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -193,32 +194,31 @@ class KeyRing:
     # -- checking ------------------------------------------------------------------------------
     def _lookup(self, secret: str) -> Principal | None:
         digest = hash_key(secret)
-        hit = self._cache.get(digest)
-        if hit and time.monotonic() - hit[0] < CACHE_S:
-            return hit[1]
-        with self.store.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(server_api_keys).where(server_api_keys.c.key_hash == digest)
-            ).first()
-        principal = None
-        if row is not None and row.revoked_at is None and hmac.compare_digest(row.key_hash, digest):
-            principal = Principal.from_row(row)
-        self._cache[digest] = (time.monotonic(), principal)
-        return principal
+
+        def active(row: Any) -> Principal | None:
+            if row.revoked_at is None and hmac.compare_digest(row.key_hash, digest):
+                return Principal.from_row(row)
+            return None
+
+        return self._cached(digest, server_api_keys.c.key_hash == digest, active)
 
     def by_id(self, key_id: str) -> Principal | None:
         """The key with this id (revoked or not: its queued jobs still count against its
         budget); None for the local principal and unknown ids."""
-        hit = self._cache.get("id:" + key_id)
+        return self._cached("id:" + key_id, server_api_keys.c.id == key_id, Principal.from_row)
+
+    def _cached(
+        self, cache_key: str, where: Any, principal: Callable[[Any], Principal | None]
+    ) -> Principal | None:
+        """The principal of the key row ``where`` selects, remembered for CACHE_S seconds."""
+        hit = self._cache.get(cache_key)
         if hit and time.monotonic() - hit[0] < CACHE_S:
             return hit[1]
         with self.store.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(server_api_keys).where(server_api_keys.c.id == key_id)
-            ).first()
-        principal = Principal.from_row(row) if row is not None else None
-        self._cache["id:" + key_id] = (time.monotonic(), principal)
-        return principal
+            row = conn.execute(sa.select(server_api_keys).where(where)).first()
+        found = principal(row) if row is not None else None
+        self._cache[cache_key] = (time.monotonic(), found)
+        return found
 
     # -- spending ------------------------------------------------------------------------------
     @property

@@ -23,7 +23,7 @@ import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import httpx
@@ -42,7 +42,7 @@ from limner.server.inputs import ASPECT_PATTERN, SIZE_PATTERN, image_from_value
 from limner.server.webhooks import WebhookOutbox
 from limner.store import db, new_id
 from limner.store.jobs_schema import server_jobs
-from limner.types import ImageInput, ImageRequest, Operation, Result
+from limner.types import ImageInput, ImageRequest, Operation
 
 __all__ = ["JobQueue", "router"]
 
@@ -335,19 +335,6 @@ class JobQueue:
         if not self.update(job_id, provider_handle=handle):
             raise _LeaseLost(job_id)
 
-    async def _generate(
-        self,
-        op: Operation,
-        request: ImageRequest,
-        handle: str | None,
-        progress: Callable[[float | None, str], None],
-        owner: Principal | None = None,
-    ) -> Result:
-        """Run the job, or resume the provider job a crash left behind (``handle``)."""
-        return await self.ctx.run(
-            op, request, on_progress=progress, wait_s=3600, principal=owner, resume_handle=handle
-        )
-
     async def _run(self, job: dict[str, Any]) -> None:
         job_id = job["id"]
         token = current_submission.set(_Observer(self, job_id))
@@ -361,7 +348,11 @@ class JobQueue:
             recorder = HandleRecorder(lambda found: self._record_handle(job_id, found))
             with on_submitted(recorder):
                 owner = await asyncio.to_thread(self.ctx.keys.by_id, job["owner"])
-                result = await self._generate(op, request, handle, progress, owner)
+                # A crash left ``handle`` behind: follow that provider job, not a new one.
+                result = await self.ctx.run(
+                    op, request, on_progress=progress, wait_s=3600, principal=owner,
+                    resume_handle=handle,
+                )  # fmt: skip
             images = [
                 {"sha256": img.sha256, "seed": img.seed, "width": img.width, "height": img.height,
                  "media_type": img.media_type}

@@ -17,12 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from limner import codec, errors
+from limner.responses import FastJSONResponse
 from limner.server.auth import Principal
 from limner.server.context import ServerContext
 from limner.server.deps import context, needs
 from limner.server.errors import ApiError
 from limner.server.inputs import ASPECT_PATTERN, SIZE_PATTERN, image_from_upload
-from limner.server.responses import FastJSONResponse
 from limner.types import ImageInput, ImageRequest, Operation, Result
 
 __all__ = ["router"]

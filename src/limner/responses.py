@@ -1,10 +1,11 @@
-"""The server's JSON response: orjson, since image bodies carry megabytes of base64."""
+"""A JSON response rendered with orjson, for the server and the emulators alike: their bodies
+carry megabytes of base64, which the standard library takes milliseconds to write."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi.responses import JSONResponse
+from starlette.responses import JSONResponse
 
 from limner import codec
 
