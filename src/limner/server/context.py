@@ -22,16 +22,14 @@ import httpx
 
 from limner.catalog import Catalog, ModelSpec, get_catalog
 from limner.client import Limner
-from limner.http import DEFAULT_TIMEOUT
 from limner.server.auth import KeyRing, Principal
 from limner.server.errors import ApiError
 from limner.server.settings import ServerSettings
+from limner.server.upstream import upstream_clients
 from limner.store import Store
 from limner.types import ImageRequest, Operation, Result
 
 __all__ = ["ServerContext", "SubmissionObserver", "current_submission"]
-
-HTTP_SHARDS = 8
 
 
 class SubmissionObserver(Protocol):
@@ -58,40 +56,6 @@ async def _on_response(response: httpx.Response) -> None:
     observer = current_submission.get()
     if observer is not None and response.request.method == "POST":
         await observer.after_submit(response)
-
-
-def _aiohttp_transports() -> dict[str, httpx.AsyncBaseTransport] | None:
-    """httpx over aiohttp's connection pool where httpx-aiohttp is installed (the server extra):
-    the same client API at about a fifth of httpcore's CPU per call under load. Keyed as httpx
-    ``mounts``: one transport for direct calls, and one per proxy that HTTP(S)_PROXY, ALL_PROXY
-    and NO_PROXY route URLs to."""
-    try:
-        import aiohttp
-        from httpx._utils import get_environment_proxies
-        from httpx_aiohttp import AiohttpTransport
-        from httpx_aiohttp.transport import AiohttpResponseStream
-    except ImportError:
-        return None
-    # Read bodies in 256 KiB pieces rather than 16 KiB: a 2 MiB base64 image then costs a
-    # third less CPU to receive.
-    AiohttpResponseStream.CHUNK_SIZE = max(AiohttpResponseStream.CHUNK_SIZE, 256 * 1024)
-    from limner.http import shared_ssl_context
-
-    ssl_context = shared_ssl_context()
-
-    def session() -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=0, ssl=ssl_context, keepalive_timeout=30)
-        # No trust_env: aiohttp would read the whole environment again on every request. The
-        # proxies are read once, below, as httpx's own transport reads them.
-        return aiohttp.ClientSession(connector=connector)
-
-    direct = AiohttpTransport(client=session)
-    mounts: dict[str, httpx.AsyncBaseTransport] = {"all://": direct}
-    for pattern, proxy in get_environment_proxies().items():
-        mounts[pattern] = (
-            AiohttpTransport(client=session, proxy=httpx.Proxy(proxy)) if proxy else direct
-        )
-    return mounts
 
 
 @dataclass
@@ -122,21 +86,7 @@ class ServerContext:
             "request": [_on_request],
             "response": [_on_response],
         }
-        mounts = _aiohttp_transports()
-        if mounts is not None:
-            self.clients = [
-                httpx.AsyncClient(
-                    timeout=DEFAULT_TIMEOUT, mounts=mounts, trust_env=False, event_hooks=hooks
-                )
-            ]
-            return
-        # Several small connection pools rather than one big one: httpcore scans every pooled
-        # connection for each request, which turns quadratic at hundreds of calls in flight.
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)
-        self.clients = [
-            httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits, event_hooks=hooks)
-            for _ in range(HTTP_SHARDS)
-        ]
+        self.clients = upstream_clients(self.settings.body_reads, hooks)
 
     @property
     def http(self) -> httpx.AsyncClient | None:

@@ -45,6 +45,8 @@ class ServerSettings:
     max_inflight: int = 512
     # Concurrent provider calls per provider (jobs and direct requests alike).
     provider_concurrency: int = 64
+    # Provider response bodies received at once; the others wait their turn (0: no limit).
+    body_reads: int = 4
     # Seconds a direct request waits for a provider slot before 429.
     slot_wait_s: float = 30.0
     # Queued jobs one API key may hold before 429.
