@@ -212,3 +212,28 @@ def test_serve_keeps_idle_connections_for_keep_alive_seconds(tmp_path: Any) -> N
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("LIMNER_SERVER_BODY_READS", "four", "is not a whole number of zero or more"),
+        ("LIMNER_SERVER_SLOT_WAIT_S", "-1", "is not a number of zero or more"),
+    ],
+)
+def test_serve_refuses_a_malformed_setting_by_name(
+    tmp_path: Any, variable: str, value: str, message: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys; from limner.cli import main; main(sys.argv[1:])"
+    env = {**os.environ, "LIMNER_HOME": str(tmp_path), variable: value}
+    done = subprocess.run(
+        [sys.executable, "-c", code, "serve", "--port", "0"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"{variable}={value!r} {message}" in done.stderr
+    assert "unset it for the default" in done.stderr and "Traceback" not in done.stderr

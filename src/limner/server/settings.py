@@ -29,6 +29,28 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def _parse(name: str, kind: object, raw: str, default: object) -> object:
+    """One setting from the environment, refused with the variable's name when malformed."""
+    if kind in ("bool", bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if kind in ("Path", Path):
+        return Path(raw)
+    if kind not in ("int", int, "float", float):
+        return raw
+    number_type = int if kind in ("int", int) else float
+    try:
+        number: float = number_type(raw)
+    except ValueError:
+        number = -1
+    if number < 0:
+        noun = "a whole number" if number_type is int else "a number"
+        raise errors.UserError(
+            f"{name}={raw!r} is not {noun} of zero or more.",
+            hint=f"Set {name} to {noun}, or unset it for the default ({default}).",
+        )
+    return number
+
+
 @dataclass
 class ServerSettings:
     host: str = "127.0.0.1"
@@ -68,19 +90,10 @@ class ServerSettings:
     def from_env(cls, **overrides: object) -> ServerSettings:
         values: dict[str, object] = {}
         for f in fields(cls):
-            raw = os.environ.get(f"LIMNER_SERVER_{f.name.upper()}")
-            if raw is None:
-                continue
-            if f.type in ("int", int):
-                values[f.name] = int(raw)
-            elif f.type in ("float", float):
-                values[f.name] = float(raw)
-            elif f.type in ("bool", bool):
-                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
-            elif f.name == "home":
-                values[f.name] = Path(raw)
-            else:
-                values[f.name] = raw
+            name = f"LIMNER_SERVER_{f.name.upper()}"
+            raw = os.environ.get(name)
+            if raw is not None:
+                values[f.name] = _parse(name, f.type, raw, f.default)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
