@@ -14,11 +14,17 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from limner.emulators.common import EmulatorServer
-from limner.server.upstream import BodyQueue, QueuedBodies, _aiohttp_factory, _httpcore_factory
+from limner.server.upstream import (
+    BodyQueue,
+    QueuedBodies,
+    _aiohttp_factory,
+    _httpcore_factory,
+    upstream_clients,
+)
 
 PIECE = b"x" * 65536
 
@@ -37,9 +43,22 @@ async def _pieces(request: Request) -> StreamingResponse:
     return StreamingResponse(body(), media_type="application/octet-stream")
 
 
+async def _set_cookie(request: Request) -> Response:
+    return Response("set", headers={"set-cookie": "session=tenant-a; Path=/"})
+
+
+async def _echo_cookie(request: Request) -> Response:
+    return Response(request.headers.get("cookie", ""))
+
+
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    with EmulatorServer(Starlette(routes=[Route("/pieces", _pieces)])) as server:
+    routes = [
+        Route("/pieces", _pieces),
+        Route("/set-cookie", _set_cookie),
+        Route("/echo-cookie", _echo_cookie),
+    ]
+    with EmulatorServer(Starlette(routes=routes)) as server:
         yield server.url + "/pieces"
 
 
@@ -133,3 +152,16 @@ async def test_a_closed_body_gives_back_its_turn(
 def test_a_queue_needs_a_slot() -> None:
     with pytest.raises(ValueError, match="at least one slot"):
         BodyQueue(0)
+
+
+async def test_a_cookie_one_call_was_sent_never_rides_on_the_next(upstream: str) -> None:
+    """Calls made for different clients of the server share one HTTP client: it keeps no
+    cookies. A default httpx client, the control, sends the cookie back."""
+    base = upstream.removesuffix("/pieces")
+    async with httpx.AsyncClient() as default:
+        await default.get(base + "/set-cookie")
+        assert (await default.get(base + "/echo-cookie")).text == "session=tenant-a"
+    for client in upstream_clients(4, {}):
+        async with client:
+            assert (await client.get(base + "/set-cookie")).text == "set"
+            assert (await client.get(base + "/echo-cookie")).text == ""

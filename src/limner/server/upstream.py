@@ -1,12 +1,14 @@
 """The server's HTTP client for provider calls.
 
-Three things set it apart from a default ``httpx.AsyncClient``:
+Four things set it apart from a default ``httpx.AsyncClient``:
 
 - aiohttp's connection pool under the httpx API where httpx-aiohttp is installed (the server
   extra): about a fifth of httpcore's CPU per call under load;
 - the environment's proxies (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY) read once, into httpx
   ``mounts``, as httpx itself reads them;
-- provider response bodies received a few at a time (:class:`BodyQueue`).
+- provider response bodies received a few at a time (:class:`BodyQueue`);
+- no cookie jar: a call made for one of the server's clients must not carry cookies that a
+  provider set on a call made for another (and filling the jar costs CPU on every response).
 
 Why a few at a time: requests that reach the server together tend to be answered together, and
 a generated image is megabytes. Receiving every such body at once interleaves them, so each one
@@ -122,6 +124,13 @@ class QueuedBodies(httpx.AsyncBaseTransport):
         await self._transport.aclose()
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
 TransportFactory = Callable[[httpx.Proxy | None], httpx.AsyncBaseTransport]
 
 
@@ -178,10 +187,13 @@ def upstream_clients(
     queue = BodyQueue(body_reads) if body_reads > 0 else None
     factory = _aiohttp_factory()
     shards = 1 if factory is not None else HTTPCORE_SHARDS
-    mounts = [_mounts(factory or _httpcore_factory, queue) for _ in range(shards)]
-    return [
-        httpx.AsyncClient(
-            timeout=DEFAULT_TIMEOUT, mounts=m, trust_env=False, event_hooks=event_hooks
-        )
-        for m in mounts
-    ]
+    clients = []
+    for _ in range(shards):
+        client = httpx.AsyncClient(
+            timeout=DEFAULT_TIMEOUT, mounts=_mounts(factory or _httpcore_factory, queue),
+            trust_env=False, event_hooks=event_hooks,
+        )  # fmt: skip
+        # httpx has no switch for its cookie jar, and its setter copies into a plain one.
+        client._cookies = _NoCookies()
+        clients.append(client)
+    return clients
