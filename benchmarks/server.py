@@ -2,8 +2,8 @@
 limner serve and for the LiteLLM proxy in front of the same provider; and jobs lost or sent twice
 across kill -9 restarts.
 
-    python benchmarks/server.py [--requests 200] [--latency 2] [--only small|large|kill]
-                                [--no-litellm] [--kills 3]
+    python benchmarks/server.py [--requests 200] [--latency 2] [--rounds 3]
+                                [--only small|large|kill] [--no-litellm] [--kills 3]
 
 The OpenAI emulator (its own process, ``--latency`` seconds per call) gets the same load three
 ways: called directly, through a ``limner serve`` process, and through a ``litellm --config``
@@ -14,8 +14,10 @@ photo-sized ~1.4 MiB PNG, ~1.9 MiB as base64). Clients send ``Accept-Encoding: g
 as httpx does by default, so a server that compresses does it here too.
 
 Each target is first warmed up with one round of the same load (pooled connections, as in a
-long-running process). CPU per request is the user+system CPU of the server's process tree over the measured run
-divided by the requests; peak RSS is VmHWM summed over that tree. A request's server overhead is
+long-running process), then measured over ``--rounds`` rounds: throughput is the median round's
+(one burst varies by about 10% on a small shared machine), and every round's is in the JSON.
+CPU per request is the user+system CPU of the server's process tree over the measured rounds
+divided by their requests; peak RSS is VmHWM summed over that tree. A request's server overhead is
 its latency through the server minus the median direct latency. Then a batch of jobs is
 submitted and the limner server is SIGKILLed ``--kills`` times mid-batch and restarted, once
 against OpenAI (one request per image: a job caught in flight is parked ``uncertain``) and once
@@ -265,32 +267,43 @@ class Target:
 
 
 def measure(target: Target, args: argparse.Namespace, emulator_pid: int) -> dict[str, Any]:
+    """Warm up, then ``args.rounds`` measured bursts: the median burst's throughput, and CPU
+    per request over all of them."""
     # Warm up at full concurrency, so every run measures pooled connections (steady state).
     asyncio.run(load(target.url, target.body, args.requests, target.headers))
     cpu_before = cpu_seconds(target.pid) if target.pid else 0.0
     emulator_before = cpu_seconds(emulator_pid)
     client_before = own_cpu_seconds()
-    result = asyncio.run(load(target.url, target.body, args.requests, target.headers))
+    results = [
+        asyncio.run(load(target.url, target.body, args.requests, target.headers))
+        for _ in range(args.rounds)
+    ]
+    requests = args.requests * args.rounds
     client_cpu = own_cpu_seconds() - client_before
     emulator_cpu = cpu_seconds(emulator_pid) - emulator_before
+    latencies = [lat for result in results for lat in result.latencies]
+    per_round = [round(args.requests / result.wall_s, 2) for result in results]
+    first = results[0]
+    errors = [result for result in results if result.first_error]
     figures: dict[str, Any] = {
-        "p50_ms": round(pct(result.latencies, 0.5) * 1000, 1),
-        "p99_ms": round(pct(result.latencies, 0.99) * 1000, 1),
-        "throughput_rps": round(args.requests / result.wall_s, 2),
-        "errors": result.errors,
-        "response_bytes": result.body_bytes,
-        "wire_bytes": result.wire_bytes,
-        "content_encoding": result.content_encoding,
-        "emulator_cpu_ms_per_request": round(emulator_cpu * 1000 / args.requests, 2),
-        "client_cpu_ms_per_request": round(client_cpu * 1000 / args.requests, 2),
+        "p50_ms": round(pct(latencies, 0.5) * 1000, 1),
+        "p99_ms": round(pct(latencies, 0.99) * 1000, 1),
+        "throughput_rps": statistics.median(per_round),
+        "throughput_rps_per_round": per_round,
+        "errors": sum(result.errors for result in results),
+        "response_bytes": first.body_bytes,
+        "wire_bytes": first.wire_bytes,
+        "content_encoding": first.content_encoding,
+        "emulator_cpu_ms_per_request": round(emulator_cpu * 1000 / requests, 2),
+        "client_cpu_ms_per_request": round(client_cpu * 1000 / requests, 2),
     }
     if target.pid:
         cpu = cpu_seconds(target.pid) - cpu_before
-        figures["cpu_ms_per_request"] = round(cpu * 1000 / args.requests, 2)
+        figures["cpu_ms_per_request"] = round(cpu * 1000 / requests, 2)
         figures["peak_rss_mib"] = round(peak_rss_mib(target.pid), 1)
-    if result.first_error:
-        figures["first_error"] = result.first_error
-    figures["_latencies"] = result.latencies
+    if errors:
+        figures["first_error"] = errors[0].first_error
+    figures["_latencies"] = latencies
     return figures
 
 
@@ -437,6 +450,9 @@ def print_size(label: str, figures: dict[str, Any]) -> None:
     ]  # fmt: skip
     for title, key in rows:
         print(f"{title:<30}" + "".join(f"{figures[n].get(key, '-')!s:>12}" for n in names))
+    for name in names:
+        rounds = ", ".join(str(rps) for rps in figures[name]["throughput_rps_per_round"])
+        print(f"{name} req/s per round: {rounds}")
     print(f"throughput limner / direct: {figures['throughput_ratio_limner_over_direct']}")
     if "cpu_ratio_limner_over_litellm" in figures:
         print(f"throughput LiteLLM / direct: {figures['throughput_ratio_litellm_over_direct']}")
@@ -452,6 +468,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--latency", type=float, default=2.0)
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="measured bursts per target after the warm-up; throughput is their median",
+    )  # fmt: skip
     parser.add_argument("--size", default="256x256", help="image size of the small-body run")
     parser.add_argument("--large-size", default="1024x1024", help="image size of the large run")
     parser.add_argument("--noise", type=int, default=3, help="emulator noise bits (large run)")

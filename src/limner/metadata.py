@@ -82,6 +82,12 @@ def embed(data: bytes, media_type: str, meta: dict[str, Any]) -> bytes:
     return data
 
 
+def _spliced(data: bytes, at: int, insert: bytes) -> bytes:
+    """``insert`` put into ``data`` at ``at``, in one copy of a megabytes-long image."""
+    view = memoryview(data)
+    return b"".join((view[:at], insert, view[at:]))
+
+
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return (
         len(payload).to_bytes(4, "big")
@@ -109,7 +115,7 @@ def _embed_png(data: bytes, meta: dict[str, Any]) -> bytes:
         ),
         _png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + _xmp(meta)),
     )
-    return data[:ihdr_end] + b"".join(chunks) + data[ihdr_end:]
+    return _spliced(data, ihdr_end, b"".join(chunks))
 
 
 def _embed_jpeg(data: bytes, xmp: bytes) -> bytes:
@@ -122,7 +128,7 @@ def _embed_jpeg(data: bytes, xmp: bytes) -> bytes:
     pos = 2
     if data[2:4] == b"\xff\xe0":
         pos = 4 + int.from_bytes(data[4:6], "big")
-    return data[:pos] + segment + data[pos:]
+    return _spliced(data, pos, segment)
 
 
 def read_metadata(data: bytes) -> dict[str, Any]:
