@@ -219,6 +219,7 @@ def test_serve_keeps_idle_connections_for_keep_alive_seconds(tmp_path: Any) -> N
     [
         ("LIMNER_SERVER_BODY_READS", "four", "is not a whole number of zero or more"),
         ("LIMNER_SERVER_SLOT_WAIT_S", "-1", "is not a number of zero or more"),
+        ("LIMNER_SERVER_GALLERY", "maybe", "is neither on nor off"),
     ],
 )
 def test_serve_refuses_a_malformed_setting_by_name(

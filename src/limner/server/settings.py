@@ -29,10 +29,21 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def _parse(name: str, kind: object, raw: str, default: object) -> object:
     """One setting from the environment, refused with the variable's name when malformed."""
     if kind in ("bool", bool):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
+        word = raw.strip().lower()
+        if word not in _TRUE + _FALSE:
+            raise errors.UserError(
+                f"{name}={raw!r} is neither on nor off.",
+                hint=f"Set {name} to 1 or 0 (true/false, yes/no, on/off), or unset it for the "
+                f"default ({'1' if default else '0'}).",
+            )
+        return word in _TRUE
     if kind in ("Path", Path):
         return Path(raw)
     if kind not in ("int", int, "float", float):
