@@ -165,3 +165,20 @@ async def test_a_cookie_one_call_was_sent_never_rides_on_the_next(upstream: str)
         async with client:
             assert (await client.get(base + "/set-cookie")).text == "set"
             assert (await client.get(base + "/echo-cookie")).text == ""
+
+
+async def test_a_cancelled_read_gives_back_its_turn(
+    upstream: str, transport_factory: Callable[..., httpx.AsyncBaseTransport]
+) -> None:
+    """A request cancelled while its body holds the only turn (a client that went away) must
+    not keep the turn: every later body would wait for it forever."""
+    transport = QueuedBodies(transport_factory(None), BodyQueue(1, stall_s=30))
+    async with httpx.AsyncClient(transport=transport) as client:
+        got_first = asyncio.Event()
+        stuck = asyncio.create_task(_read(client, upstream + "?count=2&pause=5", got_first))
+        await asyncio.wait_for(got_first.wait(), 10)
+        stuck.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+        second = await asyncio.wait_for(_read(client, upstream + "?count=4"), 3)
+    assert second.last - second.started < 2
