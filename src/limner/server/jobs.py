@@ -458,7 +458,8 @@ class JobQueue:
         await asyncio.to_thread(self.ctx.keys.check_headroom, principal, estimate, what)
         # Inputs are stored only for jobs that will be queued.
         rows = [
-            await asyncio.to_thread(self._store_inputs, row, inputs) for row, _, inputs in built
+            await asyncio.to_thread(self._store_inputs, row, images, mask)
+            for row, _, (images, mask) in built
         ]
         await asyncio.to_thread(self._insert, rows)
         self.wake.set()
@@ -480,9 +481,9 @@ class JobQueue:
 
     async def _row(
         self, spec: JobSpec, principal: Principal, batch_id: str | None
-    ) -> tuple[dict[str, Any], float | None, list[ImageInput | None]]:
+    ) -> tuple[dict[str, Any], float | None, tuple[list[ImageInput], ImageInput | None]]:
         """The job's row (without its input images), its estimated cost, and the input images
-        (then the mask, or None) that :meth:`_store_inputs` adds to the row."""
+        and mask that :meth:`_store_inputs` adds to the row."""
         images = [await self._input(v, f"images[{i}]") for i, v in enumerate(spec.images)]
         mask = await self._input(spec.mask, "mask") if spec.mask else None
         if spec.webhook_url:
@@ -508,12 +509,13 @@ class JobQueue:
             "attempts": 0, "submit_state": "none", "submit_count": 0, "cancel_requested": False,
             "webhook_url": spec.webhook_url,
         }  # fmt: skip
-        return row, plan.estimated_cost, [*images, mask]
+        return row, plan.estimated_cost, (images, mask)
 
-    def _store_inputs(self, row: dict[str, Any], inputs: list[ImageInput | None]) -> dict[str, Any]:
+    def _store_inputs(
+        self, row: dict[str, Any], images: list[ImageInput], mask: ImageInput | None
+    ) -> dict[str, Any]:
         """Put the job's input images in the store and name them in its request."""
-        *images, mask = inputs
-        row["request"]["images"] = [self._put(img) for img in images if img is not None]
+        row["request"]["images"] = [self._put(img) for img in images]
         row["request"]["mask"] = self._put(mask) if mask is not None else None
         return row
 

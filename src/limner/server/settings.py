@@ -50,10 +50,10 @@ def _parse(name: str, kind: object, raw: str, default: object) -> object:
         return raw
     number_type = int if kind in ("int", int) else float
     try:
-        number: float = number_type(raw)
+        number: float | None = number_type(raw)
     except ValueError:
-        number = -1
-    if number < 0:
+        number = None
+    if number is None or number < 0:
         noun = "a whole number" if number_type is int else "a number"
         raise errors.UserError(
             f"{name}={raw!r} is not {noun} of zero or more.",
