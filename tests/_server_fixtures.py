@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The limner CLI in a subprocess, run by this interpreter (a console script may be elsewhere).
+LIMNER_CLI = [sys.executable, "-c", "import sys; from limner.cli import main; main(sys.argv[1:])"]
 
 
 def free_port() -> int:

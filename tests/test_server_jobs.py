@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from _server_fixtures import free_port, png_bytes, server_starter  # noqa: F401
+from _server_fixtures import LIMNER_CLI, free_port, png_bytes, server_starter  # noqa: F401
 
 TERMINAL = {"succeeded", "failed", "cancelled", "uncertain"}
 
@@ -111,12 +110,9 @@ def test_job_submission_is_idempotent(server: Any) -> None:
 
 def _spawn(home: Path, port: int, env_extra: dict[str, str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "LIMNER_HOME": str(home), **env_extra}
-    code = "import sys; from limner.cli import main; main(sys.argv[1:])"
     return subprocess.Popen(
         [
-            sys.executable,
-            "-c",
-            code,
+            *LIMNER_CLI,
             "serve",
             "--port",
             str(port),

@@ -5,21 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from typing import Any
 
 import pytest
 
 mcp = pytest.importorskip("mcp")
-from _server_fixtures import server_starter  # noqa: E402, F401
+from _server_fixtures import LIMNER_CLI, server_starter  # noqa: E402, F401
 
 
 def _params(env: dict[str, str]) -> Any:
     from mcp.client.stdio import StdioServerParameters
 
-    code = "import sys; from limner.cli import main; main(sys.argv[1:])"
     return StdioServerParameters(
-        command=sys.executable, args=["-c", code, "mcp"], env={**os.environ, **env}
+        command=LIMNER_CLI[0], args=[*LIMNER_CLI[1:], "mcp"], env={**os.environ, **env}
     )
 
 

@@ -168,14 +168,12 @@ def test_serve_keeps_idle_connections_for_keep_alive_seconds(tmp_path: Any) -> N
     import os
     import socket
     import subprocess
-    import sys
 
-    from _server_fixtures import free_port
+    from _server_fixtures import LIMNER_CLI, free_port
 
     port = free_port()
-    code = "import sys; from limner.cli import main; main(sys.argv[1:])"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "serve", "--port", str(port), "--keep-alive", "2",
+        [*LIMNER_CLI, "serve", "--port", str(port), "--keep-alive", "2",
          "--no-worker", "--log-level", "warning"],
         env={**os.environ, "LIMNER_HOME": str(tmp_path)},
     )  # fmt: skip
@@ -227,12 +225,12 @@ def test_serve_refuses_a_malformed_setting_by_name(
 ) -> None:
     import os
     import subprocess
-    import sys
 
-    code = "import sys; from limner.cli import main; main(sys.argv[1:])"
+    from _server_fixtures import LIMNER_CLI
+
     env = {**os.environ, "LIMNER_HOME": str(tmp_path), variable: value}
     done = subprocess.run(
-        [sys.executable, "-c", code, "serve", "--port", "0"],
+        [*LIMNER_CLI, "serve", "--port", "0"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from _server_fixtures import free_port, server_starter  # noqa: F401
+from _server_fixtures import LIMNER_CLI, free_port, server_starter  # noqa: F401
 
 SECRET = "whsec-durable"
 
@@ -56,9 +55,8 @@ def receiver() -> Iterator[tuple[Receiver, str]]:
 
 def _spawn(home: Path, port: int, env_extra: dict[str, str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "LIMNER_HOME": str(home), **env_extra}
-    code = "import sys; from limner.cli import main; main(sys.argv[1:])"
     args = ["serve", "--port", str(port), "--log-level", "warning"]
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env)
+    return subprocess.Popen([*LIMNER_CLI, *args], env=env)
 
 
 def _wait_for(what: Any, timeout: float = 30) -> Any:
