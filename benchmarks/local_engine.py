@@ -52,20 +52,13 @@ def _clip(hidden: int, layers: int, heads: int, projection: bool = False) -> Any
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
 
 
-def build_full(kind: str, device: str = "cpu") -> Any:
+def build_full(kind: str, device: str = "cpu", dtype: Any = None) -> Any:
     """An SD1.5-, SDXL- or FLUX.1-sized pipeline with random weights, its models built on
-    ``device`` (schedulers and tokenizers stay on the CPU: they use NumPy)."""
+    ``device`` in ``dtype`` (schedulers and tokenizers stay on the CPU: they use NumPy).
+    Building in the target dtype keeps FLUX (12B) and its T5 (4.7B) from passing through
+    67 GB of float32 on the way."""
     import torch
-    from diffusers import (
-        EulerDiscreteScheduler,
-        FlowMatchEulerDiscreteScheduler,
-        FluxPipeline,
-        FluxTransformer2DModel,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import T5Config, T5EncoderModel
+    from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
     from limner.local.testing import tiny_clip_tokenizer, tiny_t5_tokenizer
 
@@ -75,6 +68,25 @@ def build_full(kind: str, device: str = "cpu") -> Any:
     )
     flow = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
     t5_tok = tiny_t5_tokenizer()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or previous)
+    try:
+        return _build_models(kind, device, tok, euler, flow, t5_tok)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _build_models(kind: str, device: str, tok: Any, euler: Any, flow: Any, t5_tok: Any) -> Any:
+    import torch
+    from diffusers import (
+        FluxPipeline,
+        FluxTransformer2DModel,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
     with torch.device(device):
         if kind == "sd15":
             unet = UNet2DConditionModel(
@@ -96,7 +108,7 @@ def build_full(kind: str, device: str = "cpu") -> Any:
                                              text_encoder=_clip(768, 12, 12), text_encoder_2=_clip(1280, 32, 20, True),
                                              tokenizer=tok, tokenizer_2=tok, scheduler=euler)  # fmt: skip
         t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_layers=24,
-                                     num_heads=64, feed_forward_proj="gated-gelu", is_gated_act=True))  # fmt: skip
+                                     num_heads=64, feed_forward_proj="gated-gelu"))  # fmt: skip
         vae = _vae(
             16,
             use_quant_conv=False,
@@ -137,7 +149,7 @@ def _timed(pipe: Any, size: int, steps: int, repeats: int) -> tuple[float, Any]:
 
 
 def measure_pair(
-    pipe: Any, label: str, size: int, steps: int, repeats: int, cuda_graphs: bool
+    pipe: Any, label: str, size: int, steps: int, repeats: int, autotune: bool, cuda_graphs: bool
 ) -> dict[str, Any]:
     """Plain diffusers, then the same pipeline after limner's optimisations, in one process."""
     import numpy as np
@@ -155,7 +167,9 @@ def measure_pair(
         torch.cuda.reset_peak_memory_stats()
     plain_s, plain_out = _timed(pipe, size, steps, repeats)
     row["plain_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None
-    row["applied"] = optimise_pipeline(pipe, compile_model=gpu, cuda_graphs=cuda_graphs)
+    row["applied"] = optimise_pipeline(
+        pipe, compile_model=gpu, autotune=autotune, cuda_graphs=cuda_graphs
+    )
     warm = time.perf_counter()
     _call(pipe, size, steps)
     row["optimised_warmup_s"] = round(time.perf_counter() - warm, 2)
@@ -172,24 +186,31 @@ def measure_pair(
 
 
 def gpu_benchmark(
-    models: list[str], repeats: int, steps: int | None, cuda_graphs: bool
-) -> list[dict[str, Any]]:
+    models: list[str],
+    repeats: int,
+    steps: int | None,
+    autotune: bool,
+    cuda_graphs: bool,
+    report: dict[str, Any],
+) -> None:
+    """Each model's row goes into ``report["gpu_runs"]`` and the JSON as soon as it is measured:
+    a run cut short by a time limit keeps the models it finished."""
     import torch
 
-    rows = []
+    rows = report.setdefault("gpu_runs", [])
     for kind in models:
         size, default_steps = GPU_CASES[kind]
         dtype = torch.bfloat16 if kind == "flux" else torch.float16
         start = time.perf_counter()
-        pipe = build_full(kind, "cuda").to(dtype)
+        pipe = build_full(kind, "cuda", dtype).to(dtype)
         build_s = time.perf_counter() - start
-        row = measure_pair(pipe, kind, size, steps or default_steps, repeats, cuda_graphs)
+        row = measure_pair(pipe, kind, size, steps or default_steps, repeats, autotune, cuda_graphs)
         row.update(dtype=str(dtype).removeprefix("torch."), build_s=round(build_s, 1))
         rows.append(row)
+        _write(report)
         print(_row_text(row), flush=True)
         del pipe
         torch.cuda.empty_cache()
-    return rows
 
 
 def check_gpu_path() -> list[dict[str, Any]]:
@@ -197,7 +218,7 @@ def check_gpu_path() -> list[dict[str, Any]]:
     from limner.local.testing import build_tiny
 
     return [
-        measure_pair(build_tiny(kind), f"tiny-{kind}", 64, 2, 1, False)
+        measure_pair(build_tiny(kind), f"tiny-{kind}", 64, 2, 1, False, False)
         for kind in ("sd15", "sd3", "flux")
     ]
 
@@ -276,8 +297,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--cuda-graphs", action="store_true", help="compile with CUDA graphs (max-autotune)"
+        "--autotune", action="store_true", help="max-autotune: minutes of GEMM autotuning per model"
     )
+    parser.add_argument("--cuda-graphs", action="store_true", help="compile with CUDA graphs")
     parser.add_argument("--cpu-size", type=int, default=64)
     parser.add_argument("--cpu-steps", type=int, default=4)
     args = parser.parse_args()
@@ -298,9 +320,8 @@ def main() -> None:
     if not args.cpu and not args.check_gpu_path:
         if torch.cuda.is_available():
             print(header)
-            report["gpu"] = gpu_benchmark(
-                args.models.split(","), args.repeats, args.steps, args.cuda_graphs
-            )
+            gpu_benchmark(args.models.split(","), args.repeats, args.steps, args.autotune,
+                          args.cuda_graphs, report)  # fmt: skip
         else:
             print("No CUDA device: GPU part skipped.")
     if not args.gpu and not args.check_gpu_path:
@@ -309,9 +330,13 @@ def main() -> None:
         print(f"CPU tiny SD1.5 {cpu['size']}x{cpu['size']}, {cpu['steps']} steps, median of {cpu['repeats']}: "
               f"diffusers {cpu['diffusers_main_thread_s']}s (main thread) / {cpu['diffusers_worker_thread_s']}s "
               f"(worker thread), limner {cpu['limner_s']}s: overhead {cpu['overhead_pct']}% over the faster")  # fmt: skip
+    _write(report)
+    print(f"wrote {RESULTS}")
+
+
+def _write(report: dict[str, Any]) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":
