@@ -120,3 +120,22 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path) -> None:
     _load_extensions()
     db = sqlite3.connect(tmp_path / "shared" / "limner.db")
     assert len(list(db.execute("select name from limner_migrations"))) == len(MIGRATIONS)
+
+
+def test_provider_meta_is_json_safe_and_bounded() -> None:
+    """What a provider reports beyond images goes into the log as plain JSON: dates as text,
+    keys as strings, integers over 64 bits kept whole; an oversized report is left out."""
+    import datetime
+    from types import SimpleNamespace
+
+    from limner.client import _provider_meta
+
+    def meta(*raws: dict[object, object]) -> object:
+        return _provider_meta([SimpleNamespace(raw=raw) for raw in raws])  # type: ignore[arg-type]
+
+    assert meta({"when": datetime.date(2026, 1, 2), 7: "seven"}, {"seed": 3}) == {
+        "when": "2026-01-02", "7": "seven", "seed": 3,
+    }  # fmt: skip
+    assert meta({"seed": 2**70}) == {"seed": 2**70}
+    assert meta({"blob": "x" * 20_000}) is None
+    assert meta({}) is None

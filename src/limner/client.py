@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from limner import errors
+from limner import codec, errors
 from limner.catalog import Catalog, ModelSpec, get_catalog
 from limner.config import KeyStore, UserConfig, limner_home
 from limner.fetch import SafeFetcher
@@ -101,8 +101,12 @@ def _provider_meta(outputs: list[ProviderOutput]) -> dict[str, Any] | None:
         merged.update(out.raw)
     if not merged:
         return None
-    text = json.dumps(merged, default=str)
-    return json.loads(text) if len(text) <= 16_384 else None
+    try:
+        text = codec.json_dumps(merged, default=str)
+    except TypeError:  # what orjson cannot hold (an integer over 64 bits): the json module can
+        slow = json.dumps(merged, default=str)
+        return json.loads(slow) if len(slow) <= 16_384 else None
+    return codec.json_loads(text) if len(text) <= 16_384 else None
 
 
 def _retired_error(spec: ModelSpec, provider: Provider) -> errors.RetiredModelError:

@@ -8,6 +8,7 @@ passes through limner is decoded or encoded at least once, so the whole package 
 from __future__ import annotations
 
 import binascii
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -31,9 +32,10 @@ def b64encode(data: bytes) -> str:
     return pybase64.b64encode_as_string(data)
 
 
-def json_dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON; keys that are not strings are converted as the json module would."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+def json_dumps(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:
+    """Compact UTF-8 JSON; keys that are not strings are converted as the json module would,
+    and other values it cannot encode are passed to ``default``."""
+    return orjson.dumps(value, default=default, option=orjson.OPT_NON_STR_KEYS)
 
 
 def json_loads(data: bytes | str) -> Any:

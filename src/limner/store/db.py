@@ -7,6 +7,7 @@ edit one that has shipped.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -176,7 +177,14 @@ def add_missing_column(conn: Connection, table: sa.Table, name: str) -> bool:
 
 def insert_or_ignore(conn: Connection, table: sa.Table) -> sa.Insert:
     """An INSERT that skips rows whose primary key exists (SQLite and PostgreSQL)."""
-    if conn.dialect.name == "postgresql":
+    return _insert_or_ignore(conn.dialect.name, table)
+
+
+@functools.cache
+def _insert_or_ignore(dialect: str, table: sa.Table) -> sa.Insert:
+    # One statement object per table: SQLAlchemy keys its compiled-SQL cache on the statement,
+    # and a fresh one would be re-hashed on every generation the server logs.
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         return pg_insert(table).on_conflict_do_nothing()
