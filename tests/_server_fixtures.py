@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import sys
 import threading
@@ -15,6 +16,15 @@ import pytest
 
 # The limner CLI in a subprocess, run by this interpreter (a console script may be elsewhere).
 LIMNER_CLI = [sys.executable, "-c", "import sys; from limner.cli import main; main(sys.argv[1:])"]
+
+
+def mcp_stdio_params(env: dict[str, str]) -> Any:
+    """How the official MCP client starts ``limner mcp`` over stdio, with ``env`` added."""
+    from mcp.client.stdio import StdioServerParameters
+
+    return StdioServerParameters(
+        command=LIMNER_CLI[0], args=[*LIMNER_CLI[1:], "mcp"], env={**os.environ, **env}
+    )
 
 
 def free_port() -> int:

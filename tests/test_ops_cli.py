@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,13 @@ from click.testing import CliRunner
 from PIL import Image, ImageFilter
 
 from _ops_photos import photo, png_bomb, superres_dir
+from _server_fixtures import LIMNER_CLI
 from limner.cli import cli
 from limner.store import Store
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from limner.cli import main; main(sys.argv[1:])"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([*LIMNER_CLI, *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture

@@ -10,21 +10,13 @@ from typing import Any
 import pytest
 
 mcp = pytest.importorskip("mcp")
-from _server_fixtures import LIMNER_CLI, server_starter  # noqa: E402, F401
-
-
-def _params(env: dict[str, str]) -> Any:
-    from mcp.client.stdio import StdioServerParameters
-
-    return StdioServerParameters(
-        command=LIMNER_CLI[0], args=[*LIMNER_CLI[1:], "mcp"], env={**os.environ, **env}
-    )
+from _server_fixtures import mcp_stdio_params, server_starter  # noqa: E402, F401
 
 
 async def _session(env: dict[str, str]) -> tuple[list[str], Any, Any, Any]:
     from mcp import Client
 
-    async with Client(_params(env)) as client:
+    async with Client(mcp_stdio_params(env)) as client:
         tools = sorted(t.name for t in (await client.list_tools()).tools)
         generated = await client.call_tool(
             "generate", {"prompt": "a snail", "model": "openai:gpt-image-2", "size": "256x256"}

@@ -12,21 +12,13 @@ from typing import Any
 import pytest
 
 mcp = pytest.importorskip("mcp")
-from _server_fixtures import LIMNER_CLI, png_bytes, server_starter  # noqa: E402, F401
-
-
-def _params(env: dict[str, str]) -> Any:
-    from mcp.client.stdio import StdioServerParameters
-
-    return StdioServerParameters(
-        command=LIMNER_CLI[0], args=[*LIMNER_CLI[1:], "mcp"], env={**os.environ, **env}
-    )
+from _server_fixtures import mcp_stdio_params, png_bytes, server_starter  # noqa: E402, F401
 
 
 async def _calls(env: dict[str, str], calls: list[tuple[str, dict[str, Any]]]) -> list[Any]:
     from mcp import Client
 
-    async with Client(_params(env)) as client:
+    async with Client(mcp_stdio_params(env)) as client:
         return [await client.call_tool(name, args) for name, args in calls]
 
 
