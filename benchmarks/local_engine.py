@@ -211,6 +211,10 @@ def gpu_benchmark(
         print(_row_text(row), flush=True)
         del pipe
         torch.cuda.empty_cache()
+        # Dynamo caches compiled code per function: the next model's UNet shares this one's
+        # forward, so without a reset it would be recompiled with dynamic shapes (SDXL after
+        # SD1.5: 369 s instead of 167 s) and its first call would not be its own.
+        torch._dynamo.reset()
 
 
 def check_gpu_path() -> list[dict[str, Any]]:
