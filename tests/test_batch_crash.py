@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from _server_fixtures import LIMNER_CLI
 from limner.store import db
 from limner.store.batch_schema import batch_items
 
@@ -26,7 +26,7 @@ ITEMS = 10
 
 
 def _cli(args: list[str]) -> list[str]:
-    return [sys.executable, "-c", "from limner.cli import main; main()", "batch", *args]
+    return [*LIMNER_CLI, "batch", *args]
 
 
 def _engine() -> sa.Engine:
