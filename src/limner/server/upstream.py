@@ -164,17 +164,18 @@ def _httpcore_factory(proxy: httpx.Proxy | None) -> httpx.AsyncBaseTransport:
     return httpx.AsyncHTTPTransport(limits=limits, proxy=proxy, verify=shared_ssl_context())
 
 
-def _mounts(factory: TransportFactory, queue: BodyQueue | None) -> dict[str, Any]:
+def _mounts(
+    factory: TransportFactory, queue: BodyQueue | None, proxies: dict[str, str | None]
+) -> dict[str, Any]:
     """httpx ``mounts``: one transport for direct calls, and one per proxy that the
     environment routes URLs to (an empty proxy, from NO_PROXY, means direct)."""
-    from httpx._utils import get_environment_proxies
 
     def wrap(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
         return QueuedBodies(transport, queue) if queue is not None else transport
 
     direct = wrap(factory(None))
     mounts: dict[str, Any] = {"all://": direct}
-    for pattern, proxy in get_environment_proxies().items():
+    for pattern, proxy in proxies.items():
         mounts[pattern] = wrap(factory(httpx.Proxy(proxy))) if proxy else direct
     return mounts
 
@@ -184,13 +185,16 @@ def upstream_clients(
 ) -> list[httpx.AsyncClient]:
     """The clients the server calls providers with (several only without httpx-aiohttp), all
     receiving bodies through one queue of ``body_reads`` slots (0: no queue)."""
+    from httpx._utils import get_environment_proxies
+
     queue = BodyQueue(body_reads) if body_reads > 0 else None
+    proxies = get_environment_proxies()
     factory = _aiohttp_factory()
     shards = 1 if factory is not None else HTTPCORE_SHARDS
     clients = []
     for _ in range(shards):
         client = httpx.AsyncClient(
-            timeout=DEFAULT_TIMEOUT, mounts=_mounts(factory or _httpcore_factory, queue),
+            timeout=DEFAULT_TIMEOUT, mounts=_mounts(factory or _httpcore_factory, queue, proxies),
             trust_env=False, event_hooks=event_hooks,
         )  # fmt: skip
         # httpx has no switch for its cookie jar, and its setter copies into a plain one.
