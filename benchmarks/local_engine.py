@@ -20,12 +20,14 @@ Prints a table and writes benchmarks/results/local_engine.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +54,35 @@ def _clip(hidden: int, layers: int, heads: int, projection: bool = False) -> Any
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
 
 
+@contextlib.contextmanager
+def _default_dtype(dtype: Any) -> Iterator[None]:
+    """New tensors in ``dtype`` (None: unchanged) inside the block."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or previous)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_full(kind: str, device: str = "cpu", dtype: Any = None) -> Any:
     """An SD1.5-, SDXL- or FLUX.1-sized pipeline with random weights, its models built on
     ``device`` in ``dtype`` (schedulers and tokenizers stay on the CPU: they use NumPy).
     Building in the target dtype keeps FLUX (12B) and its T5 (4.7B) from passing through
     67 GB of float32 on the way."""
     import torch
-    from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+    from diffusers import (
+        EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import T5Config, T5EncoderModel
 
     from limner.local.testing import tiny_clip_tokenizer, tiny_t5_tokenizer
 
@@ -68,26 +92,7 @@ def build_full(kind: str, device: str = "cpu", dtype: Any = None) -> Any:
     )
     flow = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
     t5_tok = tiny_t5_tokenizer()
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype or previous)
-    try:
-        return _build_models(kind, device, tok, euler, flow, t5_tok)
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def _build_models(kind: str, device: str, tok: Any, euler: Any, flow: Any, t5_tok: Any) -> Any:
-    import torch
-    from diffusers import (
-        FluxPipeline,
-        FluxTransformer2DModel,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import T5Config, T5EncoderModel
-
-    with torch.device(device):
+    with torch.device(device), _default_dtype(dtype):
         if kind == "sd15":
             unet = UNet2DConditionModel(
                 sample_size=64, cross_attention_dim=768, attention_head_dim=8
