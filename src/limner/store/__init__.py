@@ -91,8 +91,8 @@ class Store:
         """Write the file and register it; see :meth:`write_asset` to register it with a log
         entry in one transaction instead."""
         item = self.write_asset(data, media_type, width, height)
-        with self.engine.begin() as conn:
-            self._register_assets(conn, [item])
+        with db.raw_transaction(self.engine) as cursor:
+            self._register_assets(cursor, [item])
         return item
 
     def write_asset(
@@ -107,7 +107,7 @@ class Store:
             atomic_write(path, data)
         return StoredImage(sha, path, media_type, width, height, nbytes=len(data))
 
-    def _register_assets(self, conn: sa.Connection, items: list[StoredImage]) -> None:
+    def _register_assets(self, cursor: Any, items: list[StoredImage]) -> None:
         rows = [
             {
                 "sha256": item.sha256, "path": str(item.path.relative_to(self.home)),
@@ -117,8 +117,7 @@ class Store:
             for item in items
             if item.nbytes is not None
         ]  # fmt: skip
-        if rows:
-            conn.execute(db.insert_or_ignore(conn, db.assets), rows)
+        db.insert_rows(cursor, self.engine.dialect, db.assets, rows, ignore=True)
 
     def read_asset(self, sha256: str) -> tuple[bytes, str] | None:
         with self.engine.connect() as conn:
@@ -130,29 +129,32 @@ class Store:
 
     # -- log -----------------------------------------------------------------------------------
     def record(self, entry: LogEntry) -> str:
-        with self.engine.begin() as conn:
-            self.insert_entry(conn, entry)
+        with db.raw_transaction(self.engine) as cursor:
+            self._write_entry(cursor, entry)
         return entry.id
 
     def insert_entry(self, conn: sa.Connection, entry: LogEntry) -> None:
         """Insert a log entry inside the caller's transaction (batches mark items done with it),
         with the rows of any assets written for it by :meth:`write_asset`."""
-        self._register_assets(conn, entry.images)
-        # Statements without .values(): SQLAlchemy compiles each once and caches it.
-        conn.execute(
-            db.generations.insert(), {k: v for k, v in entry.__dict__.items() if k != "images"}
-        )
-        if entry.images:
-            conn.execute(
-                db.generation_images.insert(),
-                [
-                    {
-                        "generation_id": entry.id, "idx": idx, "sha256": img.sha256,
-                        "seed": img.seed, "revised_prompt": img.revised_prompt,
-                    }
-                    for idx, img in enumerate(entry.images)
-                ],
-            )  # fmt: skip
+        cursor = conn.connection.cursor()
+        try:
+            self._write_entry(cursor, entry)
+        finally:
+            cursor.close()
+
+    def _write_entry(self, cursor: Any, entry: LogEntry) -> None:
+        dialect = self.engine.dialect
+        self._register_assets(cursor, entry.images)
+        row = {k: v for k, v in entry.__dict__.items() if k != "images"}
+        db.insert_rows(cursor, dialect, db.generations, [row])
+        images = [
+            {
+                "generation_id": entry.id, "idx": idx, "sha256": img.sha256,
+                "seed": img.seed, "revised_prompt": img.revised_prompt,
+            }
+            for idx, img in enumerate(entry.images)
+        ]  # fmt: skip
+        db.insert_rows(cursor, dialect, db.generation_images, images)
 
     def _entries(self, conn: sa.Connection, rows: list[Any]) -> list[LogEntry]:
         if not rows:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 
 from limner import codec
 
@@ -24,8 +27,10 @@ __all__ = [
     "create_engine",
     "generation_images",
     "generations",
+    "insert_rows",
     "metadata",
     "migrate",
+    "raw_transaction",
 ]
 
 metadata = sa.MetaData()
@@ -191,6 +196,95 @@ def _insert_or_ignore(dialect: str, table: sa.Table) -> sa.Insert:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table).on_conflict_do_nothing()
+
+
+@dataclass(frozen=True)
+class _DriverInsert:
+    """An INSERT compiled for one dialect, with each column's bind processor: what SQLAlchemy
+    would send, built once."""
+
+    sql: str
+    keys: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+    positional: bool
+
+
+_driver_inserts: weakref.WeakKeyDictionary[Dialect, dict[tuple[str, bool], _DriverInsert]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _driver_insert(dialect: Dialect, table: sa.Table, ignore: bool) -> _DriverInsert:
+    per_dialect = _driver_inserts.setdefault(dialect, {})
+    found = per_dialect.get((table.name, ignore))
+    if found is None:
+        stmt = _insert_or_ignore(dialect.name, table) if ignore else table.insert()
+        compiled = stmt.compile(dialect=dialect, column_keys=[c.key for c in table.columns])
+        keys = tuple(compiled.positiontup or [c.key for c in table.columns])
+        found = _DriverInsert(
+            sql=compiled.string,
+            keys=keys,
+            processors=tuple(table.c[key].type.bind_processor(dialect) for key in keys),
+            positional=compiled.positional,
+        )
+        per_dialect[(table.name, ignore)] = found
+    return found
+
+
+def insert_rows(
+    cursor: Any,
+    dialect: Dialect,
+    table: sa.Table,
+    rows: Sequence[dict[str, Any]],
+    *,
+    ignore: bool = False,
+) -> None:
+    """INSERT ``rows`` (every column of ``table`` not given is NULL) through the DBAPI
+    ``cursor``, or skip those whose primary key exists when ``ignore``.
+
+    The server logs every generation: SQLAlchemy's execution layer around the same three small
+    INSERTs cost about as much CPU as the rest of the log write, so the hot path compiles each
+    statement once and binds values with the column types' own processors, storing exactly
+    what :meth:`Connection.execute` would."""
+    if not rows:
+        return
+    insert = _driver_insert(dialect, table, ignore)
+    bound = []
+    for row in rows:
+        values = [
+            process(row.get(key)) if process else row.get(key)
+            for key, process in zip(insert.keys, insert.processors, strict=True)
+        ]
+        bound.append(
+            tuple(values) if insert.positional else dict(zip(insert.keys, values, strict=True))
+        )
+    if len(bound) == 1:
+        cursor.execute(insert.sql, bound[0])
+    else:
+        cursor.executemany(insert.sql, bound)
+
+
+@contextmanager
+def raw_transaction(engine: Engine) -> Iterator[Any]:
+    """A DBAPI cursor on a pooled connection, committed when the block ends, rolled back if it
+    raises. Driver errors come out as SQLAlchemy's (``sa.exc.IntegrityError``...), as from any
+    other write to the store."""
+    driver_error = engine.dialect.loaded_dbapi.Error
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        try:
+            yield cursor
+            raw.commit()
+        except BaseException as exc:
+            raw.rollback()
+            if isinstance(exc, driver_error):
+                raise sa.exc.DBAPIError.instance(None, None, exc, driver_error) from exc
+            raise
+        finally:
+            cursor.close()
+    finally:
+        raw.close()
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
