@@ -5,7 +5,27 @@ import pytest
 
 from limner import errors
 from limner.fetch import SafeFetcher, check_address
-from limner.http import RetryPolicy, map_http_error, parse_retry_after
+from limner.http import RetryPolicy, build_request, map_http_error, parse_retry_after
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "phare à l'aube ☀", "n": 2, "guidance": 3.5, "tags": [], "style": None},
+        {"seed": 2**70, "prompt": "wider than 64 bits"},  # orjson refuses: the slow path
+    ],
+)
+def test_build_request_sends_what_httpx_sends(body: dict[str, object]) -> None:
+    url = "https://api.example.com/v1/images/generations?api-version=2"
+    headers = {"Authorization": "Bearer sk-test"}
+    ours = build_request("POST", url, json=body, headers=headers, params={"x": "1"})
+    theirs = httpx.Request("POST", url, json=body, headers=headers, params={"x": "1"})
+    assert ours.read() == theirs.read()
+    assert ours.url == theirs.url
+    assert dict(ours.headers) == dict(theirs.headers)
+    # The parsed URL is shared between requests; a request's own parameters never leak into it.
+    again = build_request("POST", url, json=body, headers=headers)
+    assert str(again.url) == url
 
 
 def test_parse_retry_after_forms() -> None:

@@ -29,7 +29,7 @@ from limner.flows import (
     Send,
     Submitted,
 )
-from limner.http import map_http_error
+from limner.http import build_request, map_http_error
 from limner.images import encode_mask
 from limner.providers._polling import (
     PollSettings,
@@ -196,7 +196,7 @@ class BFLProvider(Provider):
         body = self._body(op, request, spec)
         url = f"{self.base_url}/{self._endpoint(spec)}"
         response: httpx.Response = yield Send(
-            httpx.Request("POST", url, json=body, headers=self._headers())
+            build_request("POST", url, json=body, headers=self._headers())
         )
         if response.status_code >= 400:
             raise self._error(response, None)
@@ -233,7 +233,7 @@ class BFLProvider(Provider):
         try:
             final = yield from poll(
                 settings,
-                lambda: httpx.Request("GET", polling_url, headers=self._headers()),
+                lambda: build_request("GET", polling_url, headers=self._headers()),
                 tracker.check,
                 tracker.progress,
             )

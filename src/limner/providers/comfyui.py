@@ -40,7 +40,7 @@ from limner.flows import (
     Sleep,
     Submitted,
 )
-from limner.http import map_http_error
+from limner.http import build_request, map_http_error
 from limner.images import encode_mask
 from limner.providers.base import Provider, image_from_bytes
 from limner.types import ImageRequest, Operation
@@ -121,7 +121,7 @@ class ComfyUIProvider(Provider):
     # -- the flow ------------------------------------------------------------------------------
     def _upload(self, name: str, data: bytes) -> Generator[Any, Any, str]:
         files = {"image": (name, data, "image/png")}
-        response: httpx.Response = yield Send(httpx.Request(
+        response: httpx.Response = yield Send(build_request(
             "POST", f"{self.base_url}/upload/image", files=files, data={"type": "input", "overwrite": "true"}))  # fmt: skip
         if response.status_code >= 400:
             raise map_http_error(self.name, response, "the image upload was refused")
@@ -169,7 +169,7 @@ class ComfyUIProvider(Provider):
     ) -> Flow:
         body = {"prompt": workflow, "client_id": client_id}
         response: httpx.Response = yield Send(
-            httpx.Request("POST", f"{self.base_url}/prompt", json=body), retry=False
+            build_request("POST", f"{self.base_url}/prompt", json=body), retry=False
         )
         if response.status_code == 400:
             raise _validation_error(response)
@@ -187,11 +187,11 @@ class ComfyUIProvider(Provider):
             item = yield from self._wait(prompt_id, socket)
         except DeadlineExceeded:
             yield Send(
-                httpx.Request("POST", f"{self.base_url}/interrupt", json={"prompt_id": prompt_id}),
+                build_request("POST", f"{self.base_url}/interrupt", json={"prompt_id": prompt_id}),
                 retry=False,
             )
             yield Send(
-                httpx.Request("POST", f"{self.base_url}/queue", json={"delete": [prompt_id]}),
+                build_request("POST", f"{self.base_url}/queue", json={"delete": [prompt_id]}),
                 retry=False,
             )
             raise
@@ -224,7 +224,7 @@ class ComfyUIProvider(Provider):
         polls = 0
         while True:
             response: httpx.Response = yield Send(
-                httpx.Request("GET", f"{self.base_url}/history/{prompt_id}")
+                build_request("GET", f"{self.base_url}/history/{prompt_id}")
             )
             if response.status_code >= 400:
                 raise map_http_error(self.name, response, None, request_id=prompt_id)

@@ -36,7 +36,7 @@ from limner.flows import (
     Send,
     Submitted,
 )
-from limner.http import map_http_error
+from limner.http import build_request, map_http_error
 from limner.images import encode_mask
 from limner.providers._polling import PollSettings, data_url, error_detail, poll, wire_options
 from limner.providers.base import Provider, image_from_bytes
@@ -157,7 +157,7 @@ class FalProvider(Provider):
         if start_timeout is not None:
             headers["X-Fal-Request-Timeout"] = str(start_timeout)
         base = self.sync_base_url(request) if self._mode(request) == "sync" else self.base_url
-        return httpx.Request(
+        return build_request(
             "POST", f"{base}/{endpoint}", json=self._input(op, request, spec), headers=headers
         )
 
@@ -225,7 +225,7 @@ class FalProvider(Provider):
         try:
             yield from poll(
                 settings,
-                lambda: httpx.Request(
+                lambda: build_request(
                     "GET", status_url, params={"logs": "1"}, headers=self._headers()
                 ),
                 lambda r: self._completed(r, rid),
@@ -233,14 +233,14 @@ class FalProvider(Provider):
             )
         except DeadlineExceeded as exc:
             # Free the queue slot: nothing should run (and bill) after we gave up.
-            yield Send(httpx.Request("PUT", cancel_url, headers=self._headers()), retry=False)
+            yield Send(build_request("PUT", cancel_url, headers=self._headers()), retry=False)
             raise errors.ProviderTimeoutError(
                 f"{self.name}: no result before the deadline; request {rid} was cancelled.",
                 provider=self.name,
                 request_id=rid,
             ) from exc
         result: httpx.Response = yield Send(
-            httpx.Request("GET", response_url, headers=self._headers())
+            build_request("GET", response_url, headers=self._headers())
         )
         if result.status_code >= 400:
             raise self._error(result, rid)

@@ -17,7 +17,7 @@ from limner import codec, errors
 from limner.catalog import ModelSpec
 from limner.config import KeyStore
 from limner.flows import Flow, ProviderOutput, Send
-from limner.http import map_http_error
+from limner.http import build_request, map_http_error
 from limner.providers.base import Provider, b64_image
 from limner.types import ImageInput, ImageRequest, Operation, Usage
 
@@ -138,7 +138,7 @@ class GeminiProvider(Provider):
         )
         url = f"{self.base_url}/models/{model}:{method}"
         response: httpx.Response = yield Send(
-            httpx.Request("POST", url, json=body, headers=self._headers())
+            build_request("POST", url, json=body, headers=self._headers())
         )
         if response.status_code >= 400:
             raise self._error(response)

@@ -24,7 +24,7 @@ import httpx
 from limner import errors
 from limner.catalog import ModelSpec
 from limner.flows import Download, Fetched, Flow, Progress, ProviderOutput, Send, Sleep
-from limner.http import map_http_error
+from limner.http import build_request, map_http_error
 from limner.images import encode_mask
 from limner.providers._polling import job_failure
 from limner.providers.base import Provider, image_from_bytes
@@ -267,10 +267,10 @@ class IdeogramProvider(Provider):
         params = {"dry_run": "true"} if dry_run else None
         if encoding == "json" and not files:
             body = {"image_request": fields} if spec.wire.get("api") == "legacy" else fields
-            return httpx.Request("POST", url, json=body, params=params, headers=self._headers())
+            return build_request("POST", url, json=body, params=params, headers=self._headers())
         if spec.wire.get("api") == "v2" and not files:
-            return httpx.Request("POST", url, json=fields, params=params, headers=self._headers())
-        return httpx.Request(
+            return build_request("POST", url, json=fields, params=params, headers=self._headers())
+        return build_request(
             "POST", url, files=_multipart(fields, files), params=params, headers=self._headers()
         )
 
@@ -361,7 +361,7 @@ class IdeogramProvider(Provider):
         while True:
             yield Sleep(interval)
             response: httpx.Response = yield Send(
-                httpx.Request("GET", url, headers=self._headers())
+                build_request("GET", url, headers=self._headers())
             )
             if response.status_code >= 400:
                 raise self._error(response)
@@ -385,7 +385,7 @@ class IdeogramProvider(Provider):
     def describe_flow(self, image: ImageInput, spec: ModelSpec | None = None) -> Flow:
         """Describe ``image`` in words; the descriptions are in ``output.raw["descriptions"]``."""
         version = "V_2" if spec is not None and spec.wire.get("api") == "legacy" else "V_3"
-        request = httpx.Request(
+        request = build_request(
             "POST",
             f"{self.base_url}/describe",
             data={"describe_model_version": version},

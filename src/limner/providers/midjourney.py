@@ -31,7 +31,7 @@ import httpx
 from limner import codec, errors
 from limner.catalog import ModelSpec
 from limner.flows import Download, Fetched, Flow, Progress, ProviderOutput, Send, Sleep, Submitted
-from limner.http import map_http_error, parse_retry_after
+from limner.http import build_request, map_http_error, parse_retry_after
 from limner.providers._polling import job_failure
 from limner.providers.base import Provider, image_from_bytes
 from limner.providers.midjourney_flags import FLAG_OPTIONS, midjourney_prompt
@@ -94,7 +94,7 @@ class MidjourneyProvider(Provider):
     def _post(self, path: str, body: dict[str, Any]) -> Send:
         # Submits are not retried blindly: a retried imagine would queue (and bill) a second job.
         return Send(
-            httpx.Request("POST", f"{self.base_url}{path}", json=body, headers=self._headers()),
+            build_request("POST", f"{self.base_url}{path}", json=body, headers=self._headers()),
             retry=False,
         )
 
@@ -319,7 +319,7 @@ class MidjourneyProvider(Provider):
 
     def _fetch(self, task_id: str) -> Any:
         response: httpx.Response = yield Send(
-            httpx.Request(
+            build_request(
                 "GET", f"{self.base_url}/mj/task/{task_id}/fetch", headers=self._headers()
             )
         )

@@ -13,7 +13,7 @@ import httpx
 from limner import codec, errors
 from limner.catalog import ModelSpec
 from limner.flows import Download, Fetched, Flow, ProviderOutput, Send
-from limner.http import map_http_error
+from limner.http import build_request, map_http_error
 from limner.images import encode_mask
 from limner.providers.base import Provider, b64_image, image_from_bytes
 from limner.types import ImageRequest, Operation, Usage
@@ -98,13 +98,13 @@ class OpenAIProvider(Provider):
         url = f"{self.base_url}/images/"
         if op == Operation.GENERATE:
             fields["prompt"] = request.prompt
-            return httpx.Request("POST", url + "generations", json=fields, headers=self._headers())
+            return build_request("POST", url + "generations", json=fields, headers=self._headers())
         data = {k: str(v) for k, v in fields.items()}
         files: list[tuple[str, tuple[str, bytes, str]]] = []
         if op == Operation.VARIATION:
             image = request.images[0]
             files.append(("image", (image.name, image.data, image.media_type)))
-            return httpx.Request(
+            return build_request(
                 "POST", url + "variations", data=data, files=files, headers=self._headers()
             )
         data["prompt"] = request.prompt
@@ -113,7 +113,7 @@ class OpenAIProvider(Provider):
         files.extend((key, (img.name, img.data, img.media_type)) for img in images)
         if request.mask:
             files.append(("mask", ("mask.png", encode_mask(request.mask, "alpha"), "image/png")))
-        return httpx.Request("POST", url + "edits", data=data, files=files, headers=self._headers())
+        return build_request("POST", url + "edits", data=data, files=files, headers=self._headers())
 
     # -- the flow ------------------------------------------------------------------------------
     def flow(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> Flow:

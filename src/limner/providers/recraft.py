@@ -25,7 +25,7 @@ import httpx
 from limner import errors
 from limner.catalog import ModelSpec
 from limner.flows import Download, Fetched, Flow, ProviderOutput, Send
-from limner.http import map_http_error
+from limner.http import build_request, map_http_error
 from limner.images import encode_mask
 from limner.providers.base import Provider, b64_image, image_from_bytes
 from limner.types import ImageRequest, Operation
@@ -168,7 +168,7 @@ class RecraftProvider(Provider):
     def _build(self, op: Operation, request: ImageRequest, spec: ModelSpec) -> httpx.Request:
         if op == Operation.GENERATE:
             body = self._fields(request, spec, True)
-            return httpx.Request(
+            return build_request(
                 "POST", f"{self.base_url}/images/generations", json=body, headers=self._headers()
             )
         endpoint, takes_prompt, needs_mask = self._action(op, request)
@@ -180,7 +180,7 @@ class RecraftProvider(Provider):
         files = [("image", (image.name, image.data, image.media_type))]
         if needs_mask and request.mask is not None:
             files.append(("mask", ("mask.png", encode_mask(request.mask, "white"), "image/png")))
-        return httpx.Request(
+        return build_request(
             "POST",
             f"{self.base_url}/images/{endpoint}",
             data=data,

@@ -13,7 +13,7 @@ import httpx
 from limner import errors
 from limner.catalog import ModelSpec
 from limner.flows import Flow, ProviderOutput, Send
-from limner.http import map_http_error
+from limner.http import build_request, map_http_error
 from limner.providers.base import Provider, image_from_bytes
 from limner.types import ImageRequest, Operation, Usage
 
@@ -61,7 +61,7 @@ class RemoveBgProvider(Provider):
         if op != Operation.REMOVE_BACKGROUND:
             raise errors.UnsupportedOperationError(f"{spec.ref} can only remove backgrounds.")
         image = request.images[0]
-        http_request = httpx.Request(
+        http_request = build_request(
             "POST",
             f"{self.base_url}/removebg",
             data=self._fields(request, spec),

@@ -34,7 +34,7 @@ from limner.flows import (
     Send,
     Submitted,
 )
-from limner.http import map_http_error
+from limner.http import build_request, map_http_error
 from limner.images import encode_mask
 from limner.providers._polling import PollSettings, data_url, error_detail, poll, wire_options
 from limner.providers.base import Provider, image_from_bytes
@@ -134,9 +134,9 @@ class ReplicateProvider(Provider):
         headers = self._headers(request)
         if version:
             body = {"version": version, "input": body_input}
-            return httpx.Request("POST", f"{self.base_url}/predictions", json=body, headers=headers)
+            return build_request("POST", f"{self.base_url}/predictions", json=body, headers=headers)
         model = spec.wire.get("model", spec.id)
-        return httpx.Request(
+        return build_request(
             "POST",
             f"{self.base_url}/models/{model}/predictions",
             json={"input": body_input},
@@ -206,13 +206,13 @@ class ReplicateProvider(Provider):
             try:
                 final = yield from poll(
                     settings,
-                    lambda: httpx.Request("GET", get_url, headers=self._headers()),
+                    lambda: build_request("GET", get_url, headers=self._headers()),
                     lambda r: self._terminal(r, pid),
                     _progress,
                 )
             except DeadlineExceeded as exc:
                 # Stop the prediction so it does not keep running (and billing) after we gave up.
-                yield Send(httpx.Request("POST", cancel_url, headers=self._headers()), retry=False)
+                yield Send(build_request("POST", cancel_url, headers=self._headers()), retry=False)
                 raise errors.ProviderTimeoutError(
                     f"{self.name}: no result before the deadline; prediction {pid} was cancelled.",
                     provider=self.name,

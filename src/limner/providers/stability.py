@@ -23,7 +23,7 @@ import httpx
 from limner import codec, errors
 from limner.catalog import ModelSpec
 from limner.flows import Flow, Progress, ProviderOutput, Send, Submitted
-from limner.http import map_http_error
+from limner.http import build_request, map_http_error
 from limner.images import encode_mask
 from limner.providers._polling import PollSettings, error_detail, padding_to, poll, wire_options
 from limner.providers.base import Provider, image_from_bytes
@@ -173,7 +173,7 @@ class StabilityProvider(Provider):
         for key, item in files:
             data = item.data if isinstance(item, ImageInput) else item
             parts.append((key, (f"{key}.png", data, "image/png")))
-        return httpx.Request(
+        return build_request(
             "POST", self._endpoint(spec), files=parts, headers=self._headers(self._accept(request))
         )
 
@@ -220,7 +220,7 @@ class StabilityProvider(Provider):
         # No cancel endpoint: at a deadline the generation finishes remotely.
         response = yield from poll(
             settings,
-            lambda: httpx.Request("GET", url, headers=self._headers(accept)),
+            lambda: build_request("GET", url, headers=self._headers(accept)),
             lambda r: self._result_ready(r, generation_id),
             lambda r: Progress(None, "in-progress"),
         )
