@@ -118,3 +118,34 @@ def test_transport_errors_become_provider_unavailable() -> None:
         FlowRunner(client, "test", retry=RetryPolicy(max_attempts=2, initial_delay=0.01)).run(
             flow()
         )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "media_type"),
+    [("PNG", "RGBA", "image/png"), ("PNG", "L", "image/png"), ("JPEG", "RGB", "image/jpeg"),
+     ("WEBP", "RGB", "image/webp")],
+)  # fmt: skip
+def test_image_from_bytes_reads_size_and_type(fmt: str, mode: str, media_type: str) -> None:
+    import io
+
+    from PIL import Image
+
+    from limner.providers.base import image_from_bytes
+
+    buf = io.BytesIO()
+    Image.new(mode, (37, 21)).save(buf, fmt)
+    image = image_from_bytes(buf.getvalue(), seed=7)
+    assert (image.width, image.height, image.media_type, image.seed) == (37, 21, media_type, 7)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"not an image at all, but long enough to have a header",
+     b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dJUNK" + b"\x00" * 40,  # PNG start, no IHDR
+     b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + b"\x00" * 8 + b"\x08\x06\x00\x00\x00"],
+)  # fmt: skip
+def test_image_from_bytes_refuses_what_is_not_an_image(data: bytes) -> None:
+    from limner.providers.base import image_from_bytes
+
+    with pytest.raises(errors.ProviderError, match="not an image"):
+        image_from_bytes(data)

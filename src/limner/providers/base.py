@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 from typing import Any, ClassVar
 
 from limner import codec, errors
@@ -137,6 +138,12 @@ def image_from_bytes(
     data: bytes, *, seed: int | None = None, revised_prompt: str | None = None
 ) -> GeneratedImage:
     """Build a :class:`GeneratedImage`, reading size and type from the bytes themselves."""
+    size = _png_size(data)
+    if size is not None:  # most providers answer PNG: no need for an image library
+        return GeneratedImage(
+            data=data, media_type="image/png", width=size[0], height=size[1], seed=seed,
+            revised_prompt=revised_prompt,
+        )  # fmt: skip
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -159,6 +166,18 @@ def image_from_bytes(
         seed=seed,
         revised_prompt=revised_prompt,
     )
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG's header chunk (which the format requires first), or None
+    when ``data`` does not start like a PNG with a sane size."""
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return (width, height) if 0 < width < 2**31 and 0 < height < 2**31 else None
 
 
 def b64_image(b64: str, **kw: Any) -> GeneratedImage:
