@@ -7,7 +7,6 @@ edit one that has shipped.
 
 from __future__ import annotations
 
-import functools
 import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -180,15 +179,8 @@ def add_missing_column(conn: Connection, table: sa.Table, name: str) -> bool:
     return True
 
 
-def insert_or_ignore(conn: Connection, table: sa.Table) -> sa.Insert:
-    """An INSERT that skips rows whose primary key exists (SQLite and PostgreSQL)."""
-    return _insert_or_ignore(conn.dialect.name, table)
-
-
-@functools.cache
 def _insert_or_ignore(dialect: str, table: sa.Table) -> sa.Insert:
-    # One statement object per table: SQLAlchemy keys its compiled-SQL cache on the statement,
-    # and a fresh one would be re-hashed on every generation the server logs.
+    """An INSERT that skips rows whose primary key exists (SQLite and PostgreSQL)."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -239,8 +231,9 @@ def insert_rows(
     *,
     ignore: bool = False,
 ) -> None:
-    """INSERT ``rows`` (every column of ``table`` not given is NULL) through the DBAPI
-    ``cursor``, or skip those whose primary key exists when ``ignore``.
+    """INSERT ``rows`` through the DBAPI ``cursor``, or skip those whose primary key exists
+    when ``ignore``. A column a row leaves out is bound as ``None``, as an explicit ``None``
+    would be by SQLAlchemy (SQL NULL, or JSON ``null`` in a JSON column).
 
     The server logs every generation: SQLAlchemy's execution layer around the same three small
     INSERTs cost about as much CPU as the rest of the log write, so the hot path compiles each
