@@ -15,13 +15,15 @@ as httpx does by default, so a server that compresses does it here too.
 
 Each target is first warmed up with one round of the same load (pooled connections, as in a
 long-running process), then measured over ``--rounds`` rounds: throughput is the median round's
-(one burst varies by about 10% on a small shared machine), and every round's is in the JSON.
-CPU per request is the user+system CPU of the server's process tree over the measured rounds
-divided by their requests; peak RSS is VmHWM summed over that tree. A request's server overhead is
-its latency through the server minus the median direct latency. Then a batch of jobs is
-submitted and the limner server is SIGKILLed ``--kills`` times mid-batch and restarted, once
-against OpenAI (one request per image: a job caught in flight is parked ``uncertain``) and once
-against BFL (submit, then poll: a job caught in flight is resumed from its recorded handle).
+(one burst varies by about 10% on a small shared machine), and every round's is in the JSON. The
+load comes from one httpx client (one connection pool) by default; ``--clients N`` spreads it over
+N, since one pool's bookkeeping grows with its connections and can make the load generator, not the
+server, the bottleneck. CPU per request is the user+system CPU of the server's process tree over
+the measured rounds divided by their requests; peak RSS is VmHWM summed over that tree. A request's
+server overhead is its latency through the server minus the median direct latency. Then a batch of
+jobs is submitted and the limner server is SIGKILLed ``--kills`` times mid-batch and restarted,
+once against OpenAI (one request per image: a job caught in flight is parked ``uncertain``) and
+once against BFL (submit, then poll: a job caught in flight is resumed from its recorded handle).
 
 The server under test gets a CPU of its own (``--pin``, the default where there are two or more):
 the proxy (limner or LiteLLM) runs on the last CPU, while the emulator and this load generator
@@ -137,12 +139,20 @@ class LoadResult:
     first_error: str = ""
 
 
-async def load(url: str, body: dict[str, Any], count: int, headers: dict[str, str]) -> LoadResult:
-    """Send ``count`` requests at once and wait for all of them."""
-    limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=count + 10)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+async def load(
+    url: str, body: dict[str, Any], count: int, headers: dict[str, str], clients: int = 1
+) -> LoadResult:
+    """Send ``count`` requests at once, spread round robin over ``clients`` httpx clients (each
+    with its own connection pool), and wait for all of them."""
+    per_client = -(-count // clients) + 10
+    limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
+    async with contextlib.AsyncExitStack() as stack:
+        pool = [
+            await stack.enter_async_context(httpx.AsyncClient(timeout=600, limits=limits))
+            for _ in range(clients)
+        ]
 
-        async def one() -> tuple[float, int, int, int, str, str]:
+        async def one(client: httpx.AsyncClient) -> tuple[float, int, int, int, str, str]:
             start = time.perf_counter()
             response = await client.post(url, json=body, headers={**CLIENT_HEADERS, **headers})
             elapsed = time.perf_counter() - start
@@ -152,7 +162,7 @@ async def load(url: str, body: dict[str, Any], count: int, headers: dict[str, st
             return elapsed, response.status_code, len(response.content), wire, encoding, error
 
         started = time.perf_counter()
-        results = await asyncio.gather(*(one() for _ in range(count)))
+        results = await asyncio.gather(*(one(pool[i % clients]) for i in range(count)))
         wall = time.perf_counter() - started
     failed = [r for r in results if r[1] != 200]
     return LoadResult(
@@ -270,12 +280,12 @@ def measure(target: Target, args: argparse.Namespace, emulator_pid: int) -> dict
     """Warm up, then ``args.rounds`` measured bursts: the median burst's throughput, and CPU
     per request over all of them."""
     # Warm up at full concurrency, so every run measures pooled connections (steady state).
-    asyncio.run(load(target.url, target.body, args.requests, target.headers))
+    asyncio.run(load(target.url, target.body, args.requests, target.headers, args.clients))
     cpu_before = cpu_seconds(target.pid) if target.pid else 0.0
     emulator_before = cpu_seconds(emulator_pid)
     client_before = own_cpu_seconds()
     results = [
-        asyncio.run(load(target.url, target.body, args.requests, target.headers))
+        asyncio.run(load(target.url, target.body, args.requests, target.headers, args.clients))
         for _ in range(args.rounds)
     ]
     requests = args.requests * args.rounds
@@ -467,6 +477,11 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument(
+        "--clients", type=int, default=1,
+        help="httpx clients (connection pools) the load is spread over; one pool's bookkeeping "
+        "grows with its connections and can make the load generator the bottleneck",
+    )  # fmt: skip
     parser.add_argument("--latency", type=float, default=2.0)
     parser.add_argument(
         "--rounds", type=int, default=3,
@@ -499,6 +514,7 @@ def main() -> None:
     out: dict[str, Any] = {"load": {}, "kill9": None, "cpus": os.cpu_count()}
     out["loadavg_before"] = [round(v, 2) for v in os.getloadavg()]
     out["cpu_pinning"] = pin_cpus() if args.pin else None
+    out["load_clients"] = args.clients
     emulator, emulator_url = start_emulator(args.latency)
     try:
         with tempfile.TemporaryDirectory() as tmp:
