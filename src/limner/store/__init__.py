@@ -104,7 +104,7 @@ class Store:
         sha = hashlib.sha256(data).hexdigest()
         path = self.asset_path(sha, media_type)
         if not path.exists() or path.stat().st_size != len(data):
-            atomic_write(path, data)
+            atomic_write(path, data, cold=True)
         return StoredImage(sha, path, media_type, width, height, nbytes=len(data))
 
     def _register_assets(self, cursor: Any, items: list[StoredImage]) -> None:
