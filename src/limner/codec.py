@@ -8,17 +8,21 @@ passes through limner is decoded or encoded at least once, so the whole package 
 from __future__ import annotations
 
 import binascii
+import functools
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pybase64
 
-__all__ = ["b64decode", "b64encode", "json_body", "json_dumps", "json_loads"]
+__all__ = [
+    "b64decode", "b64encode", "json_body", "json_dumps", "json_loads", "json_loads_lifting",
+]  # fmt: skip
 
 
-def b64decode(data: str | bytes, *, validate: bool = False) -> bytes:
+def b64decode(data: str | bytes | memoryview, *, validate: bool = False) -> bytes:
     """Decode standard base64. ``validate`` refuses characters outside the alphabet; without it,
     line breaks and other stray characters are skipped (on a slower path, tried second)."""
     try:
@@ -51,3 +55,61 @@ def json_body(value: Any) -> bytes:
 def json_loads(data: bytes | str) -> Any:
     """Parse JSON (a provider's response body carrying base64 images, say)."""
     return orjson.loads(data)
+
+
+@functools.lru_cache(maxsize=16)
+def _lifted_keys(fields: tuple[str, ...]) -> re.Pattern[bytes]:
+    names = b"|".join(re.escape(json.dumps(f).encode()) for f in fields)
+    return re.compile(rb"(?:" + names + rb")\s*:\s*\"")
+
+
+def json_loads_lifting(data: bytes, *fields: str) -> Any:
+    """Parse JSON whose ``fields`` hold base64 images, handing those values back as views of
+    ``data`` (bytes-like, for :func:`b64decode`) rather than as ``str``.
+
+    A parser has to copy and check each character of a string it builds, which for a 2 MiB
+    image is most of the parse; base64 has no character that JSON escapes, so such a value runs
+    from its opening quote to the next one. Each value is cut out and parsed as a short
+    placeholder. Where that does not hold (an escape in a value, a key spelled with escapes),
+    the whole body is parsed the ordinary way and the values come back as ``str``.
+    """
+    pattern = _lifted_keys(fields)
+    view = memoryview(data)
+    pieces: list[bytes | memoryview] = []
+    blobs: list[memoryview] = []
+    pos = 0
+    while (match := pattern.search(data, pos)) is not None:
+        start = match.end()
+        end = data.find(b'"', start)
+        if end < 0 or data.find(b"\\", start, end) >= 0:
+            return json_loads(data)
+        pieces += (view[pos:start], b"\\u0000%d" % len(blobs))
+        blobs.append(view[start:end])
+        pos = end
+    if not blobs:
+        return json_loads(data)
+    pieces.append(view[pos:])
+    parsed = json_loads(b"".join(pieces))
+    try:
+        if _put_back(parsed, frozenset(fields), blobs) == len(blobs):
+            return parsed
+    except (ValueError, IndexError):
+        pass
+    return json_loads(data)  # a value under one of the fields was not ours: trust no cut
+
+
+def _put_back(node: Any, fields: frozenset[str], blobs: list[memoryview]) -> int:
+    """Swap the placeholders under ``fields`` for their values; how many were swapped."""
+    swapped = 0
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in fields and isinstance(value, str) and value[:1] == "\x00":
+                node[key] = blobs[int(value[1:])]
+                swapped += 1
+            elif isinstance(value, dict | list):
+                swapped += _put_back(value, fields, blobs)
+    elif isinstance(node, list):
+        for value in node:
+            if isinstance(value, dict | list):
+                swapped += _put_back(value, fields, blobs)
+    return swapped

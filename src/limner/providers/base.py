@@ -180,5 +180,5 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     return (width, height) if 0 < width < 2**31 and 0 < height < 2**31 else None
 
 
-def b64_image(b64: str, **kw: Any) -> GeneratedImage:
+def b64_image(b64: str | bytes | memoryview, **kw: Any) -> GeneratedImage:
     return image_from_bytes(codec.b64decode(b64), **kw)

@@ -142,7 +142,7 @@ class GeminiProvider(Provider):
         )
         if response.status_code >= 400:
             raise self._error(response)
-        data = codec.json_loads(response.content)
+        data = codec.json_loads_lifting(response.content, "data", "bytesBase64Encoded")
         if method == "predict":
             return self._parse_predict(data)
         return self._parse_generate_content(data)

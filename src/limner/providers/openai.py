@@ -121,7 +121,7 @@ class OpenAIProvider(Provider):
         request_id = response.headers.get("x-request-id")
         if response.status_code >= 400:
             raise self._error(response, request_id)
-        body = codec.json_loads(response.content)
+        body = codec.json_loads_lifting(response.content, "b64_json")
         images = []
         for item in body.get("data") or []:
             revised = item.get("revised_prompt")

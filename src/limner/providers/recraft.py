@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from limner import errors
+from limner import codec, errors
 from limner.catalog import ModelSpec
 from limner.flows import Download, Fetched, Flow, ProviderOutput, Send
 from limner.http import build_request, map_http_error
@@ -197,7 +197,7 @@ class RecraftProvider(Provider):
         response: httpx.Response = yield Send(self._build(op, request, spec))
         if response.status_code >= 400:
             raise self._error(response)
-        body = response.json()
+        body = codec.json_loads_lifting(response.content, "b64_json")
         items = body.get("data") or ([body["image"]] if body.get("image") else [])
         images = []
         for item in items:
