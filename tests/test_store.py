@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from limner.store import LogEntry, Store
 from limner.store.db import MIGRATIONS
 
@@ -139,3 +141,36 @@ def test_provider_meta_is_json_safe_and_bounded() -> None:
     assert meta({"seed": 2**70}) == {"seed": 2**70}
     assert meta({"blob": "x" * 20_000}) is None
     assert meta({}) is None
+
+
+def resident_pages(path) -> tuple[int, int]:
+    """(pages of ``path`` in the page cache, pages in all), from mincore(2) on a mapping that
+    touches none of them."""
+    import ctypes
+    import mmap
+
+    mincore = ctypes.CDLL(None, use_errno=True).mincore
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    vector = (ctypes.c_ubyte * pages)()
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        start = ctypes.c_char.from_buffer(mapped)
+        try:
+            if mincore(ctypes.byref(start), ctypes.c_size_t(size), vector) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+        finally:
+            del start  # the mapping cannot close while ctypes holds it
+    return sum(flag & 1 for flag in vector), pages
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise is POSIX-only")
+def test_stored_images_leave_the_page_cache(tmp_path) -> None:
+    store = Store(tmp_path)
+    kept = tmp_path / "kept.bin"
+    kept.write_bytes(os.urandom(1 << 20))
+    if resident_pages(kept)[0] == 0:
+        pytest.skip("this filesystem keeps no written pages in the page cache")
+    item = store.put_asset(os.urandom(1 << 20), "image/png", 1, 1)
+    resident, pages = resident_pages(item.path)
+    assert pages == 256 and resident <= 2, resident
+    assert store.read_asset(item.sha256)[0] == item.path.read_bytes()
