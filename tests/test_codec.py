@@ -90,3 +90,15 @@ json_values = st.recursive(
 def test_lifting_agrees_with_a_plain_parse(value: Any, spaced: bool) -> None:
     body = json.dumps(value, separators=(", ", ": ") if spaced else (",", ":")).encode()
     assert as_plain(codec.json_loads_lifting(body, "b64_json", "data")) == json.loads(body)
+
+
+def test_integers_wider_than_64_bits_are_written_and_read_exactly() -> None:
+    value = {"seed": 2**70 + 1, "low": -(2**64) - 1, "text": "héllo", 3: [1.5, None]}
+    text = codec.json_dumps(value)
+    assert text == json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    back = codec.json_loads_exact(text)
+    assert back["seed"] == 2**70 + 1 and isinstance(back["seed"], int)
+    assert back["low"] == -(2**64) - 1
+    assert codec.json_loads_exact(text.decode()) == back
+    # Within 64 bits orjson reads it, exactly as well.
+    assert codec.json_loads_exact(b'{"a": 18446744073709551615}') == {"a": 2**64 - 1}

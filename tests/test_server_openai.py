@@ -93,6 +93,8 @@ def _error(response: httpx.Response) -> dict[str, Any]:
         (b'{"prompt": "x", "model": "no-such-model"}', 404, "Unknown model"),
         (b'{"prompt": "x", "model": "openai:gpt-image-2", "size": "999x7"}', 400, "Size 999x7"),
         (b'{"prompt": "x", "n": 0}', 400, "n"),
+        (b'{"prompt": "x", "seed": 1180591620717411303424}', 400, "seed"),
+        (b'{"prompt": "x", "seed": 9223372036854775807, "n": 2}', 400, "leaves no room"),
     ],
 )
 def test_bad_json_requests_are_4xx(server: Any, body: bytes, status: int, needle: str) -> None:
@@ -246,3 +248,13 @@ def test_upstream_calls_follow_the_proxy_environment(
     response = local.post(exempt.url + "/v1/images/generations", json=body)
     assert response.status_code == 200, response.text
     assert (generations(proxy), generations(upstream)) == (1, 1)
+
+
+def test_a_provider_option_wider_than_64_bits_is_logged_whole(server: Any) -> None:
+    body = {"prompt": "a kite", "model": "openai:gpt-image-2", "size": "256x256"}
+    wide = {**body, "provider_options": {"user": 2**70 + 1}}
+    response = httpx.post(server.url + "/v1/images/generations", json=wide, timeout=60)
+    assert response.status_code == 200, response.text
+    generation = response.json()["limner"]["generation_id"]
+    item = httpx.get(f"{server.url}/v1/gallery/items/{generation}").json()
+    assert item["params"]["provider_options"] == {"user": 2**70 + 1}

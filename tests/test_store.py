@@ -174,3 +174,15 @@ def test_stored_images_leave_the_page_cache(tmp_path) -> None:
     resident, pages = resident_pages(item.path)
     assert pages == 256 and resident <= 2, resident
     assert store.read_asset(item.sha256)[0] == item.path.read_bytes()
+
+
+def test_a_logged_integer_wider_than_64_bits_reads_back_whole(tmp_path) -> None:
+    store = Store(tmp_path)
+    entry = LogEntry(
+        operation="generate", provider="openai", model="openai:gpt-image-2", prompt="a kite",
+        status="ok", params={"seed": 7, "provider_options": {"nonce": 2**70 + 1}},
+    )  # fmt: skip
+    store.record(entry)
+    stored = store.get(entry.id)
+    assert stored is not None
+    assert stored.params["provider_options"]["nonce"] == 2**70 + 1

@@ -101,12 +101,8 @@ def _provider_meta(outputs: list[ProviderOutput]) -> dict[str, Any] | None:
         merged.update(out.raw)
     if not merged:
         return None
-    loads: Callable[[bytes], Any] = codec.json_loads
-    try:
-        text = codec.json_dumps(merged, default=str)
-    except TypeError:  # what orjson cannot hold (an integer over 64 bits): the json module can
-        text, loads = json.dumps(merged, default=str).encode(), json.loads
-    return loads(text) if len(text) <= 16_384 else None
+    text = codec.json_dumps(merged, default=str)
+    return codec.json_loads_exact(text) if len(text) <= 16_384 else None
 
 
 def _retired_error(spec: ModelSpec, provider: Provider) -> errors.RetiredModelError:

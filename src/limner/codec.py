@@ -18,8 +18,12 @@ import orjson
 import pybase64
 
 __all__ = [
-    "b64decode", "b64encode", "json_body", "json_dumps", "json_loads", "json_loads_lifting",
+    "b64decode", "b64encode", "json_dumps", "json_loads", "json_loads_exact", "json_loads_lifting",
 ]  # fmt: skip
+
+# orjson reads integers up to 64 bits exactly and wider ones as floats; a run of 20 digits is
+# where a wider one may start (2**64 - 1 has 20).
+_LONG_DIGITS = re.compile(rb"\d{20}")
 
 
 def b64decode(data: str | bytes | memoryview, *, validate: bool = False) -> bytes:
@@ -38,23 +42,27 @@ def b64encode(data: bytes) -> str:
 
 
 def json_dumps(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:
-    """Compact UTF-8 JSON; keys that are not strings are converted as the json module would,
-    and other values it cannot encode are passed to ``default``."""
-    return orjson.dumps(value, default=default, option=orjson.OPT_NON_STR_KEYS)
-
-
-def json_body(value: Any) -> bytes:
-    """A request body as httpx's ``json=`` would send it (compact, UTF-8), without the standard
-    library's encoder where orjson can: integers wider than 64 bits take the slow path."""
+    """Compact UTF-8 JSON, as the json module writes it with ``separators=(",", ":")`` and
+    ``ensure_ascii=False`` (and so as httpx sends ``json=``); keys that are not strings are
+    converted, and other values it cannot encode are passed to ``default``. orjson writes it,
+    except for what it refuses (integers wider than 64 bits), which the json module writes."""
     try:
-        return orjson.dumps(value)
+        return orjson.dumps(value, default=default, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        text = json.dumps(value, default=default, ensure_ascii=False, separators=(",", ":"))
+        return text.encode()
 
 
 def json_loads(data: bytes | str) -> Any:
     """Parse JSON (a provider's response body carrying base64 images, say)."""
     return orjson.loads(data)
+
+
+def json_loads_exact(data: bytes | str) -> Any:
+    """Parse a small JSON document (a log row's column) keeping every integer exact: one that
+    may be wider than 64 bits sends the document to the json module."""
+    raw = data.encode() if isinstance(data, str) else data
+    return json.loads(raw) if _LONG_DIGITS.search(raw) else orjson.loads(raw)
 
 
 @functools.lru_cache(maxsize=16)

@@ -79,7 +79,7 @@ def build_request(
     process calls the same few endpoints, so parsed URLs are kept) and encodes ``json`` with the
     standard library (orjson here). The bytes on the wire are the same."""
     if json is not None:
-        kwargs["content"] = codec.json_body(json)
+        kwargs["content"] = codec.json_dumps(json)
         headers = {"Content-Type": "application/json", **(headers or {})}
     return httpx.Request(method, _parsed_url(url), headers=headers, **kwargs)
 

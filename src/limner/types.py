@@ -10,6 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# Seeds are signed 64-bit integers: what the log's INTEGER columns hold, and inside the range
+# torch's generators take; providers with narrower ranges refuse the rest themselves.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
 __all__ = [
     "GeneratedImage",
     "ImageInput",
@@ -72,7 +76,7 @@ class ImageRequest(BaseModel):
     n: int = 1
     size: str | None = None
     aspect_ratio: str | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     quality: str | None = None
     style: str | None = None
     output_format: Literal["png", "jpeg", "webp"] | None = None

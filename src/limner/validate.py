@@ -6,7 +6,7 @@ from __future__ import annotations
 from limner import errors
 from limner.catalog import Catalog, ModelSpec
 from limner.images import check_mask_matches
-from limner.types import ImageRequest, Operation
+from limner.types import SEED_MAX, ImageRequest, Operation
 
 __all__ = ["MAX_TOTAL_N", "check_request", "nearest_aspect"]
 
@@ -149,6 +149,12 @@ def _translate_unsupported(
         warnings.append(
             f"{spec.ref} takes no negative prompt: it was folded into the prompt as 'Avoid: ...'."
         )
+    if request.seed is not None and request.seed + request.n - 1 > SEED_MAX:
+        raise errors.InvalidRequestError(
+            f"Seed {request.seed} leaves no room for {request.n} images: image k takes seed + k, "
+            f"and seeds go up to {SEED_MAX}.",
+            param="seed", hint=f"Use a seed of at most {SEED_MAX - request.n + 1}.",
+        )  # fmt: skip
     if request.seed is not None and not spec.seed:
         warnings.append(
             f"{spec.ref} takes no seed: results are not reproducible (the seed is kept in the log and cache key only)."

@@ -22,7 +22,7 @@ from limner.server.auth import Principal
 from limner.server.context import ServerContext
 from limner.server.deps import context, needs
 from limner.server.inputs import image_from_b64
-from limner.types import ImageRequest, Operation, Result
+from limner.types import SEED_MAX, SEED_MIN, ImageRequest, Operation, Result
 
 __all__ = ["router"]
 
@@ -48,7 +48,7 @@ class Txt2ImgBody(BaseModel):
     prompt: str = Field("", max_length=32000)
     negative_prompt: str = Field("", max_length=32000)
     styles: list[str] = Field(default_factory=list)
-    seed: int = -1
+    seed: int = Field(-1, ge=SEED_MIN, le=SEED_MAX)
     sampler_name: str | None = None
     sampler_index: str | None = None
     batch_size: int = Field(1, ge=1, le=10)

@@ -42,7 +42,7 @@ from limner.server.inputs import ASPECT_PATTERN, SIZE_PATTERN, image_from_value
 from limner.server.webhooks import WebhookOutbox
 from limner.store import db, new_id
 from limner.store.jobs_schema import server_jobs
-from limner.types import ImageInput, ImageRequest, Operation
+from limner.types import SEED_MAX, SEED_MIN, ImageInput, ImageRequest, Operation
 
 __all__ = ["JobQueue", "router"]
 
@@ -66,7 +66,7 @@ class JobSpec(BaseModel):
     aspect_ratio: str | None = Field(None, pattern=ASPECT_PATTERN)
     quality: str | None = None
     style: str | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     negative_prompt: str | None = None
     steps: int | None = Field(None, ge=1, le=500)
     guidance: float | None = Field(None, ge=0, le=100)

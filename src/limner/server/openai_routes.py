@@ -23,7 +23,7 @@ from limner.server.context import ServerContext
 from limner.server.deps import context, needs
 from limner.server.errors import ApiError
 from limner.server.inputs import ASPECT_PATTERN, SIZE_PATTERN, image_from_upload
-from limner.types import ImageInput, ImageRequest, Operation, Result
+from limner.types import SEED_MAX, SEED_MIN, ImageInput, ImageRequest, Operation, Result
 
 __all__ = ["router"]
 
@@ -47,7 +47,7 @@ class _Common(BaseModel):
     user: str | None = Field(None, max_length=256)
     # limner's own fields
     negative_prompt: str | None = Field(None, max_length=32000)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     steps: int | None = Field(None, ge=1, le=500)
     guidance: float | None = Field(None, ge=0, le=100)
     aspect_ratio: str | None = Field(None, pattern=ASPECT_PATTERN)

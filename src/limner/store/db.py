@@ -296,7 +296,7 @@ def create_engine(home: Path, url: str | None = None) -> Engine:
     # orjson for the JSON columns: each log entry writes several, at every generation.
     json_args: dict[str, Any] = {
         "json_serializer": lambda value: codec.json_dumps(value).decode(),
-        "json_deserializer": codec.json_loads,
+        "json_deserializer": codec.json_loads_exact,
     }
     if url:
         return sa.create_engine(url, pool_pre_ping=True, **json_args)
