@@ -48,6 +48,15 @@ def test_generate_b64_and_url(client: openai.OpenAI, server: Any) -> None:
     assert fetched.headers["x-content-type-options"] == "nosniff"
     tampered = httpx.get(url.replace("sig=", "sig=A"))
     assert tampered.status_code == 403 and tampered.json()["error"]["code"] == "url_expired"
+    # A signature that is not ASCII, or an expiry far in the future, is refused like any other.
+    path, _, query = url.partition("?")
+    expires = dict(pair.split("=", 1) for pair in query.split("&"))["expires"]
+    for params in (
+        {"expires": expires, "sig": "9\u00b45=>"},
+        {"expires": "150065501695229080633344", "sig": "9\u00b45"},
+    ):
+        forged = httpx.get(path, params=params)
+        assert forged.status_code == 403 and forged.json()["error"]["code"] == "url_expired"
 
 
 def test_edit_with_several_images_and_mask(client: openai.OpenAI) -> None:

@@ -32,7 +32,7 @@ def test_no_route_answers_5xx(openai_env: Any, start_server: Any, tmp_path: Path
         [
             str(SCHEMATHESIS if SCHEMATHESIS.exists() else shutil.which("schemathesis")),
             "run", server.url + "/openapi.json", "--checks", "not_a_server_error",
-            "--max-examples", "5", "--phases", "examples,coverage,fuzzing", "--workers", "1",
+            "--max-examples", "5", "--phases", "examples,coverage,fuzzing,stateful", "--workers", "1",
             "--request-timeout", "30", "--no-color", "--report", "junit",
             "--report-junit-path", str(tmp_path / "junit.xml"),
         ],

@@ -187,3 +187,23 @@ def test_a_delivery_that_keeps_failing_gives_up_after_the_attempts(
         lambda: (j := httpx.get(f"{server.url}/v1/jobs/{job['id']}").json())["webhook_status"] and j
     )
     assert final["webhook_status"] == "failed after 3 attempts" and len(hook.calls) == 3
+
+
+def test_verify_refuses_forged_signature_headers() -> None:
+    """What a receiver may be sent: each forged header is refused, never an exception."""
+    from limner.server.webhooks import sign, verify
+
+    body = b'{"id":"job_1"}'
+    good = sign(SECRET, body)
+    timestamp = good.split(",")[0]
+    assert verify(SECRET, body, good)
+    assert not verify(SECRET, body + b" ", good)
+    for header in (
+        f"{timestamp},v1=\u00e9\u00e9",  # not ASCII
+        f"{timestamp}",  # no v1
+        "v1=abc",  # no t
+        "t=soon,v1=abc",
+        f"t={10**30},{good.split(',')[1]}",  # far outside the tolerance
+        "",
+    ):
+        assert not verify(SECRET, body, header), header

@@ -183,4 +183,5 @@ class ServerContext:
         if expires < time.time():
             return False
         mac = hmac.new(self._secret, f"{sha256}.{expires}".encode(), hashlib.sha256).digest()
-        return hmac.compare_digest(base64.urlsafe_b64encode(mac[:18]).decode(), sig)
+        # As bytes: compare_digest refuses a str with non-ASCII characters (TypeError).
+        return hmac.compare_digest(base64.urlsafe_b64encode(mac[:18]), sig.encode())

@@ -101,7 +101,8 @@ def verify(secret: str, body: bytes, header: str, tolerance_s: float = 300.0) ->
     if abs(time.time() - ts) > tolerance_s:
         return False
     expected = sign(secret, body, ts).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, parts.get("v1", ""))
+    # As bytes: compare_digest refuses a str with non-ASCII characters (TypeError).
+    return hmac.compare_digest(expected.encode(), parts.get("v1", "").encode())
 
 
 def backoff_s(settings: ServerSettings, attempts: int) -> float:
