@@ -149,12 +149,6 @@ def _translate_unsupported(
         warnings.append(
             f"{spec.ref} takes no negative prompt: it was folded into the prompt as 'Avoid: ...'."
         )
-    if request.seed is not None and request.seed + request.n - 1 > SEED_MAX:
-        raise errors.InvalidRequestError(
-            f"Seed {request.seed} leaves no room for {request.n} images: image k takes seed + k, "
-            f"and seeds go up to {SEED_MAX}.",
-            param="seed", hint=f"Use a seed of at most {SEED_MAX - request.n + 1}.",
-        )  # fmt: skip
     if request.seed is not None and not spec.seed:
         warnings.append(
             f"{spec.ref} takes no seed: results are not reproducible (the seed is kept in the log and cache key only)."
@@ -230,6 +224,12 @@ def check_request(
             param="n",
             hint=f"{spec.ref} makes up to {spec.max_n} per call; limner splits larger n into parallel calls.",
         )
+    if request.seed is not None and request.seed + request.n - 1 > SEED_MAX:
+        raise errors.InvalidRequestError(
+            f"Seed {request.seed} leaves no room for {request.n} images: image k takes seed + k, "
+            f"and seeds go up to {SEED_MAX}.",
+            param="seed", hint=f"Use a seed of at most {SEED_MAX - request.n + 1}.",
+        )  # fmt: skip
     _check_operation(op, spec, catalog)
     _check_inputs(op, request, spec)
     request = _check_size(request, spec, warnings)
